@@ -1,0 +1,33 @@
+# Both entry points create or reuse .venv and install what they need.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: quickstart test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,train]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/modelfab quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=10 $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src/modelfab
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,train,bench]'
+	$(BIN)/python benchmarks/scheduler.py
+	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/accuracy.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,77 @@
+"""The one error hierarchy of modelfab.
+
+Every error a user can cause is a `ModelfabError` with a stable `code`, a message that
+says what to do, and the offending `param` where there is one. The API maps them to
+HTTP statuses in one handler; the CLI prints them and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ModelfabError(Exception):
+    """Root of all expected errors. `status` is the HTTP status the API answers with."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "param": self.param}}
+
+
+class InvalidRequest(ModelfabError):
+    status = 422
+    code = "invalid_request"
+
+
+class DatasetInvalid(InvalidRequest):
+    """A dataset failed validation; `param` is the offending file, relative to its root."""
+
+    code = "dataset_invalid"
+
+
+class Unauthenticated(ModelfabError):
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(ModelfabError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ModelfabError):
+    """Also what another tenant's resource looks like, so that names do not leak."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ModelfabError):
+    status = 409
+    code = "conflict"
+
+
+class QuotaExceeded(ModelfabError):
+    status = 429
+    code = "quota_exceeded"
+
+
+class Unschedulable(ModelfabError):
+    """A job asks for more than the pool or the tenant's quota could ever give it."""
+
+    status = 422
+    code = "unschedulable"
+
+
+class PayloadTooLarge(ModelfabError):
+    status = 413
+    code = "payload_too_large"

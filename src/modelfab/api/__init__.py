@@ -1,0 +1,1 @@
+"""The REST API: routers validate, authenticate, and make one service call."""

@@ -1,0 +1,30 @@
+"""The FastAPI application: `create_app(ctx)` wires routers and the error handler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from modelfab import __version__
+from modelfab.api import errors
+from modelfab.api.context import AppContext
+from modelfab.api.routers import datasets, hub, jobs, models, pool, tenants, worker
+
+
+def create_app(ctx: AppContext) -> FastAPI:
+    app = FastAPI(
+        title="modelfab",
+        version=__version__,
+        description="Self-hosted AI factory: pooled compute, model production, model serving.",
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    for module in (tenants, datasets, jobs, pool, worker, hub, models):
+        app.include_router(module.router, prefix="/v1")
+
+    @app.get("/v1/health", tags=["health"])
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    return app

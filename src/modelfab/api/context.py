@@ -1,0 +1,23 @@
+"""Everything the API needs, built once by the platform (or a test) and passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelfab.services.datasets import DatasetService
+from modelfab.services.jobs import JobService
+from modelfab.services.registry import RegistryService
+from modelfab.services.worker import WorkerService
+from modelfab.settings import ServerSettings
+
+
+@dataclass
+class AppContext:
+    settings: ServerSettings
+    factory: sessionmaker[Session]
+    datasets: DatasetService
+    jobs: JobService
+    worker: WorkerService
+    registry: RegistryService

@@ -1,0 +1,51 @@
+"""Dependencies: the app context, the caller's principal, and the admin check."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from modelfab.api.context import AppContext
+from modelfab.errors import Forbidden, Unauthenticated
+from modelfab.services.auth import authenticate
+from modelfab.services.common import Principal
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def bearer(authorization: Annotated[str | None, Header()] = None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("Authorization header must be 'Bearer <key>'")
+    return token.strip()
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+Token = Annotated[str | None, Depends(bearer)]
+
+
+def get_principal(ctx: Ctx, token: Token) -> Principal:
+    return authenticate(ctx.factory, token)
+
+
+def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("this needs an admin key")
+    return principal
+
+
+def job_token(token: Token) -> str:
+    if not token:
+        raise Unauthenticated("missing job token")
+    return token
+
+
+Caller = Annotated[Principal, Depends(get_principal)]
+Admin = Annotated[Principal, Depends(get_admin)]
+JobToken = Annotated[str, Depends(job_token)]

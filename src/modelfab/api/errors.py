@@ -1,0 +1,52 @@
+"""One place maps errors to HTTP: ModelfabError -> its status and code; validation errors
+-> 422 naming the field; anything else -> a logged traceback and a generic 500."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from modelfab.errors import ModelfabError
+
+logger = logging.getLogger(__name__)
+
+
+def _error(status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, content={"error": {"code": code, "message": message, "param": param}}
+    )
+
+
+async def _modelfab_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ModelfabError)
+    return JSONResponse(status_code=exc.status, content=exc.to_dict())
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    param = ".".join(loc) or None
+    return _error(422, "invalid_request", f"{param or 'request'}: {err.get('msg')}", param)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, code, str(exc.detail))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal_error", "internal error; the server log has the details")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ModelfabError, _modelfab_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

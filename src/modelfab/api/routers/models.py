@@ -1,0 +1,46 @@
+"""The model registry: versions, aliases, lineage and artifact downloads. A ref is NAME
+(the latest version), NAME:VERSION or NAME@ALIAS; other tenants' models answer 404."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from modelfab.api.deps import Caller, Ctx
+from modelfab.api.schemas import AliasSet
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/models")
+def list_models(ctx: Ctx, principal: Caller) -> dict[str, Any]:
+    return {"object": "list", "data": ctx.registry.list_models(principal)}
+
+
+@router.get("/models/{ref}")
+def get_model(ref: str, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+    return ctx.registry.get(principal, ref)
+
+
+@router.post("/models/{name}/aliases")
+def set_alias(name: str, body: AliasSet, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+    return ctx.registry.set_alias(principal, name, alias=body.alias, version=body.version)
+
+
+@router.get("/models/{ref}/lineage")
+def lineage(ref: str, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+    return ctx.registry.lineage(principal, ref)
+
+
+@router.get("/models/{ref}/artifacts/{name}", response_class=FileResponse)
+def download_artifact(ref: str, name: str, ctx: Ctx, principal: Caller) -> FileResponse:
+    """The artifact's bytes, checked against its sha256 first (409 artifact_corrupt if not)."""
+    path, record = ctx.registry.artifact(principal, ref, name)
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=record["name"],
+        headers={"X-Sha256": record["sha256"]},
+    )

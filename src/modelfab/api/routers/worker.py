@@ -1,0 +1,42 @@
+"""Endpoints for running attempts, authenticated by their job-scoped token."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from modelfab.api.deps import Ctx, JobToken
+from modelfab.api.schemas import WorkerComplete, WorkerEvents
+
+router = APIRouter(prefix="/worker/jobs/{job_id}", tags=["worker"])
+
+
+@router.get("/spec")
+def spec(job_id: str, ctx: Ctx, token: JobToken) -> dict[str, Any]:
+    return ctx.worker.spec(job_id, token)
+
+
+@router.post("/events")
+def events(job_id: str, body: WorkerEvents, ctx: Ctx, token: JobToken) -> dict[str, Any]:
+    return ctx.worker.add_events(job_id, token, [e.model_dump() for e in body.events])
+
+
+@router.post("/complete")
+def complete(job_id: str, body: WorkerComplete, ctx: Ctx, token: JobToken) -> dict[str, Any]:
+    return ctx.worker.complete(job_id, token, body.model_dump())
+
+
+@router.post("/artifacts", status_code=201)
+def upload_artifact(
+    job_id: str,
+    ctx: Ctx,
+    token: JobToken,
+    file: Annotated[UploadFile, File(description="The artifact's bytes.")],
+    name: Annotated[str, Form(description="File name in the model, e.g. weights.pt.")],
+    format: Annotated[str, Form(description="pytorch, onnx or json.")],
+    sha256: Annotated[str, Form(description="sha256 of the bytes, checked on arrival.")],
+) -> dict[str, Any]:
+    return ctx.worker.upload_artifact(
+        job_id, token, name=name, format=format, sha256=sha256, stream=file.file
+    )

@@ -1,0 +1,186 @@
+"""`modelfab up`: the control plane in one process — the API, the scheduler loop, and the
+local executor. `Platform.start()` / `stop()` are public so tests run it in-process."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelfab.api.app import create_app
+from modelfab.api.context import AppContext
+from modelfab.artifacts import ArtifactStore
+from modelfab.compute.executors.base import Executor
+from modelfab.compute.executors.local import LocalExecutor
+from modelfab.compute.pool import NodeSpec, detect_node, register_node
+from modelfab.compute.scheduler.loop import Scheduler, SchedulerConfig
+from modelfab.data import DatasetStore
+from modelfab.db import migrate
+from modelfab.db.engine import make_engine, make_sessionmaker
+from modelfab.services.auth import bootstrap_admin
+from modelfab.services.datasets import DatasetService
+from modelfab.services.jobs import JobService
+from modelfab.services.registry import RegistryService
+from modelfab.services.worker import WorkerService
+from modelfab.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Started:
+    url: str
+    admin_key: str | None  # only on the very first start of a home
+
+
+class Platform:
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.engine: Engine | None = None
+        self.node: NodeSpec | None = None
+        self.scheduler: Scheduler | None = None
+        self.executor: LocalExecutor | None = None
+        self.app: FastAPI | None = None
+        self.url = ""
+        self._sock: socket.socket | None = None
+        self._server: uvicorn.Server | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def setup(self) -> Started:
+        """Migrate, register the node, re-adopt running work, build the app. Binds the port."""
+        s = self.settings
+        s.home.mkdir(parents=True, exist_ok=True)
+        self._sock = _bind(s.host, s.port)
+        port = self._sock.getsockname()[1]
+        self.settings = s = s.model_copy(update={"port": port})
+        self.url = s.api_url
+        self.engine = make_engine(s.url)
+        migrate.upgrade(self.engine)
+        factory = make_sessionmaker(self.engine)
+        self.node = detect_node(s.home, fake_gpus=s.fake_gpus, cpus=s.cpus)
+        register_node(factory, self.node, executor="local")
+        admin_key = bootstrap_admin(factory, s.admin_key_path)
+        self.executor = LocalExecutor(
+            node_id=self.node.id, logs_dir=s.logs_dir, workdir=s.home / "work"
+        )
+        config = SchedulerConfig(
+            api_url=self.url,
+            interval_s=s.scheduler_interval_s,
+            cancel_grace_s=s.cancel_grace_s,
+            usage_window_s=s.usage_window_s,
+        )
+        self.scheduler = Scheduler(factory, self.executor, node_ids=[self.node.id], config=config)
+        self.scheduler.recover()
+        ctx = build_context(
+            s, factory, self.executor, node_ids=[self.node.id], on_change=self.scheduler.wake
+        )
+        self.app = create_app(ctx)
+        return Started(url=self.url, admin_key=admin_key)
+
+    def start(self) -> Started:
+        """Set up, then serve in background threads; returns once the API answers."""
+        started = self.setup()
+        self._start_scheduler()
+        self._server = self._make_server()
+        thread = threading.Thread(target=self._serve, name="api", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.01)
+        return started
+
+    def serve_forever(self) -> None:
+        """Run the API in this thread until SIGINT/SIGTERM (after `setup()`)."""
+        self._start_scheduler()
+        self._server = self._make_server()
+        try:
+            self._serve()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop serving and scheduling. Running attempts keep running; the next start
+        re-adopts them."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=10)
+        if self.executor is not None:
+            self.executor.shutdown()
+        if self.engine is not None:
+            self.engine.dispose()
+
+    def _start_scheduler(self) -> None:
+        assert self.scheduler is not None
+        thread = threading.Thread(
+            target=self.scheduler.run, args=(self._stop,), name="scheduler", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def _make_server(self) -> uvicorn.Server:
+        assert self.app is not None, "call setup() first"
+        config = uvicorn.Config(
+            self.app, log_level="warning", access_log=False, timeout_keep_alive=30
+        )
+        return uvicorn.Server(config)
+
+    def _serve(self) -> None:
+        assert self._server is not None and self._sock is not None
+        self._server.run(sockets=[self._sock])
+
+
+def build_context(
+    settings: ServerSettings,
+    factory: sessionmaker[Session],
+    executor: Executor | None,
+    *,
+    node_ids: list[str],
+    on_change: Callable[[], None] = lambda: None,
+) -> AppContext:
+    """Wire the services the API calls (the platform does this; so do in-process tests)."""
+    store = DatasetStore(settings.datasets_dir)
+    artifacts = ArtifactStore(settings.artifacts_dir)
+    return AppContext(
+        settings=settings,
+        factory=factory,
+        datasets=DatasetService(factory, store, scratch=settings.home / "tmp"),
+        jobs=JobService(factory, executor, node_ids=node_ids, on_change=on_change),
+        worker=WorkerService(
+            factory,
+            on_change=on_change,
+            artifacts=artifacts,
+            max_artifact_bytes=settings.max_upload_bytes,
+            hub_dir=settings.hub_dir,
+        ),
+        registry=RegistryService(factory, artifacts),
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port"
+        ) from exc
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,1 @@
+"""Business logic. Routers call one service function; services own transactions."""

@@ -1,0 +1,35 @@
+"""Small helpers shared by the services: names and the caller's identity."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from modelfab.errors import InvalidRequest
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def check_name(name: str, param: str = "name") -> str:
+    """Names are lower-case slugs so that they are safe in URLs, paths and shells."""
+    if not NAME_RE.match(name):
+        raise InvalidRequest(
+            f"{param} {name!r} is not valid: use 1-63 lower-case letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit",
+            param=param,
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a tenant and the role of the key used."""
+
+    tenant_id: str
+    tenant_name: str
+    role: str
+    key_id: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"

@@ -1,0 +1,199 @@
+"""Datasets and their immutable, content-addressed versions."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelfab.data import DatasetStore, StoredDataset, check_task, extract_archive
+from modelfab.db.engine import transaction
+from modelfab.db.models import Dataset, DatasetVersion
+from modelfab.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from modelfab.ids import new_id, now
+from modelfab.services.common import Principal, check_name
+
+logger = logging.getLogger(__name__)
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """`NAME` or `NAME:VERSION` -> (name, version or None for the latest)."""
+    name, _, version = ref.partition(":")
+    if not version:
+        return name, None
+    if not version.isdigit():
+        raise InvalidRequest(f"dataset version must be a number, got {version!r}", param="dataset")
+    return name, int(version)
+
+
+def resolve_version(session: Session, tenant_id: str, ref: str) -> tuple[Dataset, DatasetVersion]:
+    name, number = parse_ref(ref)
+    ds = session.scalar(select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.name == name))
+    if ds is None:
+        raise NotFound(f"no dataset named {name!r}", param="dataset")
+    stmt = select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
+    if number is None:
+        stmt = stmt.order_by(DatasetVersion.version.desc()).limit(1)
+    else:
+        stmt = stmt.where(DatasetVersion.version == number)
+    version = session.scalar(stmt)
+    if version is None:
+        raise NotFound(f"dataset {name!r} has no version {number}", param="dataset")
+    return ds, version
+
+
+def version_dict(ds: Dataset, v: DatasetVersion) -> dict[str, Any]:
+    return {
+        "id": v.id,
+        "object": "dataset.version",
+        "name": ds.name,
+        "ref": f"{ds.name}:{v.version}",
+        "task": ds.task,
+        "version": v.version,
+        "sha256": v.sha256,
+        "uri": v.uri,
+        "file_count": v.file_count,
+        "size_bytes": v.size_bytes,
+        "stats": v.stats,
+        "created_at": v.created_at,
+    }
+
+
+def version_by_id(session: Session, version_id: str) -> dict[str, Any] | None:
+    v = session.get(DatasetVersion, version_id)
+    if v is None:
+        return None
+    ds = session.get(Dataset, v.dataset_id)
+    assert ds is not None
+    return version_dict(ds, v)
+
+
+class DatasetService:
+    def __init__(self, factory: sessionmaker[Session], store: DatasetStore, *, scratch: Path):
+        self.factory = factory
+        self.store = store
+        self.scratch = scratch
+
+    def create_from_path(
+        self, principal: Principal, *, name: str, task: str, path: Path
+    ) -> dict[str, Any]:
+        """Import a folder on the server's disk. Admin only: a path could name anyone's files."""
+        if not principal.is_admin:
+            raise Forbidden(
+                "only admins may import a server-side path; upload an archive instead",
+                param="path",
+            )
+        if not path.is_dir():
+            raise InvalidRequest(f"{path} is not a folder on the server", param="path")
+        check_name(name)
+        stored = self.store.ingest(path, check_task(task))
+        return self._register(principal, name, task, stored)
+
+    def create_from_archive(
+        self, principal: Principal, *, name: str, task: str, archive: Path
+    ) -> dict[str, Any]:
+        """Import an uploaded .zip/.tar/.tar.gz; validated before anything is registered."""
+        check_name(name)
+        check_task(task)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="upload-", dir=self.scratch))
+        try:
+            root = extract_archive(archive, workdir / "x")
+            stored = self.store.ingest(root, task)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return self._register(principal, name, task, stored)
+
+    def _register(
+        self, principal: Principal, name: str, task: str, stored: StoredDataset
+    ) -> dict[str, Any]:
+        """Add a version for `stored`, or return the existing one with the same content."""
+        for _ in range(3):  # a concurrent create of the same name may win the insert race
+            try:
+                with transaction(self.factory) as session:
+                    return self._register_once(session, principal, name, task, stored)
+            except IntegrityError:
+                logger.info("dataset %s: concurrent create, retrying", name)
+        raise Conflict(f"dataset {name!r} is being created concurrently; retry", param="name")
+
+    def _register_once(
+        self, session: Session, principal: Principal, name: str, task: str, stored: StoredDataset
+    ) -> dict[str, Any]:
+        ds = session.scalar(
+            select(Dataset).where(Dataset.tenant_id == principal.tenant_id, Dataset.name == name)
+        )
+        if ds is None:
+            ds = Dataset(id=new_id("ds"), tenant_id=principal.tenant_id, name=name, task=task)
+            ds.created_at = now()
+            session.add(ds)
+            session.flush()
+        elif ds.task != task:
+            raise Conflict(
+                f"dataset {name!r} is a {ds.task} dataset; use another name for {task}",
+                param="task",
+            )
+        existing = session.scalar(
+            select(DatasetVersion).where(
+                DatasetVersion.dataset_id == ds.id, DatasetVersion.sha256 == stored.sha256
+            )
+        )
+        if existing is not None:
+            return {**version_dict(ds, existing), "created": False}
+        number = (
+            session.scalar(
+                select(func.max(DatasetVersion.version)).where(DatasetVersion.dataset_id == ds.id)
+            )
+            or 0
+        ) + 1
+        version = DatasetVersion(
+            id=new_id("dsv"),
+            dataset_id=ds.id,
+            version=number,
+            sha256=stored.sha256,
+            uri=stored.path.resolve().as_uri(),
+            file_count=stored.file_count,
+            size_bytes=stored.size_bytes,
+            stats=stored.stats,
+            created_at=now(),
+        )
+        session.add(version)
+        session.flush()
+        return {**version_dict(ds, version), "created": True}
+
+    def list_datasets(self, principal: Principal) -> list[dict[str, Any]]:
+        with self.factory() as session:
+            rows = session.execute(
+                select(Dataset, func.max(DatasetVersion.version), func.count(DatasetVersion.id))
+                .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
+                .where(Dataset.tenant_id == principal.tenant_id)
+                .group_by(Dataset.id)
+                .order_by(Dataset.name)
+            ).all()
+        return [
+            {
+                "id": ds.id,
+                "object": "dataset",
+                "name": ds.name,
+                "task": ds.task,
+                "latest_version": latest,
+                "versions": count,
+                "created_at": ds.created_at,
+            }
+            for ds, latest, count in rows
+        ]
+
+    def get(self, principal: Principal, ref: str) -> dict[str, Any]:
+        with self.factory() as session:
+            ds, version = resolve_version(session, principal.tenant_id, ref)
+            versions = session.scalars(
+                select(DatasetVersion.version)
+                .where(DatasetVersion.dataset_id == ds.id)
+                .order_by(DatasetVersion.version)
+            ).all()
+            return {**version_dict(ds, version), "versions": list(versions)}

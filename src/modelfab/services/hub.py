@@ -1,0 +1,85 @@
+"""The hub as tenants see it: which foundation models are usable here, and importing the
+weights of one (admin only: imported weights serve every tenant).
+
+The control plane has no torch, so an import only checks the file is non-empty and at
+most 2 GiB and records its sha256; loading it as a state dict is checked by the first job
+that uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from modelfab.errors import Forbidden, InvalidRequest, PayloadTooLarge
+from modelfab.hub.catalog import CATALOG, HubEntry, availability, get_entry, store_imported
+from modelfab.ids import now
+from modelfab.services.common import Principal
+
+logger = logging.getLogger(__name__)
+
+MAX_IMPORT_BYTES = 2 * 2**30
+IMPORTABLE = ("import", "package")
+
+
+def _entry_dict(entry: HubEntry, hub_dir: Path) -> dict[str, Any]:
+    available, how = availability(entry, hub_dir)
+    return {
+        "id": entry.id,
+        "object": "hub.model",
+        "task": entry.task,
+        "arch": entry.arch,
+        "source": entry.source,
+        "licence": entry.licence,
+        "params_m": entry.params_m,
+        "input_size": entry.input_size,
+        "description": entry.description,
+        "available": available,
+        "how": how,
+    }
+
+
+def list_models(hub_dir: Path) -> list[dict[str, Any]]:
+    """Every catalog entry, with whether it is usable offline here and how (or what to run)."""
+    return [_entry_dict(e, hub_dir) for e in CATALOG]
+
+
+def import_weights(
+    principal: Principal,
+    hub_dir: Path,
+    model_id: str,
+    upload_path: Path,
+    *,
+    original_filename: str | None = None,
+) -> dict[str, Any]:
+    """Keep `upload_path` as the weights of `model_id`, replacing earlier ones (blocks).
+
+    Raises Forbidden for non-admins, NotFound for an unknown id, InvalidRequest for a model
+    that takes no weights or an empty file, PayloadTooLarge past 2 GiB.
+    """
+    if not principal.is_admin:
+        raise Forbidden(
+            "only admins may import hub weights: every tenant's jobs would use them",
+            param="model_id",
+        )
+    entry = get_entry(model_id)
+    if entry.source not in IMPORTABLE:
+        raise InvalidRequest(
+            f"{model_id} is a {entry.source} model and takes no imported weights",
+            param="model_id",
+        )
+    size = upload_path.stat().st_size
+    if size == 0:
+        raise InvalidRequest("the weights file is empty", param="file")
+    if size > MAX_IMPORT_BYTES:
+        raise PayloadTooLarge(f"weights are larger than {MAX_IMPORT_BYTES} bytes", param="file")
+    meta = store_imported(
+        hub_dir,
+        model_id,
+        upload_path,
+        original_filename=original_filename or upload_path.name,
+        at=now(),
+    )
+    logger.info("imported weights for %s (sha256 %s)", model_id, meta["sha256"][:12])
+    return {**_entry_dict(entry, hub_dir), "imported": meta}

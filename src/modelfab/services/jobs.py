@@ -1,0 +1,266 @@
+"""Jobs as tenants see them: create (validated, then queued), list, show, cancel, events, logs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelfab.compute import lifecycle
+from modelfab.compute.executors.base import Executor
+from modelfab.compute.lifecycle import QUEUED, RUNNING, STATUSES, TERMINAL, VALIDATING
+from modelfab.compute.scheduler.policy import (
+    PendingJob,
+    TenantState,
+    never_fits,
+    validate_gpu_request,
+)
+from modelfab.compute.scheduler.snapshot import load_nodes
+from modelfab.db.engine import transaction
+from modelfab.db.models import Job, JobEvent, Node, Tenant, UsageRecord
+from modelfab.errors import InvalidRequest, NotFound, QuotaExceeded, Unschedulable
+from modelfab.ids import new_id, now
+from modelfab.recipes.base import get_recipe
+from modelfab.services.common import Principal
+from modelfab.services.datasets import resolve_version, version_by_id, version_dict
+
+MAX_LOG_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    recipe: str
+    params: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None  # NAME or NAME:VERSION
+    gpus: float = 0.0
+    cpus: float = 1.0
+    memory_bytes: int = 0
+    priority: int = 0
+    max_attempts: int = 3
+
+
+def job_dict(job: Job, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "object": "job",
+        "recipe": job.recipe,
+        "params": job.params,
+        "dataset": dataset,
+        "status": job.status,
+        "resources": {"gpus": job.gpus, "cpus": job.cpus, "memory_bytes": job.memory_bytes},
+        "priority": job.priority,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "failures": job.failures,
+        "cancel_requested": job.cancel_requested,
+        "node": job.node_id,
+        "cuda_visible_devices": job.cuda_visible_devices,
+        "error": job.error,
+        "result": job.result,
+        "created_at": job.created_at,
+        "queued_at": job.queued_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+class JobService:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        executor: Executor | None,
+        *,
+        node_ids: list[str],
+        on_change: Callable[[], None] = lambda: None,
+    ):
+        self.factory = factory
+        self.executor = executor
+        self.node_ids = node_ids
+        self.on_change = on_change
+
+    def create(self, principal: Principal, request: JobRequest) -> dict[str, Any]:
+        """Validate and queue a job. Raises InvalidRequest/NotFound for bad input and
+        Unschedulable when no capacity or quota could ever run it."""
+        spec = get_recipe(request.recipe)
+        params = spec.validate_params(request.params)
+        _check_resources(request)
+        at = now()
+        with transaction(self.factory) as session:
+            version = None
+            if request.dataset:
+                version = resolve_version(session, principal.tenant_id, request.dataset)
+                _check_task(spec.tasks, version[0].task)
+            elif spec.needs_dataset:
+                raise InvalidRequest(f"recipe {spec.name!r} needs --dataset", param="dataset")
+            self._check_fits(session, principal.tenant_id, request)
+            job = Job(
+                id=new_id("job"),
+                tenant_id=principal.tenant_id,
+                recipe=spec.name,
+                params=params,
+                dataset_version_id=version[1].id if version else None,
+                gpus=request.gpus,
+                cpus=request.cpus,
+                memory_bytes=request.memory_bytes,
+                priority=request.priority,
+                max_attempts=request.max_attempts,
+                status=VALIDATING,
+                attempt=0,
+                failures=0,
+                cancel_requested=False,
+                created_at=at,
+            )
+            session.add(job)
+            lifecycle.add_event(session, job, "Validating job", at=at, data={"status": VALIDATING})
+            job.status, job.queued_at = QUEUED, at
+            lifecycle.add_event(session, job, "Job queued", at=at, data={"status": QUEUED})
+            out = job_dict(job, version_dict(*version) if version else None)
+        self.on_change()
+        return out
+
+    def _check_fits(self, session: Session, tenant_id: str, request: JobRequest) -> None:
+        tenant = session.get(Tenant, tenant_id)
+        assert tenant is not None
+        if request.gpus > 0 and tenant.gpu_hours_budget is not None:
+            _check_budget(session, tenant)
+        node_ids = self.node_ids or list(session.scalars(select(Node.id)))
+        nodes = load_nodes(session, node_ids, [], full=True)
+        # Named by tenant name, not id, since the reason is shown to the user.
+        job = PendingJob("new", tenant.name, request.gpus, request.cpus, request.memory_bytes, 0, 0)
+        state = TenantState(tenant.name, tenant.max_gpus, tenant.max_cpus, tenant.weight, 0, 0, 0)
+        reason = never_fits(job, nodes, state)
+        if reason is not None:
+            raise Unschedulable(reason, param="gpus" if "GPU" in reason else "resources")
+
+    def list_jobs(
+        self, principal: Principal, *, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        if status is not None and status not in STATUSES:
+            raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
+        stmt = select(Job).where(Job.tenant_id == principal.tenant_id)
+        if status:
+            stmt = stmt.where(Job.status == status)
+        stmt = stmt.order_by(Job.created_at.desc(), Job.id).limit(max(1, min(limit, 1000)))
+        with self.factory() as session:
+            return [job_dict(j) for j in session.scalars(stmt)]
+
+    def get(self, principal: Principal, job_id: str) -> dict[str, Any]:
+        with self.factory() as session:
+            job = _own(session, principal, job_id)
+            return job_dict(job, _dataset_of(session, job))
+
+    def cancel(self, principal: Principal, job_id: str) -> dict[str, Any]:
+        """Queued jobs end at once; running ones are signalled (SIGTERM, then SIGKILL after
+        the grace period) and end as `cancelled` when their process is gone."""
+        with transaction(self.factory) as session:
+            job = _own(session, principal, job_id, lock=True)
+            if job.status in (VALIDATING, QUEUED):
+                lifecycle.cancel_queued(session, job, now())
+            elif job.status == RUNNING and not job.cancel_requested:
+                job.cancel_requested = True
+                lifecycle.add_event(session, job, "Cancel requested", level="warning", at=now())
+            out = job_dict(job)
+        self.on_change()
+        return out
+
+    def events(
+        self, principal: Principal, job_id: str, *, after: int = 0, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        with self.factory() as session:
+            _own(session, principal, job_id)
+            rows = session.scalars(
+                select(JobEvent)
+                .where(JobEvent.job_id == job_id, JobEvent.id > after)
+                .order_by(JobEvent.id)
+                .limit(max(1, min(limit, 5000)))
+            )
+            return [_event_dict(e) for e in rows]
+
+    def logs(
+        self, principal: Principal, job_id: str, *, attempt: int | None, offset: int, limit: int
+    ) -> dict[str, Any]:
+        with self.factory() as session:
+            job = _own(session, principal, job_id)
+            attempt = attempt or job.attempt
+            done = job.status in TERMINAL or attempt < job.attempt
+        if self.executor is None or attempt < 1:
+            return {
+                "attempt": attempt,
+                "text": "",
+                "offset": offset,
+                "next_offset": offset,
+                "eof": done,
+            }
+        chunk = self.executor.logs(job_id, attempt, offset, max(1, min(limit, MAX_LOG_CHUNK)))
+        return {
+            "attempt": attempt,
+            "text": chunk.text,
+            "offset": chunk.offset,
+            "next_offset": chunk.next_offset,
+            "eof": done and chunk.next_offset == chunk.offset,
+        }
+
+
+def _check_resources(r: JobRequest) -> None:
+    problem = validate_gpu_request(r.gpus)
+    if problem:
+        raise InvalidRequest(problem, param="gpus")
+    if not (r.cpus > 0 and math.isfinite(r.cpus)):
+        raise InvalidRequest(f"cpus must be > 0, got {r.cpus}", param="cpus")
+    if r.memory_bytes < 0:
+        raise InvalidRequest("memory must be >= 0", param="memory_bytes")
+    if not 1 <= r.max_attempts <= 100:
+        raise InvalidRequest("max_attempts must be between 1 and 100", param="max_attempts")
+
+
+def _check_budget(session: Session, tenant: Tenant) -> None:
+    """Refuse new GPU work once the tenant's metered GPU hours reach its budget."""
+    spent_s = session.scalar(
+        select(func.coalesce(func.sum(UsageRecord.quantity), 0.0)).where(
+            UsageRecord.tenant_id == tenant.id, UsageRecord.meter == "gpu_seconds"
+        )
+    )
+    assert tenant.gpu_hours_budget is not None
+    if float(spent_s or 0.0) / 3600 >= tenant.gpu_hours_budget:
+        raise QuotaExceeded(
+            f"tenant {tenant.name!r} has used its budget of {tenant.gpu_hours_budget:g} GPU hours; "
+            "ask an admin to raise gpu_hours_budget, or run on CPU (--gpus 0)",
+            param="gpus",
+        )
+
+
+def _check_task(tasks: tuple[str, ...], task: str) -> None:
+    if tasks and task not in tasks:
+        raise InvalidRequest(
+            f"this recipe takes {' or '.join(tasks)} datasets, not {task}", param="dataset"
+        )
+
+
+def _own(session: Session, principal: Principal, job_id: str, lock: bool = False) -> Job:
+    job = session.get(Job, job_id, with_for_update=lock)
+    if job is None or job.tenant_id != principal.tenant_id:
+        raise NotFound(f"no job {job_id!r}", param="job_id")
+    return job
+
+
+def _dataset_of(session: Session, job: Job) -> dict[str, Any] | None:
+    if job.dataset_version_id is None:
+        return None
+    return version_by_id(session, job.dataset_version_id)
+
+
+def _event_dict(e: JobEvent) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "object": "job.event",
+        "attempt": e.attempt,
+        "created_at": e.created_at,
+        "level": e.level,
+        "type": e.type,
+        "message": e.message,
+        "data": e.data,
+    }

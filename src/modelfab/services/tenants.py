@@ -1,0 +1,103 @@
+"""Tenants and their quotas. Every function here is for admins; routers check the role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelfab.db.engine import transaction
+from modelfab.db.models import Tenant
+from modelfab.errors import Conflict, InvalidRequest, NotFound
+from modelfab.ids import new_id, now
+from modelfab.services.auth import ROLES, add_key
+from modelfab.services.common import check_name
+
+
+@dataclass(frozen=True)
+class Quota:
+    max_gpus: float | None = None
+    max_cpus: float | None = None
+    gpu_hours_budget: float | None = None
+    weight: float = 1.0
+
+    def check(self) -> None:
+        for param in ("max_gpus", "max_cpus", "gpu_hours_budget"):
+            value = getattr(self, param)
+            if value is not None and value < 0:
+                raise InvalidRequest(f"{param} must be >= 0, got {value}", param=param)
+        if self.weight is None or not self.weight > 0:
+            raise InvalidRequest(f"weight must be > 0, got {self.weight}", param="weight")
+
+
+def tenant_dict(t: Tenant) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "object": "tenant",
+        "name": t.name,
+        "max_gpus": t.max_gpus,
+        "max_cpus": t.max_cpus,
+        "gpu_hours_budget": t.gpu_hours_budget,
+        "weight": t.weight,
+        "created_at": t.created_at,
+    }
+
+
+def create_tenant(
+    factory: sessionmaker[Session], *, name: str, quota: Quota, role: str = "member"
+) -> dict[str, Any]:
+    """Create a tenant with its first key; the key appears in the answer and nowhere else."""
+    check_name(name)
+    quota.check()
+    if role not in ROLES:
+        raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
+    try:
+        with transaction(factory) as session:
+            tenant = Tenant(id=new_id("ten"), name=name, created_at=now(), **quota.__dict__)
+            session.add(tenant)
+            session.flush()
+            key = add_key(session, tenant.id, role)
+    except IntegrityError as exc:
+        raise Conflict(f"tenant {name!r} exists already", param="name") from exc
+    return {**tenant_dict(tenant), "api_key": key}
+
+
+def list_tenants(factory: sessionmaker[Session]) -> list[dict[str, Any]]:
+    with factory() as session:
+        return [tenant_dict(t) for t in session.scalars(select(Tenant).order_by(Tenant.name))]
+
+
+def get_tenant(factory: sessionmaker[Session], *, name: str) -> dict[str, Any]:
+    with factory() as session:
+        return tenant_dict(_load(session, name))
+
+
+def update_quota(
+    factory: sessionmaker[Session], *, name: str, changes: dict[str, Any]
+) -> dict[str, Any]:
+    with transaction(factory) as session:
+        tenant = _load(session, name)
+        merged = {k: getattr(tenant, k) for k in Quota.__dataclass_fields__}
+        merged.update(changes)
+        Quota(**merged).check()
+        for key, value in changes.items():
+            setattr(tenant, key, value)
+        return tenant_dict(tenant)
+
+
+def create_key(factory: sessionmaker[Session], *, name: str, role: str) -> dict[str, Any]:
+    if role not in ROLES:
+        raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
+    with transaction(factory) as session:
+        tenant = _load(session, name)
+        return {"tenant": tenant.name, "role": role, "api_key": add_key(session, tenant.id, role)}
+
+
+def _load(session: Session, name: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        raise NotFound(f"no tenant named {name!r}", param="name")
+    return tenant

@@ -1,0 +1,221 @@
+"""What a running attempt may do, authenticated by its job-scoped token: read its spec,
+post events, upload artifacts, and report how it ended (registering its model)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelfab.artifacts import ArtifactStore
+from modelfab.compute import lifecycle
+from modelfab.compute.lifecycle import CANCELLED, FAILED, RUNNING, SUCCEEDED
+from modelfab.db.engine import transaction
+from modelfab.db.models import Job
+from modelfab.errors import Conflict, InvalidRequest, ModelfabError, Unauthenticated
+from modelfab.hub.catalog import imported_meta, imported_weights
+from modelfab.ids import hash_secret, now
+from modelfab.services import registry
+from modelfab.services.datasets import version_by_id
+
+logger = logging.getLogger(__name__)
+
+LEVELS = ("info", "debug", "warning", "error")  # the first is the default
+EVENT_TYPES = ("message", "metrics", "checkpoint")
+OUTCOMES = (SUCCEEDED, FAILED, CANCELLED)
+MAX_EVENTS_PER_CALL = 1000
+DEFAULT_MAX_ARTIFACT_BYTES = 20 * 2**30
+
+
+class WorkerService:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        *,
+        on_change: Callable[[], None],
+        artifacts: ArtifactStore | None = None,
+        max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
+        hub_dir: Path | None = None,
+    ):
+        """`artifacts` None: attempts may not upload artifacts or register models (a
+        control plane of the job lifecycle only, as in scheduler tests)."""
+        self.factory = factory
+        self.on_change = on_change
+        self.artifacts = artifacts
+        self.max_artifact_bytes = max_artifact_bytes
+        self.hub_dir = hub_dir
+
+    def spec(self, job_id: str, token: str) -> dict[str, Any]:
+        with self.factory() as session:
+            job = _authorized(session, job_id, token)
+            dataset = (
+                version_by_id(session, job.dataset_version_id) if job.dataset_version_id else None
+            )
+            return {
+                "job_id": job.id,
+                "attempt": job.attempt,
+                "recipe": job.recipe,
+                "params": job.params,
+                "dataset": dataset,
+                "resources": {"gpus": job.gpus, "cpus": job.cpus, "memory_bytes": job.memory_bytes},
+                "cuda_visible_devices": job.cuda_visible_devices,
+                "base_weights": self._base_weights(job.params.get("base_model")),
+            }
+
+    def _base_weights(self, model_id: Any) -> dict[str, Any] | None:
+        """Imported hub weights the recipe's base model needs: a file URL (workers of the
+        local executor share this disk) and the sha256 the worker checks before use."""
+        if self.hub_dir is None or not isinstance(model_id, str):
+            return None
+        path = imported_weights(self.hub_dir, model_id)
+        meta = imported_meta(self.hub_dir, model_id)
+        if path is None or meta is None:
+            return None
+        return {"model_id": model_id, "uri": path.resolve().as_uri(), "sha256": meta["sha256"]}
+
+    def add_events(self, job_id: str, token: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """Store events in order; answers whether a cancel was requested."""
+        if len(events) > MAX_EVENTS_PER_CALL:
+            raise InvalidRequest(f"at most {MAX_EVENTS_PER_CALL} events per call", param="events")
+        with transaction(self.factory) as session:
+            job = _authorized(session, job_id, token)
+            for e in events:
+                lifecycle.add_event(
+                    session,
+                    job,
+                    str(e.get("message", ""))[:4000],
+                    level=_pick(e.get("level"), LEVELS),
+                    type=_pick(e.get("type"), EVENT_TYPES),
+                    data=e.get("data") if isinstance(e.get("data"), dict) else None,
+                    at=float(e.get("at") or now()),
+                )
+            return {"accepted": len(events), "cancel_requested": job.cancel_requested}
+
+    def upload_artifact(
+        self, job_id: str, token: str, *, name: str, format: str, sha256: str, stream: BinaryIO
+    ) -> dict[str, Any]:
+        """Store an artifact of the running attempt (blocks while copying and hashing).
+
+        Raises InvalidRequest (param sha256) when the bytes do not hash to `sha256`, and
+        PayloadTooLarge past `max_artifact_bytes`.
+        """
+        registry.check_artifact(name, format, sha256)
+        store = self._store()
+        with self.factory() as session:
+            _authorized(session, job_id, token)
+        uri, actual, size = store.put_stream(stream, max_bytes=self.max_artifact_bytes)
+        if actual != sha256:
+            raise InvalidRequest(
+                f"the uploaded {name} hashes to {actual}, not {sha256}: it was damaged on "
+                "the way; upload it again",
+                param="sha256",
+            )
+        return {
+            "object": "artifact",
+            "name": name,
+            "format": format,
+            "uri": uri,
+            "sha256": actual,
+            "size_bytes": size,
+        }
+
+    def complete(self, job_id: str, token: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """End the attempt. A succeeded one with a `model` registers its next version in
+        the same transaction; when the model cannot be registered (an artifact missing or
+        corrupt, a name of another task), the job fails instead, saying why."""
+        outcome = payload.get("status")
+        if outcome not in OUTCOMES:
+            raise InvalidRequest(f"status must be one of {', '.join(OUTCOMES)}", param="status")
+        model, problem = None, None
+        if outcome == SUCCEEDED and payload.get("model") is not None:
+            model, problem = self._verify_model(job_id, token, payload["model"])
+        for _ in range(3):  # a concurrent registration of the same new model name may win
+            try:
+                with transaction(self.factory) as session:
+                    status = self._end(session, job_id, token, payload, model, problem)
+                break
+            except IntegrityError:
+                logger.info("job %s: concurrent model registration, retrying", job_id)
+        else:
+            raise Conflict("the model is being registered concurrently; retry", param="model")
+        self.on_change()
+        return {"status": status}
+
+    def _verify_model(
+        self, job_id: str, token: str, report: dict[str, Any]
+    ) -> tuple[registry.VerifiedModel | None, ModelfabError | None]:
+        """Hash the reported artifacts before the transaction (it must not wait on disks)."""
+        with self.factory() as session:
+            _authorized(session, job_id, token)  # hash nothing for a caller without a token
+        try:
+            return registry.verify_model(self._store(), report), None
+        except ModelfabError as exc:
+            logger.warning("job %s: model not registered: %s", job_id, exc.message)
+            return None, exc
+
+    def _end(
+        self,
+        session: Session,
+        job_id: str,
+        token: str,
+        payload: dict[str, Any],
+        model: registry.VerifiedModel | None,
+        problem: ModelfabError | None,
+    ) -> str:
+        job = _authorized(session, job_id, token, lock=True)
+        if payload.get("attempt") not in (None, job.attempt):
+            raise Conflict("this attempt is over", param="attempt")
+        at = now()
+        outcome, error, result = payload["status"], payload.get("error"), payload.get("result")
+        retryable = bool(payload.get("retryable"))
+        if model is not None:
+            try:
+                with session.begin_nested():
+                    version = registry.register_version(session, job, model, at=at)
+                result = {**(result or {}), "model": version["ref"]}
+            except ModelfabError as exc:
+                problem = exc
+        if problem is not None:
+            outcome, retryable, result = FAILED, False, None
+            error = {
+                "code": "model_not_registered",
+                "message": f"the model could not be registered: {problem.message}",
+                "param": problem.param,
+            }
+        return lifecycle.end_attempt(
+            session,
+            job,
+            outcome=outcome,
+            at=at,
+            error=error,
+            retryable=retryable,
+            result=result,
+        )
+
+    def _store(self) -> ArtifactStore:
+        if self.artifacts is None:
+            raise InvalidRequest("this control plane keeps no artifacts", param="model")
+        return self.artifacts
+
+
+def _pick(value: Any, allowed: tuple[str, ...]) -> str:
+    """`value` when it is one of `allowed`, else the first (the default)."""
+    return value if isinstance(value, str) and value in allowed else allowed[0]
+
+
+def _authorized(session: Session, job_id: str, token: str, lock: bool = False) -> Job:
+    """The job if `token` is its running attempt's token; raises Unauthenticated otherwise."""
+    job = session.get(Job, job_id, with_for_update=lock)
+    if (
+        job is None
+        or job.status != RUNNING
+        or job.token_hash is None
+        or not hmac.compare_digest(job.token_hash, hash_secret(token))
+    ):
+        raise Unauthenticated(f"job token not valid for {job_id} (wrong token or attempt over)")
+    return job

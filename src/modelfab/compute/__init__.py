@@ -1,0 +1,1 @@
+"""The compute layer: the pool of nodes and devices, the scheduler, and executors."""

@@ -1,0 +1,1 @@
+"""Executors run placed work. Each backend is a package of the same shape as `local`."""

@@ -1,0 +1,1 @@
+"""The scheduler: placement policy (pure) and the loop that applies its decisions."""

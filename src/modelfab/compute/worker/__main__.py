@@ -1,0 +1,122 @@
+"""`python -m modelfab.compute.worker --job-id J --attempt N --node-id X`: run one job attempt.
+
+The executor starts this process with MODELFAB_URL and MODELFAB_JOB_TOKEN in its
+environment and CUDA_VISIBLE_DEVICES set to the devices placed. Exit status: 0 when the
+recipe succeeded, 1 when it failed, 2 when the control plane says the attempt is over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from modelfab.compute.worker.api import TOKEN_ENV, URL_ENV, AttemptOver, WorkerAPI
+from modelfab.compute.worker.context import WorkerContext
+from modelfab.errors import ModelfabError
+from modelfab.recipes.base import get_recipe
+
+logger = logging.getLogger("modelfab.worker")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="modelfab-worker")
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--attempt", type=int, required=True)
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--workdir", type=Path, default=Path.cwd())
+    return parser.parse_args(argv)
+
+
+def run_recipe(ctx: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the recipe and return the completion payload for the control plane."""
+    try:
+        recipe = get_recipe(spec["recipe"])
+        params = recipe.params.model_validate(spec["params"])
+        result = recipe.load_entrypoint()(ctx, params) or {}
+    except ModelfabError as exc:  # the user's to fix: retrying would not help
+        return _failed(exc.code, exc.message, retryable=False)
+    except Exception as exc:
+        traceback.print_exc()
+        return _failed("recipe_error", f"{type(exc).__name__}: {exc}", retryable=True)
+    if ctx.cancelled():
+        return {"status": "cancelled", "result": result}
+    return {"status": "succeeded", "result": result, "model": ctx.model}
+
+
+def verified_file(ref: dict[str, Any] | None) -> Path | None:
+    """The local path of a `{uri, sha256}` file reference, after checking its sha256."""
+    if not ref:
+        return None
+    path = Path(urlparse(ref["uri"]).path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != ref["sha256"]:
+        raise ModelfabError(
+            f"{path} does not match its recorded sha256; import it again (modelfab hub import)",
+            code="artifact_corrupt",
+        )
+    return path
+
+
+def _failed(code: str, message: str, *, retryable: bool) -> dict[str, Any]:
+    return {"status": "failed", "error": {"code": code, "message": message}, "retryable": retryable}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args(argv)
+    api = WorkerAPI(os.environ[URL_ENV], os.environ.pop(TOKEN_ENV), args.job_id)
+    try:
+        spec = api.spec()
+    except AttemptOver:
+        logger.error("job %s attempt %s is over; exiting", args.job_id, args.attempt)
+        return 2
+    dataset = spec.get("dataset")
+    try:
+        base_weights = verified_file(spec.get("base_weights"))
+    except ModelfabError as exc:  # retrying would read the same bad file
+        api.complete({"attempt": args.attempt, **_failed(exc.code, exc.message, retryable=False)})
+        return 1
+    ctx = WorkerContext(
+        api,
+        job_id=args.job_id,
+        attempt=args.attempt,
+        dataset=dataset,
+        dataset_path=Path(urlparse(dataset["uri"]).path) if dataset else None,
+        workdir=args.workdir,
+        base_weights=base_weights,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: ctx.request_cancel())
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    ctx.event(
+        f"Attempt {args.attempt} started on {socket.gethostname()} (pid {os.getpid()})",
+        data={"pid": os.getpid(), "cuda_visible_devices": devices, "status": "running"},
+    )
+    print(
+        f"modelfab worker: job {args.job_id} attempt {args.attempt} devices={devices!r}", flush=True
+    )
+    payload = run_recipe(ctx, spec)
+    ctx.close()
+    try:
+        api.complete({"attempt": args.attempt, **payload})
+    except AttemptOver:
+        return 2
+    return 0 if payload["status"] == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""HTTP calls a worker makes, with retries while the control plane is away (e.g. restarting)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ENV = "MODELFAB_JOB_TOKEN"
+URL_ENV = "MODELFAB_URL"
+
+
+class AttemptOver(Exception):
+    """The control plane no longer treats this process as the job's running attempt."""
+
+
+class WorkerAPI:
+    def __init__(self, url: str, token: str, job_id: str, *, retry_for_s: float = 600.0):
+        self.job_id = job_id
+        self.retry_for_s = retry_for_s
+        self._http = httpx.Client(
+            base_url=f"{url.rstrip('/')}/v1/worker/jobs/{job_id}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30.0,
+            # Building a TLS context costs ~50 ms per worker start; plain HTTP needs none.
+            verify=url.startswith("https://"),
+        )
+
+    def spec(self) -> dict[str, Any]:
+        return self._call("GET", "/spec")
+
+    def events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._call("POST", "/events", json={"events": events})
+
+    def complete(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/complete", json=payload)
+
+    def upload_artifact(self, path: Path, *, name: str, format: str) -> dict[str, Any]:
+        """Upload a file to the artifact store; the server checks it against our sha256.
+
+        The bytes are read once, so a retry after a dropped connection resends them whole
+        (model artifacts are tens of MB, not GB)."""
+        content = path.read_bytes()
+        data = {"name": name, "format": format, "sha256": hashlib.sha256(content).hexdigest()}
+        files = {"file": (name, content, "application/octet-stream")}
+        return self._call("POST", "/artifacts", data=data, files=files)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """Retry connection errors and 5xx with backoff for `retry_for_s`.
+
+        Raises AttemptOver on 401/404/409, httpx.HTTPError when retries run out."""
+        deadline = time.monotonic() + self.retry_for_s
+        delay = 0.1
+        while True:
+            try:
+                resp = self._http.request(method, path, **kwargs)
+                if resp.status_code in (401, 404, 409):
+                    raise AttemptOver(resp.text)
+                if resp.status_code < 500:
+                    resp.raise_for_status()
+                    out: dict[str, Any] = resp.json()
+                    return out
+                logger.warning("control plane answered %s; retrying", resp.status_code)
+            except httpx.TransportError as exc:
+                logger.warning("control plane unreachable (%s); retrying", exc)
+                if time.monotonic() > deadline:
+                    raise
+            if time.monotonic() > deadline:
+                raise httpx.HTTPError(f"{method} {path}: gave up after {self.retry_for_s}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

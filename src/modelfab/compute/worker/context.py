@@ -1,0 +1,112 @@
+"""The RecipeContext a worker hands to a recipe: events are buffered and shipped by a
+background thread so that a recipe never waits on the network."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from modelfab.compute.worker.api import AttemptOver, WorkerAPI
+
+logger = logging.getLogger(__name__)
+
+MAX_BUFFER = 10_000
+SHIP_INTERVAL_S = 0.2
+
+
+class WorkerContext:
+    def __init__(
+        self,
+        api: WorkerAPI,
+        *,
+        job_id: str,
+        attempt: int,
+        dataset: dict[str, Any] | None,
+        dataset_path: Path | None,
+        workdir: Path,
+        base_weights: Path | None = None,
+    ):
+        self.job_id = job_id
+        self.attempt = attempt
+        self.dataset = dataset
+        self.base_weights = base_weights
+        self.dataset_path = dataset_path
+        self.workdir = workdir
+        self._api = api
+        self._buffer: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._stop = threading.Event()
+        self.attempt_over = threading.Event()
+        self.model: dict[str, Any] | None = None
+        self._shipper = threading.Thread(target=self._ship_loop, name="event-shipper", daemon=True)
+        self._shipper.start()
+
+    def event(
+        self,
+        message: str,
+        *,
+        type: str = "message",
+        level: str = "info",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        item = {"message": message, "type": type, "level": level, "data": data, "at": time.time()}
+        with self._lock:
+            if len(self._buffer) >= MAX_BUFFER:
+                self._buffer.pop(0)  # keep the newest while the control plane is away
+            self._buffer.append(item)
+
+    def metrics(self, step: int | None = None, **values: float) -> None:
+        data: dict[str, Any] = dict(values)
+        if step is not None:
+            data["step"] = step
+        text = " ".join(f"{k}={v}" for k, v in data.items())
+        self.event(text, type="metrics", data=data)
+
+    def upload_artifact(self, path: Path, *, name: str, format: str) -> dict[str, Any]:
+        """Store `path` in the artifact store (blocks; retries while the control plane is away)."""
+        return self._api.upload_artifact(path, name=name, format=format)
+
+    def register_model(self, model: dict[str, Any]) -> None:
+        """Register `model` (name, task, artifacts, metrics, ...) when the job succeeds: the
+        version is created in the same transaction that marks the job succeeded."""
+        self.model = model
+
+    def cancelled(self) -> bool:
+        return self._cancel.is_set() or self.attempt_over.is_set()
+
+    def request_cancel(self) -> None:
+        self._cancel.set()
+
+    def flush(self) -> None:
+        self._ship_once()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._shipper.join(timeout=5)
+        self._ship_once()
+
+    def _ship_loop(self) -> None:
+        while not self._stop.wait(SHIP_INTERVAL_S):
+            self._ship_once()
+
+    def _ship_once(self) -> None:
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+        if not batch or self.attempt_over.is_set():
+            return
+        try:
+            answer = self._api.events(batch)
+        except AttemptOver:
+            self.attempt_over.set()
+            return
+        except Exception:
+            logger.exception("could not ship %d events; keeping them", len(batch))
+            with self._lock:
+                self._buffer = (batch + self._buffer)[-MAX_BUFFER:]
+            return
+        if answer.get("cancel_requested"):
+            self._cancel.set()

@@ -1,0 +1,1 @@
+"""Foundation models: the catalog (control plane, no torch) and their loading (worker)."""

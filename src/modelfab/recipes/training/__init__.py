@@ -1,0 +1,1 @@
+"""Training machinery shared by every recipe: the one `fit` loop."""

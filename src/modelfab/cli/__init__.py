@@ -1,0 +1,1 @@
+"""The `modelfab` command line: one verb group per noun, run through `main(argv)`."""

@@ -1,0 +1,42 @@
+"""Helpers shared by the command groups."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import typer
+
+from modelfab.client import Client
+
+SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)$", re.IGNORECASE)
+
+
+def client() -> Client:
+    return Client()
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs; values are JSON when they parse (3, 0.5, true, [1,2]), else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def parse_size(text: str | None) -> int:
+    """'0', '512M', '4G', '4GiB' -> bytes (binary units)."""
+    if not text:
+        return 0
+    m = SIZE_RE.match(text.strip())
+    if not m:
+        raise typer.BadParameter(f"{text!r} is not a size like 512M or 4G", param_hint="--memory")
+    power = " KMGT".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * 1024**power)

@@ -1,0 +1,138 @@
+"""`modelfab models`: registered versions, aliases, lineage, and exporting artifacts."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from modelfab.cli.common import client
+from modelfab.cli.output import Output, OutputOpt, console, show, table, when
+
+app = typer.Typer(
+    help="Models: versions registered by the jobs that trained them.", no_args_is_help=True
+)
+
+REF_HELP = "NAME (latest version), NAME:VERSION or NAME@ALIAS"
+SHOW_FIELDS = (
+    "ref", "task", "aliases", "versions", "job_id", "recipe", "recipe_version", "base_model",
+    "metrics", "params", "created_at",
+)  # fmt: skip
+LABELS = "labels.json"
+
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+    pytorch = "pytorch"
+
+
+@app.command("list")
+def list_(output: OutputOpt = Output.table) -> None:
+    with client() as c:
+        rows = c.list_models()
+    if output is Output.json:
+        show({"object": "list", "data": rows}, output)
+        return
+    table(
+        None,
+        ("name", "task", "latest", "versions", "aliases", "created"),
+        [
+            [
+                r["name"],
+                r["task"],
+                r["latest_version"],
+                r["versions"],
+                _aliases(r["aliases"]),
+                when(r["created_at"]),
+            ]
+            for r in rows
+        ],
+    )
+
+
+@app.command("show")
+def show_(
+    ref: Annotated[str, typer.Argument(help=REF_HELP)], output: OutputOpt = Output.table
+) -> None:
+    with client() as c:
+        version = c.get_model(ref)
+    show(version, output, SHOW_FIELDS)
+    if output is Output.table:
+        _artifact_table(version["artifacts"])
+
+
+@app.command("alias")
+def alias(
+    target: Annotated[str, typer.Argument(help="NAME:VERSION the alias should point at")],
+    name: Annotated[str, typer.Argument(help="The alias, e.g. production")],
+    output: OutputOpt = Output.table,
+) -> None:
+    """Point an alias at a version (creating it, or moving it from another version)."""
+    model, _, number = target.partition(":")
+    if not number.isdigit():
+        raise typer.BadParameter(f"{target!r} is not NAME:VERSION", param_hint="TARGET")
+    with client() as c:
+        version = c.set_alias(model, name, int(number))
+    if output is Output.json:
+        show(version, output)
+        return
+    console.print(f"[green]{model}@{name}[/green] -> {version['ref']}")
+
+
+@app.command("lineage")
+def lineage(
+    ref: Annotated[str, typer.Argument(help=REF_HELP)], output: OutputOpt = Output.table
+) -> None:
+    """Where a version came from: dataset version, job, recipe, base model, code version."""
+    with client() as c:
+        show(c.model_lineage(ref), output, _LINEAGE_FIELDS)
+
+
+_LINEAGE_FIELDS = (
+    "model_version", "dataset", "job", "base_model", "params", "code_version", "endpoints",
+)  # fmt: skip
+
+
+@app.command("export")
+def export(
+    ref: Annotated[str, typer.Argument(help=REF_HELP)],
+    format: Annotated[ExportFormat, typer.Option("--format", help="Which artifacts")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to write them to")],
+    output: OutputOpt = Output.table,
+) -> None:
+    """Download the artifacts of one format (plus labels.json), checked against their sha256."""
+    to.mkdir(parents=True, exist_ok=True)
+    with client() as c:
+        version = c.get_model(ref)
+        wanted = [
+            a for a in version["artifacts"] if a["format"] == format.value or a["name"] == LABELS
+        ]
+        if not any(a["format"] == format.value for a in wanted):
+            have = sorted({a["format"] for a in version["artifacts"]})
+            console.print(
+                f"[red]{version['ref']} has no {format.value} artifact[/red] "
+                f"(it has: {', '.join(have) or 'none'})"
+            )
+            raise typer.Exit(1)
+        written = [
+            {**a, "path": str(c.download_artifact(version["ref"], a["name"], to))} for a in wanted
+        ]
+    if output is Output.json:
+        show({"object": "list", "model": version["ref"], "data": written}, output)
+        return
+    for a in written:
+        console.print(f"[green]wrote[/green] {a['path']}  sha256 {a['sha256'][:16]}")
+
+
+def _aliases(aliases: dict[str, int]) -> str:
+    return ", ".join(f"{a}->{n}" for a, n in aliases.items()) or "-"
+
+
+def _artifact_table(artifacts: list[dict[str, Any]]) -> None:
+    table(
+        "artifacts",
+        ("name", "format", "size_bytes", "sha256"),
+        [[a["name"], a["format"], a["size_bytes"], a["sha256"][:16]] for a in artifacts],
+    )

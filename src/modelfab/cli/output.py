@@ -1,0 +1,71 @@
+"""Printing: rich tables for people, `--output json` for scripts (the API's own objects)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from modelfab.errors import ModelfabError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+OutputOpt = Annotated[
+    Output, typer.Option("--output", "-o", help="table for people, json for scripts")
+]
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*("-" if v is None else str(v) for v in row))
+    console.print(t)
+
+
+def show(obj: dict[str, Any], output: Output, fields: Sequence[str] | None = None) -> None:
+    if output is Output.json:
+        emit_json(obj)
+        return
+    for key in fields or obj:
+        value = obj.get(key)
+        if isinstance(value, dict | list):
+            value = json.dumps(value, default=str)
+        if key.endswith("_at") and isinstance(value, int | float):
+            value = when(value)
+        console.print(f"[bold]{key:>20}[/bold]  {value}")
+
+
+def print_error(exc: ModelfabError) -> None:
+    param = f" [dim](param: {escape(exc.param)})[/dim]" if exc.param else ""
+    err_console.print(
+        f"[red]error[/red] {escape(f'[{exc.code}]')}: {escape(exc.message)}{param}",
+        highlight=False,
+        soft_wrap=True,
+    )

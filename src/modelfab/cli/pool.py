@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from modelfab.cli.common import client
+from modelfab.cli.output import Output, OutputOpt, console, emit_json, table
+
+
+def pool(output: OutputOpt = Output.table) -> None:
+    """Nodes, devices, what runs where, and free capacity."""
+    with client() as c:
+        view = c.pool()
+    if output is Output.json:
+        emit_json(view)
+        return
+    for node in view["nodes"]:
+        gib = node["memory_bytes"] / 2**30
+        console.print(
+            f"[bold]{node['id']}[/bold] ({node['hostname']}, {node['executor']}): "
+            f"{node['cpus_free']:g}/{node['cpus']:g} CPU slots free, {gib:.0f} GiB, "
+            f"heartbeat {node['heartbeat_age_s']}s ago"
+        )
+        table(
+            None,
+            ("device", "kind", "name", "free", "running"),
+            [_device_row(d) for d in node["devices"]],
+        )
+        if node["jobs"]:
+            console.print("  CPU-only: " + ", ".join(_who(j) for j in node["jobs"]))
+    t = view["totals"]
+    console.print(
+        f"GPUs free {t['gpus_free']:g}/{t['gpus']}, "
+        f"CPU slots free {t['cpus_free']:g}/{t['cpus']:g}, {view['queued_jobs']} jobs queued"
+    )
+
+
+def _device_row(d: dict[str, Any]) -> list[Any]:
+    running = ", ".join(f"{_who(a)} ({a['fraction']:g})" for a in d["allocations"])
+    kind = d["kind"] if d["active"] else f"{d['kind']} (gone)"
+    return [d["index"], kind, d["name"], f"{d['free']:g}", running or "-"]
+
+
+def _who(a: dict[str, Any]) -> str:
+    return a["job_id"] or a["tenant"]
+
+
+def usage(
+    since: Annotated[float | None, typer.Option(help="UNIX time; default: all")] = None,
+    by: Annotated[str, typer.Option(help="meter or job")] = "meter",
+    output: OutputOpt = Output.table,
+) -> None:
+    """Metered usage (GPU- and CPU-seconds) per tenant."""
+    with client() as c:
+        rows = c.usage(since=since, by=by)
+    if output is Output.json:
+        emit_json({"object": "list", "data": rows})
+        return
+    cols = ["tenant", "meter"] + (["ref_id"] if by == "job" else []) + ["quantity", "records"]
+    table(None, cols, [[r[k] if k != "quantity" else f"{r[k]:.2f}" for k in cols] for r in rows])

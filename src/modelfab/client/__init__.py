@@ -1,0 +1,285 @@
+"""`modelfab.Client`: a thin wrapper of the REST API. Methods return the API's JSON objects
+and raise `ApiError` (a ModelfabError carrying the server's code, message and param)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modelfab.errors import ModelfabError
+from modelfab.settings import ClientSettings
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class ApiError(ModelfabError):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
+        super().__init__(message, param=param, code=code)
+        self.status = status
+
+
+class Unreachable(ModelfabError):
+    code = "unreachable"
+
+
+class Client:
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout_s: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        """`transport` replaces the network (httpx.MockTransport in tests, a proxy...)."""
+        settings = ClientSettings()
+        self.url = (url or settings.url).rstrip("/")
+        key = api_key if api_key is not None else settings.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(
+            base_url=f"{self.url}/v1",
+            headers=headers,
+            timeout=timeout_s or settings.timeout_s,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One API call; raises ApiError on 4xx/5xx and Unreachable when the server is down."""
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unreachable(
+                f"cannot reach modelfab at {self.url} ({exc}); is `modelfab up` running? "
+                "Set MODELFAB_URL to its address."
+            ) from exc
+        if resp.status_code >= 400:
+            raise _api_error(resp)
+        return resp.json()
+
+    # -- tenants --------------------------------------------------------------------------
+    def me(self) -> dict[str, Any]:
+        return self.request("GET", "/me")
+
+    def create_tenant(self, name: str, **quota: Any) -> dict[str, Any]:
+        return self.request("POST", "/tenants", json={"name": name, **quota})
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/tenants")["data"]
+
+    def update_tenant(self, name: str, **changes: Any) -> dict[str, Any]:
+        return self.request("PATCH", f"/tenants/{name}", json=changes)
+
+    # -- datasets -------------------------------------------------------------------------
+    def create_dataset(self, name: str, path: str | Path, *, task: str) -> dict[str, Any]:
+        """Upload a local folder (packed as tar.gz on the fly) or an existing archive."""
+        path = Path(path)
+        if path.is_dir():
+            with tempfile.TemporaryDirectory() as tmp:
+                archive = Path(tmp) / f"{name}.tar.gz"
+                with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+                    tar.add(path, arcname=name)
+                return self._upload(name, task, archive)
+        if not path.exists():
+            raise ModelfabError(f"{path} does not exist", param="path", code="not_found")
+        return self._upload(name, task, path)
+
+    def _upload(self, name: str, task: str, archive: Path) -> dict[str, Any]:
+        with open(archive, "rb") as fh:
+            files = {"file": (archive.name, fh, "application/octet-stream")}
+            return self.request(
+                "POST", "/datasets/upload", data={"name": name, "task": task}, files=files
+            )
+
+    def create_dataset_from_server_path(self, name: str, path: str, *, task: str) -> dict[str, Any]:
+        body = {"name": name, "task": task, "path": path}
+        return self.request("POST", "/datasets", json=body)
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/datasets")["data"]
+
+    def get_dataset(self, ref: str) -> dict[str, Any]:
+        return self.request("GET", f"/datasets/{ref}")
+
+    # -- jobs -----------------------------------------------------------------------------
+    def create_job(
+        self,
+        recipe: str,
+        *,
+        params: dict[str, Any] | None = None,
+        dataset: str | None = None,
+        gpus: float = 0.0,
+        cpus: float = 1.0,
+        memory_bytes: int = 0,
+        priority: int = 0,
+        max_attempts: int = 3,
+    ) -> dict[str, Any]:
+        body = {
+            "recipe": recipe,
+            "params": params or {},
+            "dataset": dataset,
+            "resources": {"gpus": gpus, "cpus": cpus, "memory_bytes": memory_bytes},
+            "priority": priority,
+            "max_attempts": max_attempts,
+        }
+        return self.request("POST", "/jobs", json=body)
+
+    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        return self.request("GET", "/jobs", params=params)["data"]
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/jobs/{job_id}")
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/jobs/{job_id}/cancel")
+
+    def job_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        out = self.request("GET", f"/jobs/{job_id}/events", params={"after": after})
+        return out["data"]
+
+    def job_logs(
+        self, job_id: str, *, attempt: int | None = None, offset: int = 0
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"offset": offset}
+        if attempt:
+            params["attempt"] = attempt
+        return self.request("GET", f"/jobs/{job_id}/logs", params=params)
+
+    def follow_events(
+        self, job_id: str, *, poll_s: float = 0.25, timeout_s: float | None = None
+    ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """Yield (job, new events) until the job ends; raises TimeoutError after `timeout_s`."""
+        after = 0
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            job = self.get_job(job_id)
+            events = self.job_events(job_id, after=after)
+            if events:
+                after = events[-1]["id"]
+            yield job, events
+            if job["status"] in TERMINAL:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
+            time.sleep(poll_s)
+
+    def wait_job(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float | None = None,
+        on_update: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+    ) -> dict[str, Any]:
+        job: dict[str, Any] = {}
+        for job, events in self.follow_events(job_id, timeout_s=timeout_s):
+            if on_update is not None:
+                on_update(job, events)
+        return job
+
+    # -- hub ------------------------------------------------------------------------------
+    def hub_list(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/hub")["data"]
+
+    def hub_import(self, model_id: str, path: str | Path) -> dict[str, Any]:
+        """Upload a weights file (a torch state dict) for `model_id`; admin keys only."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelfabError(f"{path} is not a file", param="path", code="not_found")
+        with open(path, "rb") as fh:
+            files = {"file": (path.name, fh, "application/octet-stream")}
+            return self.request("POST", f"/hub/{model_id}/import", files=files)
+
+    # -- models ---------------------------------------------------------------------------
+    def list_models(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/models")["data"]
+
+    def get_model(self, ref: str) -> dict[str, Any]:
+        """`ref` is NAME (the latest version), NAME:VERSION or NAME@ALIAS."""
+        return self.request("GET", f"/models/{ref}")
+
+    def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
+        body = {"alias": alias, "version": version}
+        return self.request("POST", f"/models/{name}/aliases", json=body)
+
+    def model_lineage(self, ref: str) -> dict[str, Any]:
+        return self.request("GET", f"/models/{ref}/lineage")
+
+    def download_artifact(self, ref: str, name: str, dest: Path) -> Path:
+        """Stream artifact `name` of `ref` to `dest` (a file, or a folder to put `name` in).
+
+        The bytes are checked against the server's X-Sha256 before `dest` appears; raises
+        ModelfabError (code artifact_corrupt) on a mismatch, leaving nothing behind.
+        """
+        dest = Path(dest)
+        target = dest / name if dest.is_dir() else dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                expected, actual = self._stream_to(f"/models/{ref}/artifacts/{name}", out)
+            if expected != actual:
+                raise ModelfabError(
+                    f"{name} of {ref} arrived with sha256 {actual}, but the server says "
+                    f"{expected}; download it again",
+                    param="name",
+                    code="artifact_corrupt",
+                )
+            os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; an export is an ordinary file
+            os.replace(tmp_name, target)
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+        return target
+
+    def _stream_to(self, path: str, out: Any) -> tuple[str, str]:
+        """GET `path` into `out`; returns (the X-Sha256 header, the sha256 of what arrived)."""
+        digest = hashlib.sha256()
+        try:
+            with self._http.stream("GET", path) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _api_error(resp)
+                for chunk in resp.iter_bytes(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach modelfab at {self.url} ({exc})") from exc
+        return resp.headers.get("x-sha256", ""), digest.hexdigest()
+
+    # -- pool and usage -------------------------------------------------------------------
+    def pool(self) -> dict[str, Any]:
+        return self.request("GET", "/pool")
+
+    def usage(self, *, since: float | None = None, by: str = "meter") -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"by": by}
+        if since is not None:
+            params["since"] = since
+        return self.request("GET", "/usage", params=params)["data"]
+
+
+def _api_error(resp: httpx.Response) -> ApiError:
+    try:
+        err = resp.json()["error"]
+        return ApiError(resp.status_code, err["code"], err["message"], err.get("param"))
+    except (ValueError, KeyError, TypeError):
+        return ApiError(
+            resp.status_code, "http_error", f"HTTP {resp.status_code}: {resp.text[:200]}"
+        )

@@ -1,0 +1,280 @@
+"""Dataset upload and import through the API: versions, isolation, and refusals that name
+the offending file and leave nothing behind."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelfab.settings import ServerSettings
+from tests.api.factories import (
+    AD,
+    CLS,
+    make_anomaly,
+    make_classification,
+    targz,
+    upload,
+    write_image,
+    zipped,
+)
+from tests.conftest import Api
+
+
+def names(api: Api, key: str) -> list[tuple[str, int, int]]:
+    resp = api.call("GET", "/datasets", key)
+    assert resp.status_code == 200
+    return [(d["name"], d["latest_version"], d["versions"]) for d in resp.json()["data"]]
+
+
+@pytest.fixture
+def member(api: Api) -> str:
+    return str(api.create_tenant("vision")["api_key"])
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def test_upload_versions_are_content_addressed(api: Api, member: str, tmp_path: Path) -> None:
+    root = make_classification(tmp_path / "pets")
+    first = upload(api, member, "pets", targz(root))
+    assert first.status_code == 201, first.text
+    v1 = first.json()
+    assert (v1["name"], v1["version"], v1["ref"], v1["task"]) == ("pets", 1, "pets:1", CLS)
+    assert v1["created"] is True
+    assert re.fullmatch(r"[0-9a-f]{64}", v1["sha256"])
+    assert v1["file_count"] == 5
+    assert v1["stats"]["classes"] == {"cat": 3, "dog": 2}
+    assert v1["stats"]["num_images"] == 5
+
+    again = upload(api, member, "pets", targz(root, arcname="other-folder-name"))
+    assert again.status_code == 200, again.text
+    assert (again.json()["version"], again.json()["created"]) == (1, False)
+    assert again.json()["sha256"] == v1["sha256"]
+
+    as_zip = upload(api, member, "pets", zipped(root), filename="ds.zip")
+    assert as_zip.status_code == 200, as_zip.text
+    assert as_zip.json()["version"] == 1
+
+    write_image(root / "dog" / "002.png", seed=99)
+    changed = upload(api, member, "pets", targz(root))
+    assert changed.status_code == 201, changed.text
+    v2 = changed.json()
+    assert (v2["version"], v2["created"]) == (2, True)
+    assert v2["sha256"] != v1["sha256"]
+    assert v2["stats"]["classes"] == {"cat": 3, "dog": 3}
+
+    assert names(api, member) == [("pets", 2, 2)]
+
+
+def test_get_dataset_by_name_and_version(api: Api, member: str, tmp_path: Path) -> None:
+    root = make_classification(tmp_path / "pets")
+    v1 = upload(api, member, "pets", targz(root)).json()
+    write_image(root / "cat" / "extra.png", seed=7)
+    v2 = upload(api, member, "pets", targz(root)).json()
+
+    one = api.call("GET", "/datasets/pets:1", member)
+    assert one.status_code == 200
+    assert (one.json()["version"], one.json()["sha256"]) == (1, v1["sha256"])
+    assert one.json()["versions"] == [1, 2]
+
+    latest = api.call("GET", "/datasets/pets", member)
+    assert latest.status_code == 200
+    assert (latest.json()["version"], latest.json()["sha256"]) == (2, v2["sha256"])
+
+    missing = api.call("GET", "/datasets/pets:9", member)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    assert missing.json()["error"]["param"] == "dataset"
+
+    bad_ref = api.call("GET", "/datasets/pets:latest", member)
+    assert bad_ref.status_code == 422
+    assert bad_ref.json()["error"]["param"] == "dataset"
+
+
+def test_same_name_with_another_task_conflicts(api: Api, member: str, tmp_path: Path) -> None:
+    assert (
+        upload(api, member, "parts", targz(make_classification(tmp_path / "c"))).status_code == 201
+    )
+    ad = tmp_path / "ad"
+    resp = upload(api, member, "parts", targz(make_anomaly(ad)), task=AD)
+    assert resp.status_code == 409
+    assert resp.json()["error"]["param"] == "task"
+    assert names(api, member) == [("parts", 1, 1)]
+
+
+def test_anomaly_upload_reports_splits(api: Api, member: str, tmp_path: Path) -> None:
+    resp = upload(api, member, "parts", targz(make_anomaly(tmp_path / "ad")), task=AD)
+    assert resp.status_code == 201, resp.text
+    stats = resp.json()["stats"]
+    assert stats["splits"] == {"test/good": 1, "test/scratch": 1, "train/good": 2}
+    assert (stats["defect_types"], stats["num_masks"]) == (["scratch"], 1)
+    assert resp.json()["file_count"] == 5
+
+
+@pytest.mark.parametrize("task", [CLS, AD])
+def test_flat_archive_is_accepted(api: Api, member: str, tmp_path: Path, task: str) -> None:
+    if task == CLS:
+        root = make_classification(tmp_path / "x")
+    else:  # train/ alone at the top must not be taken for a wrapping folder
+        root = tmp_path / "x"
+        for i in range(2):
+            write_image(root / "train" / "good" / f"{i}.png", seed=i)
+    wrapped = upload(api, member, "flat", targz(root), task=task)
+    assert wrapped.status_code == 201, wrapped.text
+    flat = upload(api, member, "flat", targz(root, arcname=None), task=task)
+    assert flat.status_code == 200, flat.text
+    assert flat.json()["sha256"] == wrapped.json()["sha256"]
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+def test_tenants_do_not_see_each_others_datasets(api: Api, member: str, tmp_path: Path) -> None:
+    other = api.create_tenant("audio")["api_key"]
+    mine = upload(api, member, "pets", targz(make_classification(tmp_path / "a"))).json()
+
+    for ref in ("pets", "pets:1"):
+        resp = api.call("GET", f"/datasets/{ref}", other)
+        assert resp.status_code == 404
+        assert resp.json()["error"]["code"] == "not_found"
+    assert names(api, other) == []
+
+    root_b = make_classification(tmp_path / "b", {"car": 2, "bus": 2})
+    theirs = upload(api, other, "pets", targz(root_b))
+    assert theirs.status_code == 201, theirs.text
+    assert theirs.json()["version"] == 1
+    assert theirs.json()["id"] != mine["id"]
+    assert api.call("GET", "/datasets/pets", member).json()["sha256"] == mine["sha256"]
+    assert api.call("GET", "/datasets/pets", other).json()["stats"]["classes"] == {
+        "bus": 2,
+        "car": 2,
+    }
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _corrupt_png(root: Path) -> tuple[bytes, str]:
+    make_classification(root)
+    (root / "dog" / "broken.png").write_bytes(random.Random(0).randbytes(200))
+    return targz(root), CLS
+
+
+def _one_class(root: Path) -> tuple[bytes, str]:
+    return targz(make_classification(root, {"cat": 3})), CLS
+
+
+def _anomaly_without_train(root: Path) -> tuple[bytes, str]:
+    write_image(root / "test" / "good" / "000.png")
+    write_image(root / "test" / "scratch" / "000.png", seed=3)
+    return targz(root), AD
+
+
+def _unknown_task(root: Path) -> tuple[bytes, str]:
+    return targz(make_classification(root)), "segmentation"
+
+
+def _not_an_archive(root: Path) -> tuple[bytes, str]:
+    return b"just some text, not a tarball\n" * 10, CLS
+
+
+def _truncated_archive(root: Path) -> tuple[bytes, str]:
+    blob = targz(make_classification(root))
+    return blob[: len(blob) // 2], CLS
+
+
+@pytest.mark.parametrize(
+    ("build", "code", "param"),
+    [
+        (_corrupt_png, "dataset_invalid", "dog/broken.png"),
+        (_one_class, "dataset_invalid", "cat"),
+        (_anomaly_without_train, "dataset_invalid", "train/good"),
+        (_unknown_task, "invalid_request", "task"),
+        (_not_an_archive, "invalid_request", "file"),
+        (_truncated_archive, "invalid_request", "file"),
+    ],
+)
+def test_invalid_upload_names_the_problem_and_leaves_nothing(
+    api: Api,
+    member: str,
+    settings: ServerSettings,
+    tmp_path: Path,
+    build: Any,
+    code: str,
+    param: str,
+) -> None:
+    assert (
+        upload(api, member, "pets", targz(make_classification(tmp_path / "ok"))).status_code == 201
+    )
+    stored_before = sorted(p.name for p in settings.datasets_dir.iterdir())
+
+    blob, task = build(tmp_path / "bad")
+    for name in ("pets", "fresh"):
+        resp = upload(api, member, name, blob, task=task)
+        assert resp.status_code == 422, resp.text
+        err = resp.json()["error"]
+        assert (err["code"], err["param"]) == (code, param)
+        assert str(tmp_path) not in err["message"]  # no server paths leak
+
+    assert names(api, member) == [("pets", 1, 1)]
+    assert sorted(p.name for p in settings.datasets_dir.iterdir()) == stored_before
+    assert list((settings.home / "tmp").iterdir()) == []
+
+
+def test_bad_dataset_name_is_refused(api: Api, member: str, tmp_path: Path) -> None:
+    resp = upload(api, member, "Bad Name!", targz(make_classification(tmp_path / "x")))
+    assert resp.status_code == 422
+    assert resp.json()["error"]["param"] == "name"
+    assert names(api, member) == []
+
+
+def test_upload_over_the_size_limit_is_refused(
+    api: Api, member: str, settings: ServerSettings, tmp_path: Path
+) -> None:
+    blob = targz(make_classification(tmp_path / "x"))
+    settings.max_upload_bytes = len(blob) - 1
+    resp = upload(api, member, "pets", blob)
+    assert resp.status_code == 413
+    assert (resp.json()["error"]["code"], resp.json()["error"]["param"]) == (
+        "payload_too_large",
+        "file",
+    )
+    assert names(api, member) == []
+    assert list((settings.home / "tmp").iterdir()) == []
+
+
+# --------------------------------------------------------------------------- server paths
+
+
+def test_import_from_server_path_is_admin_only(api: Api, member: str, tmp_path: Path) -> None:
+    root = make_classification(tmp_path / "pets")
+    body = {"name": "pets", "task": CLS, "path": str(root)}
+
+    denied = api.call("POST", "/datasets", member, json=body)
+    assert denied.status_code == 403
+    assert (denied.json()["error"]["code"], denied.json()["error"]["param"]) == (
+        "forbidden",
+        "path",
+    )
+    assert names(api, member) == []
+
+    created = api.call("POST", "/datasets", api.admin_key, json=body)
+    assert created.status_code == 201, created.text
+    assert (created.json()["version"], created.json()["created"]) == (1, True)
+    assert created.json()["stats"]["classes"] == {"cat": 3, "dog": 2}
+    assert names(api, api.admin_key) == [("pets", 1, 1)]
+
+    again = api.call("POST", "/datasets", api.admin_key, json=body)
+    assert again.status_code == 200
+    assert again.json()["created"] is False
+
+
+def test_import_from_missing_server_path_is_refused(api: Api, tmp_path: Path) -> None:
+    body = {"name": "pets", "task": CLS, "path": str(tmp_path / "nowhere")}
+    resp = api.call("POST", "/datasets", api.admin_key, json=body)
+    assert resp.status_code == 422
+    assert resp.json()["error"]["param"] == "path"

@@ -1,0 +1,150 @@
+"""`modelfab up` as a real process, killed with SIGKILL mid-job and started again: nothing
+is lost and no job runs twice. These start real servers because crash recovery is what is
+under test; each waits for readiness and kills its process tree in `finally`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import select
+
+from modelfab.client import Client, Unreachable
+from modelfab.compute.executors.local.process import find_workers, kill_tree
+from modelfab.db.engine import make_engine, make_sessionmaker
+from modelfab.db.models import UsageRecord
+from tests.e2e.helpers import eventually, wait_status, wait_terminal, worker_started
+
+pytestmark = pytest.mark.e2e
+
+
+class UpProcess:
+    """`modelfab up` on a fixed loopback port (workers keep the URL across restarts)."""
+
+    def __init__(self, home: Path, port: int, database_url: str):
+        self.home, self.port, self.database_url = home, port, database_url
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "modelfab.cli.main", "up", "--home", str(self.home),
+                "--port", str(self.port), "--fake-gpus", "2", "--cpus", "4",
+                "--database-url", self.database_url]  # fmt: skip
+        log = open(self.home / "up.log", "ab")  # noqa: SIM115 - the child writes it
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        eventually(self._ready, timeout_s=60, what="modelfab up to answer")
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError("modelfab up exited:\n" + (self.home / "up.log").read_text())
+        try:
+            Client(self.url).request("GET", "/health")
+            return True
+        except Unreachable:
+            return False
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def node_id(self) -> str:
+        return (self.home / "node-id").read_text().strip()
+
+
+@pytest.fixture
+def up(tmp_path: Path, db_url: str, factory: object) -> Iterator[UpProcess]:
+    home = tmp_path / "home"
+    home.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = UpProcess(home, port, db_url)
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            kill_tree(server.proc.pid, grace_s=2)
+        if (home / "node-id").exists():
+            for proc in find_workers(server.node_id()).values():
+                kill_tree(proc.pid, grace_s=1)
+
+
+def _team(up: UpProcess) -> Client:
+    admin = Client(up.url, (up.home / "admin.key").read_text().strip())
+    return Client(up.url, admin.create_tenant("team-restart")["api_key"])
+
+
+def test_sigkill_mid_job_loses_nothing_and_runs_nothing_twice(up: UpProcess, db_url: str) -> None:
+    up.start()
+    team = _team(up)
+    running = team.create_job("sleep", params={"seconds": 6}, cpus=2)
+    eventually(lambda: worker_started(team, running["id"]), what="the worker to start")
+    # Hold the remaining CPU slots so the next job stays queued across the crash.
+    blocker = team.create_job("sleep", params={"seconds": 8}, cpus=2)
+    wait_status(team, blocker["id"], "running")
+    queued = team.create_job("sleep", params={"seconds": 0}, cpus=2)
+    assert team.get_job(queued["id"])["status"] == "queued"
+
+    up.kill9()
+    workers = find_workers(up.node_id())
+    assert {job for job, _ in workers} == {running["id"], blocker["id"]}  # they outlive it
+    up.start()
+
+    done = wait_terminal(team, running["id"])
+    assert done["status"] == "succeeded" and done["attempt"] == 1  # re-adopted, not re-run
+    assert any("re-adopted" in e["message"] for e in team.job_events(running["id"]))
+    assert wait_terminal(team, queued["id"])["status"] == "succeeded"
+    assert team.get_job(queued["id"])["attempt"] == 1
+    wait_terminal(team, blocker["id"])
+    _assert_metered_once(db_url, [running["id"], blocker["id"], queued["id"]])
+
+
+def test_worker_lost_while_server_down_is_requeued_without_counting_a_failure(
+    up: UpProcess,
+) -> None:
+    up.start()
+    team = _team(up)
+    job = team.create_job("sleep", params={"seconds": 30}, cpus=1, max_attempts=1)
+    started = eventually(lambda: worker_started(team, job["id"]), what="the worker to start")
+    up.kill9()
+    os.kill(started["data"]["pid"], signal.SIGKILL)
+    eventually(lambda: not _alive(started["data"]["pid"]), what="the worker to die")
+    up.start()
+
+    def second_attempt() -> bool:
+        return team.get_job(job["id"])["attempt"] == 2
+
+    eventually(second_attempt, what="the job to run again")
+    after = team.get_job(job["id"])
+    assert after["failures"] == 0 and after["status"] == "running"  # max_attempts=1 still runs
+    assert any("control-plane restart" in e["message"] for e in team.job_events(job["id"]))
+    team.cancel_job(job["id"])
+    assert wait_terminal(team, job["id"])["status"] == "cancelled"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _assert_metered_once(db_url: str, job_ids: list[str]) -> None:
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine)() as s:
+            rows = s.scalars(select(UsageRecord).where(UsageRecord.ref_id.in_(job_ids))).all()
+    finally:
+        engine.dispose()
+    keys = [r.idempotency_key for r in rows]
+    assert len(keys) == len(set(keys)) == len(job_ids)  # one cpu_seconds record per attempt
+    assert all(r.quantity > 0 for r in rows if r.ref_id != job_ids[2])

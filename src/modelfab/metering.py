@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 from modelfab.db.models import UsageRecord
 from modelfab.ids import now
 
-METERS = ("gpu_seconds", "cpu_seconds", "requests", "items", "tokens_in", "tokens_out")
+METERS = (
+    "gpu_seconds",
+    "cpu_seconds",
+    "requests",
+    "items",
+    "tokens_in",
+    "tokens_out",
+    "replica_seconds",
+)
 
 
 def record(

@@ -1,0 +1,376 @@
+"""The replica's HTTP face: a Starlette app over a `ModelCache`, and `ReplicaServer`, which
+runs it with uvicorn in a background thread.
+
+A predict request flows: read the body (size-limited) -> split it into files -> get the
+model (loading it in a thread on first use) -> decode and preprocess every image in the
+thread pool -> the model's `DynamicBatcher`, which runs batches in its own thread -> top-k.
+The event loop only parses and routes, so decoding, preprocessing and inference of
+different requests overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from modelfab.errors import InvalidRequest, ModelfabError
+from modelfab.serving.batching import DynamicBatcher
+from modelfab.serving.inputs import (
+    NamedBytes,
+    check_content_length,
+    decode_image,
+    parse_images,
+    read_body,
+)
+from modelfab.serving.models import LoadedModel, ModelCache
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Endpoint = Callable[[Request], Any]
+
+MAX_BATCH_SIZE_HEADER = "x-modelfab-max-batch-size"
+MAX_WAIT_MS_HEADER = "x-modelfab-max-wait-ms"
+ITEMS_HEADER = "x-modelfab-items"
+PARSE_INLINE_BYTES = 256 * 1024
+"""Bodies up to this size are split into files on the event loop (faster than a thread
+hop); larger ones in the thread pool."""
+MAX_WAIT_MS_LIMIT = 1000.0
+"""The longest batching wait a request may ask for, in milliseconds."""
+
+
+@dataclass(frozen=True)
+class ReplicaLimits:
+    """What one replica accepts and how it batches when a request does not say."""
+
+    max_images: int = 64
+    """Images per request."""
+    max_body_bytes: int = 32 * 1024 * 1024
+    """Request body size."""
+    default_max_batch_size: int = 8
+    """Batch size when the request has no x-modelfab-max-batch-size header."""
+    default_max_wait_ms: float = 5.0
+    """Batching wait when the request has no x-modelfab-max-wait-ms header."""
+
+
+class Replica:
+    """The state behind the app: the cache, one batcher per model, a preprocessing pool,
+    and the number of predict requests in flight. Create and use on one event loop."""
+
+    def __init__(self, cache: ModelCache, limits: ReplicaLimits, workers: int | None = None):
+        self.cache = cache
+        self.limits = limits
+        self.outstanding = 0
+        self.pool = ThreadPoolExecutor(
+            max_workers=workers or os.cpu_count() or 2, thread_name_prefix="preprocess"
+        )
+        self._batchers: dict[str, DynamicBatcher[np.ndarray, np.ndarray]] = {}
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the preprocessing pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def parse(self, content_type: str | None, body: bytes) -> list[NamedBytes]:
+        """The body's files (see `parse_images`); a large body is parsed in the pool, as
+        that takes ~3 ms per MB (multipart) to ~10 ms per MB (JSON) of event-loop time."""
+        if len(body) <= PARSE_INLINE_BYTES:
+            return parse_images(content_type, body, max_images=self.limits.max_images)
+        return await self.in_thread(
+            partial(parse_images, max_images=self.limits.max_images), content_type, body
+        )
+
+    async def model(self, version_id: str) -> LoadedModel:
+        """The model, loaded in a thread when needed (loader errors pass through)."""
+        return await self.in_thread(self.cache.get, version_id)
+
+    async def prepare(self, model: LoadedModel, files: Sequence[NamedBytes]) -> list[np.ndarray]:
+        """Decode and preprocess every file in the pool, in parallel; raises the first
+        file's error (in request order) when any fails."""
+        results = await asyncio.gather(
+            *(self.in_thread(_prepare, model, name, data) for name, data in files),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results  # type: ignore[return-value]  # no exceptions left
+
+    def batcher(self, version_id: str) -> DynamicBatcher[np.ndarray, np.ndarray]:
+        """The model's batcher, started on first use."""
+        batcher = self._batchers.get(version_id)
+        if batcher is None:
+            batcher = DynamicBatcher(
+                lambda items: self._run_batch(version_id, items),
+                max_batch_size=self.limits.default_max_batch_size,
+                max_wait_s=self.limits.default_max_wait_ms / 1000,
+            )
+            batcher.start()
+            self._batchers[version_id] = batcher
+        return batcher
+
+    def _run_batch(self, version_id: str, items: list[np.ndarray]) -> list[np.ndarray]:
+        """Probabilities for a batch of preprocessed images; the model stays leased (not
+        evictable) while it runs. Blocks."""
+        with self.cache.lease(version_id) as model:
+            return list(model.predict(np.stack(items)))
+
+    async def close(self) -> None:
+        """Drain every batcher, then stop the pool."""
+        await asyncio.gather(*(b.stop() for b in self._batchers.values()))
+        self.pool.shutdown(wait=False)
+
+
+def _prepare(model: LoadedModel, name: str, data: bytes) -> np.ndarray:
+    return model.preprocess(decode_image(name, data))
+
+
+def create_replica_app(
+    cache: ModelCache,
+    *,
+    max_images: int = 64,
+    max_body_bytes: int = 32 * 1024 * 1024,
+    default_max_batch_size: int = 8,
+    default_max_wait_ms: float = 5.0,
+    workers: int | None = None,
+) -> Starlette:
+    """The replica's ASGI app over `cache`. `workers` sizes the decoding/preprocessing
+    thread pool (default: one per CPU). Shutting the app down (ASGI lifespan) drains the
+    batchers."""
+    limits = ReplicaLimits(max_images, max_body_bytes, default_max_batch_size, default_max_wait_ms)
+    holder: dict[str, Replica] = {}
+
+    def replica() -> Replica:
+        # Made lazily, inside the serving event loop, which a batcher must belong to.
+        if "r" not in holder:
+            holder["r"] = Replica(cache, limits, workers)
+        return holder["r"]
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        if "r" in holder:
+            await holder["r"].close()
+
+    routes = [
+        Route("/health", _endpoint(lambda r: _health(replica(), r)), methods=["GET"]),
+        Route(
+            "/models/{version_id}/load",
+            _endpoint(lambda r: _load(replica(), r)),
+            methods=["POST"],
+        ),
+        Route(
+            "/models/{version_id}/predict",
+            _endpoint(lambda r: _predict(replica(), r)),
+            methods=["POST"],
+        ),
+    ]
+    return Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
+    )
+
+
+def _endpoint(handler: Endpoint) -> Callable[[Request], Any]:
+    """Wrap a handler so ModelfabErrors become their JSON error and status, and anything
+    unexpected is logged with its traceback and answered with a generic 500."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            response: Response = await handler(request)
+            return response
+        except ModelfabError as exc:
+            return JSONResponse(exc.to_dict(), status_code=exc.status)
+        except Exception:
+            logger.exception("unexpected error on %s %s", request.method, request.url.path)
+            return _error(500, "internal_error", "internal error; the replica log has details")
+
+    return endpoint
+
+
+def _error(status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "param": param}}
+    return JSONResponse(body, status_code=status)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, code, str(exc.detail))
+
+
+async def _health(replica: Replica, _: Request) -> Response:
+    return JSONResponse(
+        {"status": "ok", "models": replica.cache.loaded(), "outstanding": replica.outstanding}
+    )
+
+
+async def _load(replica: Replica, request: Request) -> Response:
+    """Load and warm the model (one dummy inference) so its first request is fast."""
+    version_id = request.path_params["version_id"]
+    started = time.perf_counter()
+    model = await replica.model(version_id)
+    await replica.in_thread(model.warm)
+    load_ms = (time.perf_counter() - started) * 1000
+    return JSONResponse({"version_id": version_id, "loaded": True, "load_ms": round(load_ms, 3)})
+
+
+async def _predict(replica: Replica, request: Request) -> Response:
+    version_id = request.path_params["version_id"]
+    limits = replica.limits
+    replica.outstanding += 1
+    try:
+        top_k = _int_param(request.query_params.get("top_k"), "top_k", default=1)
+        max_batch_size, max_wait_s = _batching_headers(request, limits)
+        check_content_length(
+            request.headers.get("content-length"), max_body_bytes=limits.max_body_bytes
+        )
+        body = await read_body(request.stream(), max_body_bytes=limits.max_body_bytes)
+        files = await replica.parse(request.headers.get("content-type"), body)
+        model = await replica.model(version_id)
+        if top_k > len(model.classes):
+            raise _bad_param("top_k", f"at most {len(model.classes)}, the number of classes")
+        images = await replica.prepare(model, files)
+        probs = await replica.batcher(version_id).submit(
+            images,
+            max_batch_size=min(max_batch_size, model.max_batch_size),
+            max_wait_s=max_wait_s,
+        )
+    finally:
+        replica.outstanding -= 1
+    return _predictions(version_id, files, probs, model.classes, top_k)
+
+
+def _predictions(
+    version_id: str,
+    files: Sequence[NamedBytes],
+    probs: Sequence[np.ndarray],
+    classes: Sequence[str],
+    top_k: int,
+) -> Response:
+    data = []
+    for i, ((name, _), row) in enumerate(zip(files, probs, strict=True)):
+        best = np.argsort(-row, kind="stable")[:top_k]
+        ranked = [{"label": classes[j], "score": float(row[j])} for j in best]
+        data.append({"index": i, "name": name, **ranked[0], "top_k": ranked})
+    body = {
+        "object": "list",
+        "model_version": version_id,
+        "data": data,
+        "usage": {"items": len(data)},
+    }
+    return JSONResponse(body, headers={ITEMS_HEADER: str(len(data))})
+
+
+def _batching_headers(request: Request, limits: ReplicaLimits) -> tuple[int, float]:
+    """(max_batch_size, max_wait_s) from the request's headers or the replica defaults."""
+    size = _int_param(
+        request.headers.get(MAX_BATCH_SIZE_HEADER),
+        MAX_BATCH_SIZE_HEADER,
+        default=limits.default_max_batch_size,
+    )
+    raw = request.headers.get(MAX_WAIT_MS_HEADER)
+    wait_ms = limits.default_max_wait_ms
+    if raw is not None:
+        try:
+            wait_ms = float(raw)
+        except ValueError:
+            wait_ms = -1.0
+        if not 0 <= wait_ms <= MAX_WAIT_MS_LIMIT:  # also refuses nan
+            raise _bad_param(
+                MAX_WAIT_MS_HEADER, f"a number of milliseconds in [0, {MAX_WAIT_MS_LIMIT:g}]"
+            )
+    return size, wait_ms / 1000
+
+
+def _int_param(raw: str | None, param: str, *, default: int) -> int:
+    """A positive integer from a query parameter or header; `default` when absent."""
+    if raw is None:
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise _bad_param(param, "a positive integer")
+    return int(raw)
+
+
+def _bad_param(param: str, expected: str) -> InvalidRequest:
+    return InvalidRequest(f"{param} must be {expected}", param=param)
+
+
+class ReplicaServer:
+    """Serves an ASGI app with uvicorn (HTTP/1.1 keep-alive) in a background thread."""
+
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int = 0, *, keep_alive_s: float = 30.0
+    ) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.keep_alive_s = keep_alive_s
+        self.url = ""
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout_s: float = 30.0) -> str:
+        """Bind (port 0 picks a free port), serve, and return the base URL once serving.
+        Raises OSError when the address is taken, RuntimeError when serving fails."""
+        sock = _bind(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=int(self.keep_alive_s),
+        )
+        server = self._server = uvicorn.Server(config)
+        thread = self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="replica-http", daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                sock.close()
+                raise RuntimeError(f"the replica server did not start on {self.host}:{self.port}")
+            time.sleep(0.005)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{self.port}"
+        return self.url
+
+    def stop(self, drain_s: float = 10.0) -> None:
+        """Stop accepting connections, let in-flight requests finish for up to `drain_s`
+        seconds (then cancel them), drain the batchers, and return once stopped."""
+        if self._server is None or self._thread is None:
+            return
+        # Typed int, but uvicorn passes it straight to asyncio.wait_for: seconds as a float.
+        self._server.config.timeout_graceful_shutdown = max(drain_s, 0.001)  # type: ignore[assignment]
+        self._server.should_exit = True
+        self._thread.join(drain_s + 10)
+        self._server = self._thread = None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from modelfab import metering
-from modelfab.db.models import Job, JobAllocation, JobEvent
+from modelfab.db.models import Job, JobAllocation, JobEvent, UsageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,30 @@ def _meter_attempt(session: Session, job: Job, at: float) -> None:
             key=f"{ref}:{meter}",
             at=at,
         )
+    if job.recipe == "serve":
+        _meter_replica_remainder(session, job, seconds, at)
+
+
+def _meter_replica_remainder(session: Session, job: Job, seconds: float, at: float) -> None:
+    """An endpoint replica's seconds not yet metered in whole windows by the endpoint
+    controller (keys `replica:<job>:<attempt>:<k>`), so the total is exact."""
+    prefix = f"replica:{job.id}:{job.attempt}:"
+    done = session.scalar(
+        select(func.coalesce(func.sum(UsageRecord.quantity), 0.0)).where(
+            UsageRecord.idempotency_key.like(prefix + "%"),
+            UsageRecord.idempotency_key != prefix + "final",
+        )
+    )
+    metering.record(
+        session,
+        tenant_id=job.tenant_id,
+        meter="replica_seconds",
+        quantity=max(0.0, seconds - float(done or 0.0)),
+        ref_type="endpoint",
+        ref_id=str(job.params.get("endpoint_id")),
+        key=prefix + "final",
+        at=at,
+    )
 
 
 def cancel_queued(session: Session, job: Job, at: float) -> None:

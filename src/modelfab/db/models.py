@@ -31,6 +31,7 @@ class Tenant(Base):
     max_cpus: Mapped[float | None] = mapped_column(Float)
     gpu_hours_budget: Mapped[float | None] = mapped_column(Float)
     weight: Mapped[float] = mapped_column(Float, default=1.0)
+    rate_limit_rps: Mapped[float | None] = mapped_column(Float)  # per key, for endpoints
     created_at: Mapped[float] = mapped_column(Float)
 
 
@@ -226,3 +227,41 @@ class ModelAlias(Base):
         ForeignKey("model_versions.id", ondelete="CASCADE")
     )
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Endpoint(Base):
+    """A model version served over HTTP by `replicas` long-running replica jobs.
+
+    `status`: active, or deleting while in-flight requests drain before the row goes."""
+
+    __tablename__ = "endpoints"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    model_ref: Mapped[str] = mapped_column(String(200))
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"))
+    replicas: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[float] = mapped_column(Float)
+    cpus: Mapped[float] = mapped_column(Float)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    max_batch_size: Mapped[int] = mapped_column(Integer)
+    max_wait_ms: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class EndpointReplica(Base):
+    """A replica job of an endpoint and, once its server answers, where it listens."""
+
+    __tablename__ = "endpoint_replicas"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("endpoints.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str | None] = mapped_column(String(256))
+    attempt: Mapped[int | None] = mapped_column(Integer)  # the attempt `url` belongs to
+    ready_at: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)

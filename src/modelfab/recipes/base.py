@@ -22,6 +22,7 @@ from modelfab.errors import InvalidRequest, NotFound
 CATALOG: dict[str, str] = {
     "sleep": "modelfab.recipes.sleep",
     "image-classification": "modelfab.recipes.image_classification",
+    "serve": "modelfab.recipes.serve",
 }
 
 
@@ -66,6 +67,7 @@ class RecipeSpec:
     entrypoint: str  # "module:function", called as function(ctx, params) -> result dict
     needs_dataset: bool = False
     tasks: tuple[str, ...] = field(default_factory=tuple)
+    internal: bool = False  # run by the platform (endpoint replicas), not by tenants
 
     def validate_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Coerce and check params; raises InvalidRequest naming the offending `params.<field>`."""
@@ -97,4 +99,5 @@ def get_recipe(name: str) -> RecipeSpec:
 
 
 def list_recipes() -> list[RecipeSpec]:
-    return [get_recipe(name) for name in sorted(CATALOG)]
+    """The recipes tenants can run (internal ones are left out)."""
+    return [s for s in (get_recipe(name) for name in sorted(CATALOG)) if not s.internal]

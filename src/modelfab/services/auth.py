@@ -58,7 +58,11 @@ def authenticate(factory: sessionmaker[Session], key: str | None) -> Principal:
         raise Unauthenticated("invalid API key: check MODELFAB_API_KEY or ask an admin for a key")
     api_key, tenant = row
     return Principal(
-        tenant_id=tenant.id, tenant_name=tenant.name, role=api_key.role, key_id=api_key.id
+        tenant_id=tenant.id,
+        tenant_name=tenant.name,
+        role=api_key.role,
+        key_id=api_key.id,
+        rate_limit_rps=tenant.rate_limit_rps,
     )
 
 

@@ -29,6 +29,7 @@ class Principal:
     tenant_name: str
     role: str
     key_id: str
+    rate_limit_rps: float | None = None  # per key, enforced by the endpoint gateway
 
     @property
     def is_admin(self) -> bool:

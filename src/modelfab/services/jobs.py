@@ -86,9 +86,11 @@ class JobService:
         """Validate and queue a job. Raises InvalidRequest/NotFound for bad input and
         Unschedulable when no capacity or quota could ever run it."""
         spec = get_recipe(request.recipe)
-        params = spec.validate_params(request.params)
-        _check_resources(request)
-        at = now()
+        if spec.internal:
+            raise InvalidRequest(
+                f"recipe {spec.name!r} is run by the platform itself; {spec.description}",
+                param="recipe",
+            )
         with transaction(self.factory) as session:
             version = None
             if request.dataset:
@@ -96,33 +98,56 @@ class JobService:
                 _check_task(spec.tasks, version[0].task)
             elif spec.needs_dataset:
                 raise InvalidRequest(f"recipe {spec.name!r} needs --dataset", param="dataset")
-            self._check_fits(session, principal.tenant_id, request)
-            job = Job(
-                id=new_id("job"),
-                tenant_id=principal.tenant_id,
-                recipe=spec.name,
-                params=params,
+            job = self.queue(
+                session,
+                principal.tenant_id,
+                request,
                 dataset_version_id=version[1].id if version else None,
-                gpus=request.gpus,
-                cpus=request.cpus,
-                memory_bytes=request.memory_bytes,
-                priority=request.priority,
-                max_attempts=request.max_attempts,
-                status=VALIDATING,
-                attempt=0,
-                failures=0,
-                cancel_requested=False,
-                created_at=at,
             )
-            session.add(job)
-            lifecycle.add_event(session, job, "Validating job", at=at, data={"status": VALIDATING})
-            job.status, job.queued_at = QUEUED, at
-            lifecycle.add_event(session, job, "Job queued", at=at, data={"status": QUEUED})
             out = job_dict(job, version_dict(*version) if version else None)
         self.on_change()
         return out
 
-    def _check_fits(self, session: Session, tenant_id: str, request: JobRequest) -> None:
+    def queue(
+        self,
+        session: Session,
+        tenant_id: str,
+        request: JobRequest,
+        *,
+        dataset_version_id: str | None = None,
+    ) -> Job:
+        """Validate `request` and add it, queued, inside the caller's transaction (which
+        must call `on_change` after commit). Raises InvalidRequest or Unschedulable."""
+        spec = get_recipe(request.recipe)
+        params = spec.validate_params(request.params)
+        _check_resources(request)
+        self.check_fits(session, tenant_id, request)
+        at = now()
+        job = Job(
+            id=new_id("job"),
+            tenant_id=tenant_id,
+            recipe=spec.name,
+            params=params,
+            dataset_version_id=dataset_version_id,
+            gpus=request.gpus,
+            cpus=request.cpus,
+            memory_bytes=request.memory_bytes,
+            priority=request.priority,
+            max_attempts=request.max_attempts,
+            status=VALIDATING,
+            attempt=0,
+            failures=0,
+            cancel_requested=False,
+            created_at=at,
+        )
+        session.add(job)
+        lifecycle.add_event(session, job, "Validating job", at=at, data={"status": VALIDATING})
+        job.status, job.queued_at = QUEUED, at
+        lifecycle.add_event(session, job, "Job queued", at=at, data={"status": QUEUED})
+        return job
+
+    def check_fits(self, session: Session, tenant_id: str, request: JobRequest) -> None:
+        """Raise Unschedulable (or QuotaExceeded) when `request` could never run."""
         tenant = session.get(Tenant, tenant_id)
         assert tenant is not None
         if request.gpus > 0 and tenant.gpu_hours_budget is not None:

@@ -23,12 +23,17 @@ class Quota:
     max_cpus: float | None = None
     gpu_hours_budget: float | None = None
     weight: float = 1.0
+    rate_limit_rps: float | None = None  # endpoint requests per second, per key
 
     def check(self) -> None:
         for param in ("max_gpus", "max_cpus", "gpu_hours_budget"):
             value = getattr(self, param)
             if value is not None and value < 0:
                 raise InvalidRequest(f"{param} must be >= 0, got {value}", param=param)
+        if self.rate_limit_rps is not None and not self.rate_limit_rps > 0:
+            raise InvalidRequest(
+                f"rate_limit_rps must be > 0, got {self.rate_limit_rps}", param="rate_limit_rps"
+            )
         if self.weight is None or not self.weight > 0:
             raise InvalidRequest(f"weight must be > 0, got {self.weight}", param="weight")
 
@@ -42,6 +47,7 @@ def tenant_dict(t: Tenant) -> dict[str, Any]:
         "max_cpus": t.max_cpus,
         "gpu_hours_budget": t.gpu_hours_budget,
         "weight": t.weight,
+        "rate_limit_rps": t.rate_limit_rps,
         "created_at": t.created_at,
     }
 

@@ -52,7 +52,7 @@ class WorkerService:
 
     def spec(self, job_id: str, token: str) -> dict[str, Any]:
         with self.factory() as session:
-            job = _authorized(session, job_id, token)
+            job = authorized(session, job_id, token)
             dataset = (
                 version_by_id(session, job.dataset_version_id) if job.dataset_version_id else None
             )
@@ -83,7 +83,7 @@ class WorkerService:
         if len(events) > MAX_EVENTS_PER_CALL:
             raise InvalidRequest(f"at most {MAX_EVENTS_PER_CALL} events per call", param="events")
         with transaction(self.factory) as session:
-            job = _authorized(session, job_id, token)
+            job = authorized(session, job_id, token)
             for e in events:
                 lifecycle.add_event(
                     session,
@@ -107,7 +107,7 @@ class WorkerService:
         registry.check_artifact(name, format, sha256)
         store = self._store()
         with self.factory() as session:
-            _authorized(session, job_id, token)
+            authorized(session, job_id, token)
         uri, actual, size = store.put_stream(stream, max_bytes=self.max_artifact_bytes)
         if actual != sha256:
             raise InvalidRequest(
@@ -151,7 +151,7 @@ class WorkerService:
     ) -> tuple[registry.VerifiedModel | None, ModelfabError | None]:
         """Hash the reported artifacts before the transaction (it must not wait on disks)."""
         with self.factory() as session:
-            _authorized(session, job_id, token)  # hash nothing for a caller without a token
+            authorized(session, job_id, token)  # hash nothing for a caller without a token
         try:
             return registry.verify_model(self._store(), report), None
         except ModelfabError as exc:
@@ -167,7 +167,7 @@ class WorkerService:
         model: registry.VerifiedModel | None,
         problem: ModelfabError | None,
     ) -> str:
-        job = _authorized(session, job_id, token, lock=True)
+        job = authorized(session, job_id, token, lock=True)
         if payload.get("attempt") not in (None, job.attempt):
             raise Conflict("this attempt is over", param="attempt")
         at = now()
@@ -208,7 +208,7 @@ def _pick(value: Any, allowed: tuple[str, ...]) -> str:
     return value if isinstance(value, str) and value in allowed else allowed[0]
 
 
-def _authorized(session: Session, job_id: str, token: str, lock: bool = False) -> Job:
+def authorized(session: Session, job_id: str, token: str, lock: bool = False) -> Job:
     """The job if `token` is its running attempt's token; raises Unauthenticated otherwise."""
     job = session.get(Job, job_id, with_for_update=lock)
     if (

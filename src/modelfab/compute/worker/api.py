@@ -41,6 +41,15 @@ class WorkerAPI:
     def complete(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/complete", json=payload)
 
+    def announce_serving(self, url: str) -> dict[str, Any]:
+        """Tell the control plane this replica answers at `url` (endpoint replicas only)."""
+        return self._call("POST", "/serving", json={"url": url})
+
+    def model_files(self, version_id: str) -> dict[str, Any]:
+        """Where a model version's files are, for a replica of its tenant: {onnx, labels}
+        each `{uri, sha256}`."""
+        return self._call("GET", f"/models/{version_id}")
+
     def upload_artifact(self, path: Path, *, name: str, format: str) -> dict[str, Any]:
         """Upload a file to the artifact store; the server checks it against our sha256.
 

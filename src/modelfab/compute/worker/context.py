@@ -75,6 +75,12 @@ class WorkerContext:
         version is created in the same transaction that marks the job succeeded."""
         self.model = model
 
+    def announce_serving(self, url: str) -> None:
+        self._api.announce_serving(url)
+
+    def model_files(self, version_id: str) -> dict[str, Any]:
+        return self._api.model_files(version_id)
+
     def cancelled(self) -> bool:
         return self._cancel.is_set() or self.attempt_over.is_set()
 

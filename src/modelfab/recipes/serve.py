@@ -1,0 +1,123 @@
+"""`serve`: one replica of an endpoint. Runs a model server on loopback until cancelled.
+
+The platform queues this recipe for each replica of an endpoint (tenants cannot); the
+scheduler places it like any job, so it holds its devices and counts against quota. The
+replica announces its URL once it answers; the gateway then routes requests to it. Models
+are loaded on first use (or when the gateway warms one before a rollout) and evicted LRU
+within `memory_budget_bytes`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, Field
+
+from modelfab.errors import InvalidRequest, ModelfabError
+from modelfab.recipes.base import RecipeContext, RecipeSpec
+from modelfab.serving.models import ModelCache, ModelFiles
+from modelfab.serving.replica_app import ReplicaServer, create_replica_app
+
+POLL_S = 0.2
+
+
+class Params(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    endpoint_id: str = Field(description="The endpoint this replica serves.")
+    host: str = Field(default="127.0.0.1", description="Interface the replica listens on.")
+    intra_op_threads: int | None = Field(
+        default=None, ge=1, description="ONNX Runtime threads per model (default: all)."
+    )
+    memory_budget_bytes: int = Field(
+        default=2 << 30, ge=1 << 20, description="Models kept loaded, LRU, within this."
+    )
+    max_images: int = Field(default=64, ge=1, description="Images per request at most.")
+    max_body_bytes: int = Field(default=32 << 20, ge=1024, description="Request body limit.")
+    drain_s: float = Field(default=10.0, ge=0, description="In-flight requests get this long.")
+
+
+@runtime_checkable
+class ServingContext(Protocol):
+    """What a replica needs beyond a RecipeContext (the worker's context has both)."""
+
+    def announce_serving(self, url: str) -> None: ...
+
+    def model_files(self, version_id: str) -> dict[str, Any]: ...
+
+
+def run(ctx: RecipeContext, params: Params) -> dict[str, Any]:
+    if not isinstance(ctx, ServingContext):
+        raise ModelfabError("the serve recipe needs a worker context that can announce a URL")
+    cache = ModelCache(
+        _loader(ctx),
+        budget_bytes=params.memory_budget_bytes,
+        use_cuda=_has_gpu(),
+        intra_op_threads=params.intra_op_threads,
+    )
+    app = create_replica_app(
+        cache,
+        max_images=params.max_images,
+        max_body_bytes=params.max_body_bytes,
+        workers=params.intra_op_threads,
+    )
+    server = ReplicaServer(app, host=params.host, port=0)
+    url = server.start()
+    started = time.monotonic()
+    try:
+        ctx.announce_serving(url)
+        ctx.event(f"Replica serving at {url}", data={"url": url, "status": "serving"})
+        while not ctx.cancelled():
+            time.sleep(POLL_S)
+        ctx.event("Replica draining", data={"status": "draining"})
+    finally:
+        server.stop(drain_s=params.drain_s)
+    return {"url": url, "served_s": round(time.monotonic() - started, 3)}
+
+
+def _loader(ctx: ServingContext) -> Any:
+    def load(version_id: str) -> ModelFiles:
+        files = ctx.model_files(version_id)
+        onnx_path = _verified(files["onnx"])
+        labels = json.loads(_verified(files["labels"]).read_text())
+        return ModelFiles(version_id=version_id, onnx_path=onnx_path, labels=labels)
+
+    return load
+
+
+def _verified(ref: dict[str, Any]) -> Path:
+    """The local file of an artifact `{uri, sha256}` after checking its bytes."""
+    path = Path(urlparse(ref["uri"]).path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != ref["sha256"]:
+        raise InvalidRequest(
+            f"{path.name} of this model does not match its recorded sha256; the artifact "
+            "store is damaged: register the model again",
+            param="model",
+        )
+    return path
+
+
+def _has_gpu() -> bool:
+    """Devices were placed. ONNX Runtime falls back to the CPU when it has no CUDA provider
+    (the CPU wheel, or the fake devices of a test pool)."""
+    return bool(os.environ.get("CUDA_VISIBLE_DEVICES", "").strip())
+
+
+RECIPE = RecipeSpec(
+    name="serve",
+    version="1",
+    description="Endpoint replicas are started by `modelfab endpoints create`.",
+    params=Params,
+    entrypoint="modelfab.recipes.serve:run",
+    internal=True,
+)

@@ -1,0 +1,258 @@
+"""The endpoint controller: keeps each endpoint's replica jobs in line with its row.
+
+One pass loads the endpoints and their replica jobs, decides (a pure function), then
+applies each endpoint's changes in its own transaction; health probes run between
+transactions, never inside one. Replicas whose jobs died are replaced (the scheduler
+retries an attempt; the controller replaces a job whose attempts ran out, and stops after
+`FAILED_REPLICAS_LIMIT` failures since the endpoint last changed). Replicas with outdated
+resources are stopped one by one as their successors become ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelfab import metering
+from modelfab.compute.lifecycle import FAILED, QUEUED, RUNNING, TERMINAL, VALIDATING
+from modelfab.db.engine import transaction
+from modelfab.db.models import Endpoint, EndpointReplica, Job
+from modelfab.errors import ModelfabError
+from modelfab.ids import now
+from modelfab.services.endpoints import (
+    ACTIVE,
+    DELETING,
+    SERVE_RECIPE,
+    WARM_TIMEOUT_S,
+    EndpointService,
+    cancel_replica,
+    warm_one,
+)
+
+logger = logging.getLogger(__name__)
+
+FAILED_REPLICAS_LIMIT = 3
+UNHEALTHY_AFTER = 3  # failed probes in a row
+DELETE_TIMEOUT_S = 60.0  # a delete whose drain never finished (the API died) is finished
+PRUNE_AFTER_S = 600.0
+METER_WINDOW_S = 10.0
+
+
+@dataclass
+class Plan:
+    """What one endpoint needs: replicas to add, jobs to stop, an error to set."""
+
+    add: int = 0
+    stop: list[str] = field(default_factory=list)
+    error: dict[str, str] | None = None
+
+
+def plan_endpoint(e: Endpoint, jobs: list[tuple[EndpointReplica, Job]]) -> Plan:
+    """Decide one endpoint's changes from its row and its replica jobs (no I/O)."""
+    live = [(r, j) for r, j in jobs if j.status in (VALIDATING, QUEUED, RUNNING)]
+    live = [(r, j) for r, j in live if not j.cancel_requested]
+    current = [(r, j) for r, j in live if _matches(e, j)]
+    outdated = [(r, j) for r, j in live if not _matches(e, j)]
+    plan = Plan()
+    failed = [j for _, j in jobs if j.status == FAILED and (j.finished_at or 0) > e.updated_at]
+    if len(current) < e.replicas:
+        if len(failed) >= FAILED_REPLICAS_LIMIT:
+            last = max(failed, key=lambda j: j.finished_at or 0)
+            reason = (last.error or {}).get("message", "no reason given")
+            plan.error = {
+                "code": "replicas_failing",
+                "message": f"{len(failed)} replica jobs failed (last: {reason}); see "
+                f"`modelfab jobs logs {last.id}`, fix it, then `modelfab endpoints update`",
+            }
+        else:
+            plan.add = e.replicas - len(current)
+    elif len(current) > e.replicas:
+        # Stop the newest first: the oldest are the most likely to be ready and warm.
+        plan.stop += [j.id for _, j in current[e.replicas :]]
+    ready_current = sum(1 for r, j in current if _ready(r, j))
+    keep_outdated = max(0, e.replicas - ready_current)
+    plan.stop += [j.id for _, j in outdated[keep_outdated:]]
+    return plan
+
+
+def _matches(e: Endpoint, j: Job) -> bool:
+    return j.cpus == e.cpus and j.gpus == e.gpus and j.memory_bytes == e.memory_bytes
+
+
+def _ready(r: EndpointReplica, j: Job) -> bool:
+    return j.status == RUNNING and r.attempt == j.attempt and r.ready_at is not None
+
+
+class EndpointController:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        endpoints: EndpointService,
+        *,
+        interval_s: float = 0.5,
+        probe_timeout_s: float = 2.0,
+        clock: Callable[[], float] = now,
+    ):
+        self.factory = factory
+        self.endpoints = endpoints
+        self.interval_s = interval_s
+        self.clock = clock
+        self._http = httpx.Client(timeout=probe_timeout_s)
+        self._warm_http = httpx.Client(timeout=WARM_TIMEOUT_S)
+        self._probe_failures: dict[str, int] = {}
+        self._metered: dict[tuple[str, int], int] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        """Pass every `interval_s` until `stop` is set; a failing pass is logged, not fatal."""
+        while not stop.wait(self.interval_s):
+            try:
+                self.run_once()
+            except Exception:
+                logger.exception("endpoint controller pass failed")
+        self._http.close()
+        self._warm_http.close()
+
+    def run_once(self) -> None:
+        with self.factory() as session:
+            endpoints = session.scalars(select(Endpoint)).all()
+            session.expunge_all()
+        for e in endpoints:
+            if e.status == ACTIVE and not e.error:
+                self._reconcile(e.id)
+            elif e.status == DELETING and self.clock() - e.updated_at > DELETE_TIMEOUT_S:
+                self.endpoints.finish_delete(e.id)
+        self._probe()
+        self._meter_replica_seconds()
+        self._prune()
+
+    def _reconcile(self, endpoint_id: str) -> None:
+        with transaction(self.factory) as session:
+            e = session.get(Endpoint, endpoint_id, with_for_update=True)
+            if e is None or e.status != ACTIVE or e.error:
+                return
+            jobs = _replica_jobs(session, e.id)
+            plan = plan_endpoint(e, jobs)
+            if not (plan.add or plan.stop or plan.error):
+                return
+            at = self.clock()
+            for job_id in plan.stop:
+                job = session.get(Job, job_id)
+                if job is not None:
+                    cancel_replica(session, job, at)
+            try:
+                for _ in range(plan.add):
+                    self.endpoints.add_replica(session, e)
+            except ModelfabError as exc:  # quota or capacity changed under the endpoint
+                plan.error = {"code": exc.code, "message": exc.message}
+            if plan.error:
+                e.error = plan.error
+                logger.warning("endpoint %s failed: %s", e.name, plan.error["message"])
+        self.endpoints.jobs.on_change()
+
+    def _probe(self) -> None:
+        """GET /health on every announced replica. A new one (or one back from failing)
+        first loads the endpoint's model, then takes traffic; after UNHEALTHY_AFTER failed
+        probes in a row a replica takes none until it answers again."""
+        with self.factory() as session:
+            rows = session.execute(
+                select(
+                    EndpointReplica.job_id,
+                    EndpointReplica.url,
+                    EndpointReplica.ready_at,
+                    Endpoint.id,
+                    Endpoint.model_version_id,
+                )
+                .join(Job, Job.id == EndpointReplica.job_id)
+                .join(Endpoint, Endpoint.id == EndpointReplica.endpoint_id)
+                .where(
+                    Job.status == RUNNING,
+                    Job.attempt == EndpointReplica.attempt,
+                    EndpointReplica.url.is_not(None),
+                )
+            ).all()
+        for job_id, url, ready_at, endpoint_id, version_id in rows:
+            assert url is not None  # filtered above
+            healthy = self._healthy(url)
+            failures = 0 if healthy else self._probe_failures.get(job_id, 0) + 1
+            self._probe_failures[job_id] = failures
+            if healthy and ready_at is None:
+                self._warm(job_id, url, endpoint_id, version_id)
+            elif failures == UNHEALTHY_AFTER and ready_at is not None:
+                logger.warning("replica %s at %s stopped answering", job_id, url)
+                self._set_ready(job_id, None)
+
+    def _warm(self, job_id: str, url: str, endpoint_id: str, version_id: str) -> None:
+        """Load the model on the replica; ready when it loaded. A model that cannot load
+        fails the endpoint (every replica would fail the same way)."""
+        try:
+            problem = warm_one(self._warm_http, url, version_id)
+        except httpx.HTTPError as exc:
+            logger.warning("replica %s did not load its model yet: %s", job_id, exc)
+            return
+        if problem is None:
+            self._set_ready(job_id, self.clock())
+            return
+        with transaction(self.factory) as session:
+            endpoint = session.get(Endpoint, endpoint_id)
+            if endpoint is not None and endpoint.model_version_id == version_id:
+                endpoint.error = {"code": "model_load_failed", "message": problem}
+        logger.warning("endpoint %s cannot load its model: %s", endpoint_id, problem)
+
+    def _healthy(self, url: str) -> bool:
+        try:
+            return self._http.get(f"{url}/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _set_ready(self, job_id: str, at: float | None) -> None:
+        with transaction(self.factory) as session:
+            replica = session.get(EndpointReplica, job_id)
+            if replica is not None:
+                replica.ready_at = at
+
+    def _meter_replica_seconds(self) -> None:
+        """Meter running replicas in whole METER_WINDOW_S windows (the last partial window
+        is metered when the attempt ends; see `lifecycle`)."""
+        at = self.clock()
+        with transaction(self.factory) as session:
+            jobs = session.scalars(
+                select(Job).where(Job.recipe == SERVE_RECIPE, Job.status == RUNNING)
+            ).all()
+            for job in jobs:
+                windows = int((at - (job.started_at or at)) // METER_WINDOW_S)
+                start = self._metered.get((job.id, job.attempt), 0)
+                for k in range(start, windows):
+                    metering.record(
+                        session,
+                        tenant_id=job.tenant_id,
+                        meter="replica_seconds",
+                        quantity=METER_WINDOW_S,
+                        ref_type="endpoint",
+                        ref_id=str(job.params.get("endpoint_id")),
+                        key=f"replica:{job.id}:{job.attempt}:{k}",
+                        at=at,
+                    )
+                self._metered[(job.id, job.attempt)] = max(start, windows)
+
+    def _prune(self) -> None:
+        """Forget replica rows of jobs that ended long ago (the jobs stay in the history)."""
+        cutoff = self.clock() - PRUNE_AFTER_S
+        with transaction(self.factory) as session:
+            old = select(Job.id).where(Job.status.in_(TERMINAL), Job.finished_at < cutoff)
+            session.execute(delete(EndpointReplica).where(EndpointReplica.job_id.in_(old)))
+
+
+def _replica_jobs(session: Session, endpoint_id: str) -> list[tuple[EndpointReplica, Job]]:
+    rows = session.execute(
+        select(EndpointReplica, Job)
+        .join(Job, Job.id == EndpointReplica.job_id)
+        .where(EndpointReplica.endpoint_id == endpoint_id)
+        .order_by(EndpointReplica.created_at)
+    ).all()
+    return [(r, j) for r, j in rows]

@@ -36,3 +36,4 @@ def configure_logging(level: str = "INFO", *, json_logs: bool | None = None) -> 
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per gateway request

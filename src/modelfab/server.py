@@ -4,11 +4,13 @@ local executor. `Platform.start()` / `stop()` are public so tests run it in-proc
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import uvicorn
 from fastapi import FastAPI
@@ -25,12 +27,16 @@ from modelfab.compute.scheduler.loop import Scheduler, SchedulerConfig
 from modelfab.data import DatasetStore
 from modelfab.db import migrate
 from modelfab.db.engine import make_engine, make_sessionmaker
-from modelfab.services.auth import bootstrap_admin
+from modelfab.services.auth import authenticate, bootstrap_admin
 from modelfab.services.datasets import DatasetService
+from modelfab.services.endpoint_controller import EndpointController
+from modelfab.services.endpoints import EndpointService
 from modelfab.services.jobs import JobService
 from modelfab.services.registry import RegistryService
 from modelfab.services.worker import WorkerService
+from modelfab.serving.gateway import Gateway, Serving
 from modelfab.settings import ServerSettings
+from modelfab.usage_journal import UsageJournal
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +54,8 @@ class Platform:
         self.node: NodeSpec | None = None
         self.scheduler: Scheduler | None = None
         self.executor: LocalExecutor | None = None
+        self.journal: UsageJournal | None = None
+        self.controller: EndpointController | None = None
         self.app: FastAPI | None = None
         self.url = ""
         self._sock: socket.socket | None = None
@@ -80,8 +88,18 @@ class Platform:
         )
         self.scheduler = Scheduler(factory, self.executor, node_ids=[self.node.id], config=config)
         self.scheduler.recover()
+        self.journal = UsageJournal(s.usage_dir, factory, flush_interval_s=s.usage_flush_s)
+        self.journal.start()  # writes what a crashed predecessor journalled
         ctx = build_context(
-            s, factory, self.executor, node_ids=[self.node.id], on_change=self.scheduler.wake
+            s,
+            factory,
+            self.executor,
+            node_ids=[self.node.id],
+            on_change=self.scheduler.wake,
+            journal=self.journal,
+        )
+        self.controller = EndpointController(
+            factory, ctx.endpoints, interval_s=s.controller_interval_s
         )
         self.app = create_app(ctx)
         return Started(url=self.url, admin_key=admin_key)
@@ -105,6 +123,9 @@ class Platform:
         """Run the API in this thread until SIGINT/SIGTERM (after `setup()`)."""
         self._start_scheduler()
         self._server = self._make_server()
+        # uvicorn re-raises the SIGTERM it caught once it stopped serving; without a handler
+        # of ours that would end the process before stop() flushes the usage journal.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             self._serve()
         finally:
@@ -121,16 +142,17 @@ class Platform:
                 thread.join(timeout=10)
         if self.executor is not None:
             self.executor.shutdown()
+        if self.journal is not None:
+            self.journal.close()
         if self.engine is not None:
             self.engine.dispose()
 
     def _start_scheduler(self) -> None:
-        assert self.scheduler is not None
-        thread = threading.Thread(
-            target=self.scheduler.run, args=(self._stop,), name="scheduler", daemon=True
-        )
-        thread.start()
-        self._threads.append(thread)
+        assert self.scheduler is not None and self.controller is not None
+        for name, loop in (("scheduler", self.scheduler.run), ("endpoints", self.controller.run)):
+            thread = threading.Thread(target=loop, args=(self._stop,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def _make_server(self) -> uvicorn.Server:
         assert self.app is not None, "call setup() first"
@@ -151,15 +173,28 @@ def build_context(
     *,
     node_ids: list[str],
     on_change: Callable[[], None] = lambda: None,
+    journal: UsageJournal | None = None,
 ) -> AppContext:
-    """Wire the services the API calls (the platform does this; so do in-process tests)."""
+    """Wire the services the API calls (the platform does this; so do in-process tests).
+    Without a `journal`, endpoint requests are served but not metered."""
     store = DatasetStore(settings.datasets_dir)
     artifacts = ArtifactStore(settings.artifacts_dir)
+    jobs = JobService(factory, executor, node_ids=node_ids, on_change=on_change)
+    endpoints = EndpointService(factory, jobs)
+    gateway = Gateway(
+        load_routes=endpoints.routes,
+        authenticate=partial(authenticate, factory),
+        journal=journal,
+        max_body_bytes=settings.max_predict_bytes,
+    )
+    endpoints.on_routes_change = gateway.invalidate
     return AppContext(
         settings=settings,
         factory=factory,
         datasets=DatasetService(factory, store, scratch=settings.home / "tmp"),
-        jobs=JobService(factory, executor, node_ids=node_ids, on_change=on_change),
+        jobs=jobs,
+        endpoints=endpoints,
+        serving=Serving(endpoints, gateway, drain_timeout_s=settings.endpoint_drain_s),
         worker=WorkerService(
             factory,
             on_change=on_change,
@@ -169,6 +204,10 @@ def build_context(
         ),
         registry=RegistryService(factory, artifacts),
     )
+
+
+def _exit_on_sigterm(*_: object) -> None:
+    raise SystemExit(0)
 
 
 def _bind(host: str, port: int) -> socket.socket:

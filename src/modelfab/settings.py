@@ -41,6 +41,16 @@ class ServerSettings(BaseSettings):
     usage_window_s: float = Field(
         default=7 * 86400, description="How far back usage counts towards fair share."
     )
+    max_predict_bytes: int = Field(default=32 * 2**20, description="Largest predict body.")
+    endpoint_drain_s: float = Field(
+        default=30.0, ge=0, description="How long a deleted endpoint's requests may finish."
+    )
+    controller_interval_s: float = Field(
+        default=0.5, gt=0, description="How often endpoints and replicas are reconciled."
+    )
+    usage_flush_s: float = Field(
+        default=1.0, gt=0, description="How often journalled request usage is written."
+    )
 
     @property
     def sqlite_path(self) -> Path:
@@ -66,6 +76,10 @@ class ServerSettings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+    @property
+    def usage_dir(self) -> Path:
+        return self.home / "usage"
 
     @property
     def hub_dir(self) -> Path:

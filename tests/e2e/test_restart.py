@@ -15,12 +15,15 @@ from pathlib import Path
 import psutil
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.client import Client, Unreachable
 from modelfab.compute.executors.local.process import find_workers, kill_tree
 from modelfab.db.engine import make_engine, make_sessionmaker
 from modelfab.db.models import UsageRecord
 from tests.e2e.helpers import eventually, wait_status, wait_terminal, worker_started
+from tests.e2e.test_serving import predict, register_tiny
+from tests.serving.factories import image_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -55,6 +58,12 @@ class UpProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM, as a service manager stops it; waits for the exit."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
 
     def node_id(self) -> str:
         return (self.home / "node-id").read_text().strip()
@@ -148,3 +157,37 @@ def _assert_metered_once(db_url: str, job_ids: list[str]) -> None:
     keys = [r.idempotency_key for r in rows]
     assert len(keys) == len(set(keys)) == len(job_ids)  # one cpu_seconds record per attempt
     assert all(r.quantity > 0 for r in rows if r.ref_id != job_ids[2])
+
+
+def test_request_usage_is_neither_lost_nor_doubled_across_a_sigkill(
+    up: UpProcess, factory: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Flush the usage journal rarely, so that the requests below are only in the journal's
+    # segment file when the control plane is killed.
+    monkeypatch.setenv("MODELFAB_USAGE_FLUSH_S", "60")
+    up.start()
+    admin = Client(up.url, (up.home / "admin.key").read_text().strip())
+    key = admin.create_tenant("vision")["api_key"]
+    team = Client(up.url, key)
+    register_tiny(up.url, factory, tmp_path, "parts", seed=1)
+    team.create_endpoint("parts", model="parts", cpus=0.5)
+    team.wait_endpoint("parts", timeout_s=60)
+    image = [image_bytes(seed=3)]
+    assert all(predict(up.url, key, "parts", image).status_code == 200 for _ in range(7))
+    assert _requests(factory) == 0  # nothing written yet: all of it is in the journal
+
+    up.kill9()
+    up.start()
+    eventually(lambda: _requests(factory) == 7, timeout_s=20, what="journalled usage")
+    team.wait_endpoint("parts", timeout_s=60)  # the replica was re-adopted, not restarted
+    assert all(predict(up.url, key, "parts", image).status_code == 200 for _ in range(3))
+    up.stop()  # a graceful stop flushes what is left
+    assert _requests(factory) == 10
+
+
+def _requests(factory: sessionmaker[Session]) -> float:
+    with factory() as session:
+        rows = session.scalars(
+            select(UsageRecord.quantity).where(UsageRecord.meter == "requests")
+        ).all()
+    return sum(rows)

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.services.datasets import DatasetService
+from modelfab.services.endpoints import EndpointService
 from modelfab.services.jobs import JobService
 from modelfab.services.registry import RegistryService
 from modelfab.services.worker import WorkerService
+from modelfab.serving.gateway import Serving
 from modelfab.settings import ServerSettings
 
 
@@ -21,3 +23,5 @@ class AppContext:
     jobs: JobService
     worker: WorkerService
     registry: RegistryService
+    endpoints: EndpointService
+    serving: Serving

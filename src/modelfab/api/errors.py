@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +24,10 @@ def _error(status: int, code: str, message: str, param: str | None = None) -> JS
 
 async def _modelfab_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ModelfabError)
-    return JSONResponse(status_code=exc.status, content=exc.to_dict())
+    # 429 and 503 say when to come back (errors that know carry `retry_after_s`).
+    seconds = getattr(exc, "retry_after_s", None)
+    headers = None if seconds is None else {"Retry-After": str(max(1, math.ceil(seconds)))}
+    return JSONResponse(status_code=exc.status, content=exc.to_dict(), headers=headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

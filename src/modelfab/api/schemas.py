@@ -17,6 +17,9 @@ class TenantCreate(BaseModel):
         default=None, ge=0, description="GPU hours; new GPU jobs are refused (429) once spent."
     )
     weight: float = Field(default=1.0, gt=0, description="Fair-share weight.")
+    rate_limit_rps: float | None = Field(
+        default=None, gt=0, description="Endpoint requests per second per key (429 beyond)."
+    )
     role: str = Field(default="member", description="Role of the first key: admin or member.")
 
 
@@ -25,6 +28,7 @@ class TenantUpdate(BaseModel):
     max_cpus: float | None = Field(default=None, ge=0)
     gpu_hours_budget: float | None = Field(default=None, ge=0)
     weight: float | None = Field(default=None, gt=0)
+    rate_limit_rps: float | None = Field(default=None, gt=0)
 
 
 class KeyCreate(BaseModel):
@@ -99,3 +103,30 @@ class WorkerComplete(BaseModel):
 class AliasSet(BaseModel):
     alias: str = Field(description="Lower-case slug, e.g. production.")
     version: int = Field(ge=1)
+
+
+class EndpointCreate(BaseModel):
+    name: str = Field(description="Lower-case slug, unique in the tenant.")
+    model: str = Field(description="NAME (latest), NAME:VERSION or NAME@ALIAS.")
+    replicas: int = Field(default=1, ge=1, le=32, description="Replica processes.")
+    gpus: float = Field(default=0.0, ge=0, description="GPUs per replica (fractions pack).")
+    cpus: float = Field(default=1.0, gt=0, description="CPU slots per replica.")
+    memory_bytes: int = Field(default=0, ge=0, description="Memory per replica.")
+    max_batch_size: int = Field(default=8, ge=1, le=1024, description="Dynamic batch limit.")
+    max_wait_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="How long a request waits for a fuller batch."
+    )
+
+
+class EndpointUpdate(BaseModel):
+    model: str | None = Field(default=None, description="Roll to this model version.")
+    replicas: int | None = Field(default=None, ge=1, le=32)
+    gpus: float | None = Field(default=None, ge=0)
+    cpus: float | None = Field(default=None, gt=0)
+    memory_bytes: int | None = Field(default=None, ge=0)
+    max_batch_size: int | None = Field(default=None, ge=1, le=1024)
+    max_wait_ms: float | None = Field(default=None, ge=0, le=1000)
+
+
+class ServingAnnounce(BaseModel):
+    url: str = Field(description="Where the replica's server answers, http://host:port.")

@@ -4,6 +4,7 @@ and raise `ApiError` (a ModelfabError carrying the server's code, message and pa
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import os
 import tarfile
 import tempfile
@@ -264,6 +265,60 @@ class Client:
             raise Unreachable(f"cannot reach modelfab at {self.url} ({exc})") from exc
         return resp.headers.get("x-sha256", ""), digest.hexdigest()
 
+    # -- endpoints --------------------------------------------------------------------------
+    def create_endpoint(self, name: str, *, model: str, **options: Any) -> dict[str, Any]:
+        """`options`: replicas, gpus, cpus, memory_bytes, max_batch_size, max_wait_ms."""
+        return self.request("POST", "/endpoints", json={"name": name, "model": model, **options})
+
+    def list_endpoints(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/endpoints")["data"]
+
+    def get_endpoint(self, name: str) -> dict[str, Any]:
+        return self.request("GET", f"/endpoints/{name}")
+
+    def update_endpoint(self, name: str, **changes: Any) -> dict[str, Any]:
+        return self.request("PATCH", f"/endpoints/{name}", json=changes)
+
+    def delete_endpoint(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/endpoints/{name}")
+
+    def wait_endpoint(
+        self, name: str, *, timeout_s: float = 300.0, poll_s: float = 0.25
+    ) -> dict[str, Any]:
+        """Block until every replica is ready; raises ModelfabError when the endpoint
+        failed or `timeout_s` passed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            endpoint = self.get_endpoint(name)
+            if endpoint["status"] == "ready":
+                return endpoint
+            if endpoint["status"] == "failed":
+                raise ModelfabError(
+                    f"endpoint {name!r} failed: {endpoint['error']['message']}",
+                    code="endpoint_failed",
+                )
+            if time.monotonic() > deadline:
+                raise ModelfabError(
+                    f"endpoint {name!r} not ready after {timeout_s:g}s "
+                    f"({endpoint['ready_replicas']}/{endpoint['replicas']} replicas)",
+                    code="timeout",
+                )
+            time.sleep(poll_s)
+
+    def predict(
+        self, name: str, images: list[Path | tuple[str, bytes]], *, top_k: int = 1
+    ) -> dict[str, Any]:
+        """Classify images (paths, or (name, bytes) pairs) with endpoint `name`."""
+        files = []
+        for image in images:
+            if isinstance(image, Path):
+                files.append(("file", (image.name, image.read_bytes(), _image_type(image.name))))
+            else:
+                files.append(("file", (image[0], image[1], _image_type(image[0]))))
+        return self.request(
+            "POST", f"/endpoints/{name}/predict", files=files, params={"top_k": top_k}
+        )
+
     # -- pool and usage -------------------------------------------------------------------
     def pool(self) -> dict[str, Any]:
         return self.request("GET", "/pool")
@@ -273,6 +328,10 @@ class Client:
         if since is not None:
             params["since"] = since
         return self.request("GET", "/usage", params=params)["data"]
+
+
+def _image_type(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def _api_error(resp: httpx.Response) -> ApiError:

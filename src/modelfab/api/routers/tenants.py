@@ -19,7 +19,9 @@ def me(principal: Caller) -> dict[str, Any]:
 
 @router.post("/tenants", status_code=201)
 def create_tenant(body: TenantCreate, ctx: Ctx, _: Admin) -> dict[str, Any]:
-    quota = Quota(body.max_gpus, body.max_cpus, body.gpu_hours_budget, body.weight)
+    quota = Quota(
+        body.max_gpus, body.max_cpus, body.gpu_hours_budget, body.weight, body.rate_limit_rps
+    )
     return tenants.create_tenant(ctx.factory, name=body.name, quota=quota, role=body.role)
 
 

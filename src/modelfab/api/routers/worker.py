@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, UploadFile
 
 from modelfab.api.deps import Ctx, JobToken
-from modelfab.api.schemas import WorkerComplete, WorkerEvents
+from modelfab.api.schemas import ServingAnnounce, WorkerComplete, WorkerEvents
 
 router = APIRouter(prefix="/worker/jobs/{job_id}", tags=["worker"])
 
@@ -40,3 +40,17 @@ def upload_artifact(
     return ctx.worker.upload_artifact(
         job_id, token, name=name, format=format, sha256=sha256, stream=file.file
     )
+
+
+@router.post("/serving")
+def announce_serving(
+    job_id: str, body: ServingAnnounce, ctx: Ctx, token: JobToken
+) -> dict[str, Any]:
+    """An endpoint replica's server answers: route requests to it."""
+    return ctx.endpoints.announce(job_id, token, body.url)
+
+
+@router.get("/models/{version_id}")
+def model_files(job_id: str, version_id: str, ctx: Ctx, token: JobToken) -> dict[str, Any]:
+    """Where a model version of the replica's tenant keeps its ONNX model and labels."""
+    return ctx.endpoints.model_files(job_id, token, version_id)

@@ -1,0 +1,59 @@
+"""Endpoints: create, list, show, update, delete, and predict through the gateway.
+Other tenants' endpoints answer 404."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from modelfab.api.deps import Caller, Ctx, get_ctx
+from modelfab.api.schemas import EndpointCreate, EndpointUpdate
+from modelfab.services.endpoints import EndpointSpec
+
+router = APIRouter(tags=["endpoints"])
+
+
+@router.post("/endpoints", status_code=201)
+def create_endpoint(body: EndpointCreate, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+    return ctx.endpoints.create(principal, EndpointSpec(**body.model_dump()))
+
+
+@router.get("/endpoints")
+def list_endpoints(ctx: Ctx, principal: Caller) -> dict[str, Any]:
+    return {"object": "list", "data": ctx.endpoints.list_endpoints(principal)}
+
+
+@router.get("/endpoints/{name}")
+def get_endpoint(name: str, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+    return ctx.endpoints.get(principal, name)
+
+
+@router.patch("/endpoints/{name}")
+def update_endpoint(name: str, body: EndpointUpdate, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+    changes = {k: v for k, v in body.model_dump(include=body.model_fields_set).items()}
+    return ctx.endpoints.update(principal, name, changes)
+
+
+@router.delete("/endpoints/{name}")
+async def delete_endpoint(name: str, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+    """Stops routing to the endpoint, waits for its in-flight requests, then stops its
+    replicas."""
+    return await ctx.serving.delete(principal, name)
+
+
+@router.post(
+    "/endpoints/{name}/predict",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object"}},
+                "application/json": {"schema": {"type": "object"}},
+            }
+        }
+    },
+)
+async def predict(name: str, request: Request) -> Response:
+    """Image files as multipart/form-data, or JSON `{"images": ["<base64>", ...]}`.
+    Authenticated with the caller's key like every call; metered per request and image."""
+    return await get_ctx(request).serving.gateway.predict(request, name)

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from modelfab.cli import datasets, hub, jobs, models, tenants
+from modelfab.cli import datasets, endpoints, hub, jobs, models, tenants
 from modelfab.cli.output import print_error
 from modelfab.cli.pool import pool, usage
 from modelfab.cli.quickstart import quickstart
@@ -29,9 +29,11 @@ app.add_typer(datasets.app, name="datasets")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(models.app, name="models")
 app.add_typer(hub.app, name="hub")
+app.add_typer(endpoints.app, name="endpoints")
 app.command()(up)
 app.command()(pool)
 app.command()(usage)
+app.command()(endpoints.predict)
 app.command()(quickstart)
 
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import csv
+import sys
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -46,16 +49,49 @@ def _who(a: dict[str, Any]) -> str:
     return a["job_id"] or a["tenant"]
 
 
+class UsageBy(StrEnum):
+    meter = "meter"
+    tenant = "tenant"
+    job = "job"
+    endpoint = "endpoint"
+
+
+class UsageOutput(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+USAGE_COLUMNS = {
+    UsageBy.job: ("tenant", "meter", "ref_id", "quantity", "records"),
+    UsageBy.endpoint: ("tenant", "endpoint", "meter", "quantity", "records"),
+}
+CSV_EXTRA = {UsageBy.job: ("ref_type",), UsageBy.endpoint: ("endpoint_id",)}
+
+
 def usage(
     since: Annotated[float | None, typer.Option(help="UNIX time; default: all")] = None,
-    by: Annotated[str, typer.Option(help="meter or job")] = "meter",
-    output: OutputOpt = Output.table,
+    by: Annotated[
+        UsageBy,
+        typer.Option(help="Split per tenant and meter further by job or endpoint"),
+    ] = UsageBy.meter,
+    output: Annotated[
+        UsageOutput, typer.Option("--output", "-o", help="table, json, or csv for spreadsheets")
+    ] = UsageOutput.table,
 ) -> None:
-    """Metered usage (GPU- and CPU-seconds) per tenant."""
+    """Metered usage per tenant: GPU- and CPU-seconds of jobs; requests, items (images)
+    and replica-seconds of endpoints."""
     with client() as c:
-        rows = c.usage(since=since, by=by)
-    if output is Output.json:
+        rows = c.usage(since=since, by=by.value)
+    cols = USAGE_COLUMNS.get(by, ("tenant", "meter", "quantity", "records"))
+    if output is UsageOutput.json:
         emit_json({"object": "list", "data": rows})
-        return
-    cols = ["tenant", "meter"] + (["ref_id"] if by == "job" else []) + ["quantity", "records"]
-    table(None, cols, [[r[k] if k != "quantity" else f"{r[k]:.2f}" for k in cols] for r in rows])
+    elif output is UsageOutput.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        header = cols + CSV_EXTRA.get(by, ())
+        writer.writerow(header)
+        writer.writerows([r[k] for k in header] for r in rows)
+    else:
+        table(
+            None, cols, [[f"{r[k]:.2f}" if k == "quantity" else r[k] for k in cols] for r in rows]
+        )

@@ -9,7 +9,11 @@ from modelfab.cli.output import Output, OutputOpt, console, show, table
 
 app = typer.Typer(help="Teams, their quotas and keys (admin only).", no_args_is_help=True)
 
-COLUMNS = ("name", "max_gpus", "max_cpus", "weight", "id")
+COLUMNS = ("name", "max_gpus", "max_cpus", "weight", "rate_limit_rps", "id")
+RateLimitOpt = Annotated[
+    float | None,
+    typer.Option("--rate-limit", help="Endpoint requests per second per key (429 beyond)."),
+]
 
 
 @app.command("create")
@@ -20,13 +24,19 @@ def create(
     ] = None,
     max_cpus: Annotated[float | None, typer.Option(help="Concurrent CPU slots.")] = None,
     weight: Annotated[float, typer.Option(help="Fair-share weight.")] = 1.0,
+    rate_limit: RateLimitOpt = None,
     role: Annotated[str, typer.Option(help="Role of the first key: member or admin.")] = "member",
     output: OutputOpt = Output.table,
 ) -> None:
     """Create a tenant and print its API key (shown once, never again)."""
     with client() as c:
         tenant = c.create_tenant(
-            name, max_gpus=max_gpus, max_cpus=max_cpus, weight=weight, role=role
+            name,
+            max_gpus=max_gpus,
+            max_cpus=max_cpus,
+            weight=weight,
+            rate_limit_rps=rate_limit,
+            role=role,
         )
     if output is Output.json:
         show(tenant, output)
@@ -51,12 +61,15 @@ def update(
     max_gpus: Annotated[float | None, typer.Option()] = None,
     max_cpus: Annotated[float | None, typer.Option()] = None,
     weight: Annotated[float | None, typer.Option()] = None,
+    rate_limit: RateLimitOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Change a tenant's quota; only the options given change."""
     changes = {
         k: v
-        for k, v in dict(max_gpus=max_gpus, max_cpus=max_cpus, weight=weight).items()
+        for k, v in dict(
+            max_gpus=max_gpus, max_cpus=max_cpus, weight=weight, rate_limit_rps=rate_limit
+        ).items()
         if v is not None
     }
     with client() as c:

@@ -140,6 +140,7 @@ def test_models_load_lazily_and_once_under_concurrency(tmp_path: Path) -> None:
     assert loader.calls == ["v1"]
     assert len({id(m) for m in got}) == 1
     assert cache.loaded() == ["v1"]
+    assert cache.peek("v1") is got[0] and cache.peek("v2") is None
 
 
 def test_least_recently_used_models_are_evicted_within_the_budget(tmp_path: Path) -> None:
@@ -147,7 +148,7 @@ def test_least_recently_used_models_are_evicted_within_the_budget(tmp_path: Path
     cache = ModelCache(CountingLoader(tmp_path), budget_bytes=int(2.5 * size))
     cache.get("a")
     cache.get("b")
-    cache.get("a")  # b is now the least recently used
+    cache.peek("a")  # b is now the least recently used
     cache.get("c")
     assert cache.loaded() == ["a", "c"]
     assert cache.used_bytes() <= cache.budget_bytes

@@ -1,4 +1,4 @@
-"""Dynamic batching: `plan` is the pure decision, `DynamicBatcher` the asyncio loop around it.
+"""Dynamic batching: `plan` is the pure decision, `DynamicBatcher` the asyncio queue around it.
 
 `plan` looks at a queue (how many items, when the oldest arrived, what time it is) and says
 how many items to take now and how long to wait before deciding again. The batcher keeps
@@ -9,12 +9,11 @@ next batch forms in the queue (pipelining): the event loop never blocks on a mod
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -99,8 +98,10 @@ class DynamicBatcher(Generic[X, Y]):
     a batch is decided by `plan` with `max_batch_size` and `max_wait_s`, which can change
     at any time (the latest values apply to the next decision).
 
-    Use from one event loop: `start()` inside it, `submit()` from its tasks, `stop()` to
-    drain.
+    There is no background task: the batcher decides when items arrive, when a batch ends
+    (so the next one is handed to the thread in the same event-loop step) and when a
+    `max_wait_s` timer fires. Use from one event loop: `start()` inside it, `submit()` from
+    its tasks, `stop()` to drain.
     """
 
     def __init__(
@@ -113,7 +114,7 @@ class DynamicBatcher(Generic[X, Y]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run_batch = run_batch
-        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._max_batch_size = 1
         self._max_wait_s = 0.0
         self.configure(max_batch_size=max_batch_size, max_wait_s=max_wait_s)
@@ -121,9 +122,10 @@ class DynamicBatcher(Generic[X, Y]):
         self._owns_executor = executor is None
         self._clock = clock
         self._queue: deque[_Entry[X, Y]] = deque()
-        self._loop_task: asyncio.Task[None] | None = None
-        self._running: asyncio.Task[None] | None = None
+        self._running: Future[Sequence[Y]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._stopping = False
+        self._drained = asyncio.Event()
         self.batches_run = 0
         """Batches handed to `run_batch` so far (finished or failed)."""
 
@@ -153,18 +155,18 @@ class DynamicBatcher(Generic[X, Y]):
             if max_wait_s < 0:
                 raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
             self._max_wait_s = max_wait_s
-        self._wake.set()
+        if self._loop is not None:
+            self._pump()
 
     def start(self) -> None:
-        """Start the batching loop on the running event loop. Idempotent; a stopped batcher
-        cannot start again."""
+        """Bind to the running event loop. Idempotent; a stopped batcher cannot start again."""
         if self._stopping:
             raise RuntimeError("this batcher was stopped; make a new one")
-        if self._loop_task is not None:
+        if self._loop is not None:
             return
+        self._loop = asyncio.get_running_loop()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
-        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
 
     async def submit(
         self,
@@ -180,16 +182,15 @@ class DynamicBatcher(Generic[X, Y]):
         Raises what `run_batch` raised for a batch holding any of the items, BatcherClosed
         when the batcher is not running, ValueError for limits out of range.
         """
-        if self._loop_task is None or self._stopping:
+        if self._loop is None or self._stopping:
             raise BatcherClosed("this replica is shutting down; send the request again")
         self.configure(max_batch_size=max_batch_size, max_wait_s=max_wait_s)
         if not items:
             return []
-        loop = asyncio.get_running_loop()
         now = self._clock()
-        futures: list[asyncio.Future[Y]] = [loop.create_future() for _ in items]
+        futures: list[asyncio.Future[Y]] = [self._loop.create_future() for _ in items]
         self._queue.extend(_Entry(x, f, now) for x, f in zip(items, futures, strict=True))
-        self._wake.set()
+        self._pump()
         results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -200,31 +201,29 @@ class DynamicBatcher(Generic[X, Y]):
         """Stop accepting items, run everything already queued (without waiting for
         `max_wait_s`), wait for the last batch, then release the batcher's own thread."""
         self._stopping = True
-        self._wake.set()
-        if self._loop_task is not None:
-            await self._loop_task
+        if self._loop is None:
+            return
+        self._pump()
+        await self._drained.wait()
         if self._owns_executor and self._executor is not None:
             self._executor.shutdown(wait=False)
 
-    async def _loop(self) -> None:
-        try:
-            while True:
-                self._wake.clear()
-                timeout: float | None = None
-                if self._running is None:
-                    decision = self._decide()
-                    if decision.take:
-                        self._dispatch(decision.take)
-                        continue
-                    if self._stopping and not self._queue:
-                        return
-                    timeout = decision.wait_s
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-        except BaseException as exc:  # a bug here must not leave callers waiting forever
-            logger.exception("batching loop failed")
-            self._fail_queued(exc)
-            raise
+    def _pump(self) -> None:
+        """Hand a batch to the thread when `plan` says so and none runs; otherwise arm a
+        timer for when the decision can change. Runs on the event loop."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._running is not None:
+            return  # _settle pumps again when the batch ends
+        decision = self._decide()
+        if decision.take:
+            self._dispatch(decision.take)
+        elif decision.wait_s is not None:
+            assert self._loop is not None
+            self._timer = self._loop.call_later(decision.wait_s, self._pump)
+        elif self._stopping:
+            self._drained.set()
 
     def _decide(self) -> Decision:
         while self._queue and self._queue[0].future.done():  # the caller went away
@@ -241,33 +240,37 @@ class DynamicBatcher(Generic[X, Y]):
         )
 
     def _dispatch(self, take: int) -> None:
+        """Submit the first `take` items to the executor; `_settle` runs on the event loop
+        once they are done (one thread-to-loop hop per batch)."""
+        assert self._loop is not None and self._executor is not None
         entries = [self._queue.popleft() for _ in range(take)]
-        self._running = asyncio.get_running_loop().create_task(self._run(entries))
+        loop = self._loop
+        running = self._executor.submit(self._run_batch, [e.item for e in entries])
+        self._running = running
 
-    async def _run(self, entries: list[_Entry[X, Y]]) -> None:
-        """Run one batch in the executor and settle exactly its futures."""
-        loop = asyncio.get_running_loop()
+        def done(_: Future[Sequence[Y]]) -> None:
+            try:
+                loop.call_soon_threadsafe(self._settle, entries, running)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                logger.warning("a batch finished after its event loop closed")
+
+        running.add_done_callback(done)
+
+    def _settle(self, entries: list[_Entry[X, Y]], running: Future[Sequence[Y]]) -> None:
+        """Settle exactly the futures of one finished batch, then pump the next one."""
+        self._running = None
+        self.batches_run += 1
         try:
-            items = [e.item for e in entries]
-            results = await loop.run_in_executor(self._executor, self._run_batch, items)
+            results = running.result()
             if len(results) != len(entries):
-                raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)}")
-        except Exception as exc:
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(entries)}")
+        except BaseException as exc:  # run_batch's errors belong to its callers
+            error = exc if isinstance(exc, Exception) else BatcherClosed("the batch was stopped")
             for e in entries:
                 if not e.future.done():
-                    e.future.set_exception(exc)
+                    e.future.set_exception(error)
         else:
             for e, result in zip(entries, results, strict=True):
                 if not e.future.done():
                     e.future.set_result(result)
-        finally:
-            self.batches_run += 1
-            self._running = None
-            self._wake.set()
-
-    def _fail_queued(self, exc: BaseException) -> None:
-        error = exc if isinstance(exc, Exception) else BatcherClosed("the batcher stopped")
-        while self._queue:
-            entry = self._queue.popleft()
-            if not entry.future.done():
-                entry.future.set_exception(error)
+        self._pump()

@@ -125,9 +125,12 @@ class LoadedModel:
         left = round((size[0] - c) / 2.0)
         top = round((size[1] - c) / 2.0)
         image = image.crop((left, top, left + c, top + c))
-        pixels = np.asarray(image, dtype=np.float32)
-        out = pixels * self._scale + self._shift
-        return np.ascontiguousarray(out.transpose(2, 0, 1))
+        # HWC uint8 -> contiguous CHW float32, then in-place per-channel ops over long
+        # contiguous rows: ~2x faster than broadcasting over the 3-wide last axis.
+        chw = np.ascontiguousarray(np.asarray(image).astype(np.float32).transpose(2, 0, 1))
+        chw *= self._scale[:, None, None]
+        chw += self._shift[:, None, None]
+        return chw
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, H, W) -> softmax probabilities (N, classes), float32. Blocks."""
@@ -220,6 +223,16 @@ class ModelCache:
         use `lease` around work that must not see the model evicted meanwhile."""
         with self.lease(version_id) as model:
             return model
+
+    def peek(self, version_id: str) -> LoadedModel | None:
+        """The model when it is loaded (marking it used), else None. Never blocks on a
+        load, so the event loop may call it."""
+        with self._lock:
+            slot = self._slots.get(version_id)
+            if slot is None or slot.model is None:
+                return None
+            self._slots.move_to_end(version_id)
+            return slot.model
 
     @contextmanager
     def lease(self, version_id: str) -> Iterator[LoadedModel]:

@@ -73,7 +73,8 @@ class ReplicaLimits:
 
 class Replica:
     """The state behind the app: the cache, one batcher per model, a preprocessing pool,
-    and the number of predict requests in flight. Create and use on one event loop."""
+    and the number of predict requests in flight. Its async methods must all run on one
+    event loop (the batchers bind to the loop that first uses them)."""
 
     def __init__(self, cache: ModelCache, limits: ReplicaLimits, workers: int | None = None):
         self.cache = cache
@@ -99,7 +100,8 @@ class Replica:
 
     async def model(self, version_id: str) -> LoadedModel:
         """The model, loaded in a thread when needed (loader errors pass through)."""
-        return await self.in_thread(self.cache.get, version_id)
+        model = self.cache.peek(version_id)  # the common case: no thread hop
+        return model if model is not None else await self.in_thread(self.cache.get, version_id)
 
     async def prepare(self, model: LoadedModel, files: Sequence[NamedBytes]) -> list[np.ndarray]:
         """Decode and preprocess every file in the pool, in parallel; raises the first
@@ -155,30 +157,23 @@ def create_replica_app(
     thread pool (default: one per CPU). Shutting the app down (ASGI lifespan) drains the
     batchers."""
     limits = ReplicaLimits(max_images, max_body_bytes, default_max_batch_size, default_max_wait_ms)
-    holder: dict[str, Replica] = {}
-
-    def replica() -> Replica:
-        # Made lazily, inside the serving event loop, which a batcher must belong to.
-        if "r" not in holder:
-            holder["r"] = Replica(cache, limits, workers)
-        return holder["r"]
+    replica = Replica(cache, limits, workers)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
-        if "r" in holder:
-            await holder["r"].close()
+        await replica.close()
 
     routes = [
-        Route("/health", _endpoint(lambda r: _health(replica(), r)), methods=["GET"]),
+        Route("/health", _endpoint(lambda r: _health(replica, r)), methods=["GET"]),
         Route(
             "/models/{version_id}/load",
-            _endpoint(lambda r: _load(replica(), r)),
+            _endpoint(lambda r: _load(replica, r)),
             methods=["POST"],
         ),
         Route(
             "/models/{version_id}/predict",
-            _endpoint(lambda r: _predict(replica(), r)),
+            _endpoint(lambda r: _predict(replica, r)),
             methods=["POST"],
         ),
     ]
@@ -232,6 +227,8 @@ async def _load(replica: Replica, request: Request) -> Response:
 
 
 async def _predict(replica: Replica, request: Request) -> Response:
+    """Top-k classes for every image of the body. Checks the cheap things (parameters,
+    headers, size, body shape) before loading the model or decoding anything."""
     version_id = request.path_params["version_id"]
     limits = replica.limits
     replica.outstanding += 1
@@ -361,6 +358,8 @@ class ReplicaServer:
         self._server.config.timeout_graceful_shutdown = max(drain_s, 0.001)  # type: ignore[assignment]
         self._server.should_exit = True
         self._thread.join(drain_s + 10)
+        if self._thread.is_alive():
+            logger.warning("the replica server on %s did not stop within %.0f s", self.url, drain_s)
         self._server = self._thread = None
 
 

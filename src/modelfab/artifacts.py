@@ -37,6 +37,17 @@ class ArtifactCorrupt(ModelfabError):
     code = "artifact_corrupt"
 
 
+def verified_file(ref: dict[str, str]) -> Path:
+    """The local path of a `{uri, sha256}` file reference (a file: URI on this machine's
+    disk), after checking its bytes. Raises ArtifactCorrupt when they do not match."""
+    path = Path(unquote(urlparse(ref["uri"]).path))
+    if hash_path(path)[0] != ref["sha256"]:
+        raise ArtifactCorrupt(
+            f"{path} does not match its recorded sha256; register or import it again"
+        )
+    return path
+
+
 def hash_path(path: Path) -> tuple[str, int]:
     """(sha256, size in bytes) of a file; blocks while reading it."""
     digest = hashlib.sha256()

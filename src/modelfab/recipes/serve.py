@@ -9,17 +9,15 @@ within `memory_budget_bytes`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field
 
-from modelfab.errors import InvalidRequest, ModelfabError
+from modelfab.artifacts import verified_file
+from modelfab.errors import ModelfabError
 from modelfab.recipes.base import RecipeContext, RecipeSpec
 from modelfab.serving.models import ModelCache, ModelFiles
 from modelfab.serving.replica_app import ReplicaServer, create_replica_app
@@ -84,27 +82,11 @@ def run(ctx: RecipeContext, params: Params) -> dict[str, Any]:
 def _loader(ctx: ServingContext) -> Any:
     def load(version_id: str) -> ModelFiles:
         files = ctx.model_files(version_id)
-        onnx_path = _verified(files["onnx"])
-        labels = json.loads(_verified(files["labels"]).read_text())
+        onnx_path = verified_file(files["onnx"])
+        labels = json.loads(verified_file(files["labels"]).read_text())
         return ModelFiles(version_id=version_id, onnx_path=onnx_path, labels=labels)
 
     return load
-
-
-def _verified(ref: dict[str, Any]) -> Path:
-    """The local file of an artifact `{uri, sha256}` after checking its bytes."""
-    path = Path(urlparse(ref["uri"]).path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != ref["sha256"]:
-        raise InvalidRequest(
-            f"{path.name} of this model does not match its recorded sha256; the artifact "
-            "store is damaged: register the model again",
-            param="model",
-        )
-    return path
 
 
 def _has_gpu() -> bool:

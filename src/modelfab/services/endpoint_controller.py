@@ -32,6 +32,7 @@ from modelfab.services.endpoints import (
     WARM_TIMEOUT_S,
     EndpointService,
     cancel_replica,
+    replicas_with_jobs,
     warm_one,
 )
 
@@ -136,7 +137,7 @@ class EndpointController:
             e = session.get(Endpoint, endpoint_id, with_for_update=True)
             if e is None or e.status != ACTIVE or e.error:
                 return
-            jobs = _replica_jobs(session, e.id)
+            jobs = replicas_with_jobs(session, e.id)
             plan = plan_endpoint(e, jobs)
             if not (plan.add or plan.stop or plan.error):
                 return
@@ -246,13 +247,3 @@ class EndpointController:
         with transaction(self.factory) as session:
             old = select(Job.id).where(Job.status.in_(TERMINAL), Job.finished_at < cutoff)
             session.execute(delete(EndpointReplica).where(EndpointReplica.job_id.in_(old)))
-
-
-def _replica_jobs(session: Session, endpoint_id: str) -> list[tuple[EndpointReplica, Job]]:
-    rows = session.execute(
-        select(EndpointReplica, Job)
-        .join(Job, Job.id == EndpointReplica.job_id)
-        .where(EndpointReplica.endpoint_id == endpoint_id)
-        .order_by(EndpointReplica.created_at)
-    ).all()
-    return [(r, j) for r, j in rows]

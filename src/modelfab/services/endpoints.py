@@ -284,7 +284,7 @@ class EndpointService:
     def _dict(self, session: Session, e: Endpoint) -> dict[str, Any]:
         version = session.get(ModelVersion, e.model_version_id)
         model = session.get(Model, version.model_id) if version else None
-        replicas = [_replica_dict(r, j) for r, j in _replicas_with_jobs(session, e.id)]
+        replicas = [_replica_dict(r, j) for r, j in replicas_with_jobs(session, e.id)]
         ready = sum(1 for r in replicas if r["ready"])
         return {
             "object": "endpoint",
@@ -342,11 +342,11 @@ def artifact_refs(session: Session, version_id: str) -> dict[str, dict[str, str]
 
 
 def ready_replicas(session: Session, endpoint_id: str) -> list[EndpointReplica]:
-    return [r for r, j in _replicas_with_jobs(session, endpoint_id) if _is_ready(r, j)]
+    return [r for r, j in replicas_with_jobs(session, endpoint_id) if _is_ready(r, j)]
 
 
 def replica_jobs(session: Session, endpoint_id: str) -> list[Job]:
-    return [j for _, j in _replicas_with_jobs(session, endpoint_id)]
+    return [j for _, j in replicas_with_jobs(session, endpoint_id)]
 
 
 def cancel_replica(session: Session, job: Job, at: float) -> None:
@@ -387,7 +387,7 @@ def warm(urls: list[str | None], version_id: str) -> None:
                 )
 
 
-def _replicas_with_jobs(session: Session, endpoint_id: str) -> list[tuple[EndpointReplica, Job]]:
+def replicas_with_jobs(session: Session, endpoint_id: str) -> list[tuple[EndpointReplica, Job]]:
     rows = session.execute(
         select(EndpointReplica, Job)
         .join(Job, Job.id == EndpointReplica.job_id)

@@ -8,7 +8,6 @@ recipe succeeded, 1 when it failed, 2 when the control plane says the attempt is
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from modelfab.artifacts import verified_file
 from modelfab.compute.worker.api import TOKEN_ENV, URL_ENV, AttemptOver, WorkerAPI
 from modelfab.compute.worker.context import WorkerContext
 from modelfab.errors import ModelfabError
@@ -52,23 +52,6 @@ def run_recipe(ctx: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]:
     return {"status": "succeeded", "result": result, "model": ctx.model}
 
 
-def verified_file(ref: dict[str, Any] | None) -> Path | None:
-    """The local path of a `{uri, sha256}` file reference, after checking its sha256."""
-    if not ref:
-        return None
-    path = Path(urlparse(ref["uri"]).path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != ref["sha256"]:
-        raise ModelfabError(
-            f"{path} does not match its recorded sha256; import it again (modelfab hub import)",
-            code="artifact_corrupt",
-        )
-    return path
-
-
 def _failed(code: str, message: str, *, retryable: bool) -> dict[str, Any]:
     return {"status": "failed", "error": {"code": code, "message": message}, "retryable": retryable}
 
@@ -87,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dataset = spec.get("dataset")
     try:
-        base_weights = verified_file(spec.get("base_weights"))
+        ref = spec.get("base_weights")
+        base_weights = verified_file(ref) if ref else None
     except ModelfabError as exc:  # retrying would read the same bad file
         api.complete({"attempt": args.attempt, **_failed(exc.code, exc.message, retryable=False)})
         return 1

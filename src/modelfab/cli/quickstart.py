@@ -245,7 +245,7 @@ def _summary(url: str, model: dict[str, Any], r: LoadResult, usage: dict[str, fl
         ["throughput", f"{r.total / max(1e-9, r.wall_s):.1f} images/s"],
     ]
     rows += [[f"usage: {m}", f"{q:,.1f}"] for m, q in sorted(usage.items())]
-    table("summary", ("", ""), rows)
+    table("summary", ("metric", "value"), rows)
     predict_url = f"{url}/v1/endpoints/{MODEL}/predict"
     console.print(f"endpoint: [bold]{predict_url}[/bold]", soft_wrap=True)
     console.print(

@@ -263,3 +263,12 @@ def test_a_cancelled_request_is_not_run() -> None:
 
     run(main)
     assert rec.batches == [[1, 2]]
+
+
+def test_plan_does_not_wait_when_nothing_else_is_on_its_way() -> None:
+    # One request alone (nothing being decoded) runs at once instead of after max_wait.
+    assert plan(1, 10.0, 10.0, max_batch_size=8, max_wait_s=0.005, incoming=0).take == 1
+    # Images still being decoded: wait for them, up to the oldest item's deadline.
+    waiting = plan(1, 10.0, 10.0, max_batch_size=8, max_wait_s=0.005, incoming=3)
+    assert waiting.take == 0 and waiting.wait_s is not None and waiting.wait_s > 0
+    assert plan(1, 10.0, 10.0, max_batch_size=8, max_wait_s=0.005).take == 0  # unknown

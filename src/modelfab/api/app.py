@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,7 +15,13 @@ from modelfab.api.routers import datasets, endpoints, hub, jobs, models, pool, t
 
 
 def create_app(ctx: AppContext) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await ctx.serving.gateway.aclose()  # its pooled connections to replicas
+
     app = FastAPI(
+        lifespan=lifespan,
         title="modelfab",
         version=__version__,
         description="Self-hosted AI factory: pooled compute, model production, model serving.",

@@ -48,12 +48,15 @@ def plan(
     *,
     max_batch_size: int,
     max_wait_s: float,
+    incoming: int | None = None,
 ) -> Decision:
     """Decide how many of `queued` items to take now. Pure; times in seconds on one clock.
 
     Takes `max_batch_size` as soon as that many are queued; takes everything queued (at
-    most `max_batch_size`) once the oldest item has waited `max_wait_s`; otherwise takes
-    nothing and waits until the oldest item's deadline.
+    most `max_batch_size`) once the oldest item has waited `max_wait_s`, or at once when
+    `incoming` (items known to be on their way, e.g. images being decoded) is 0: waiting
+    for nobody would only add latency. Otherwise takes nothing and waits until the oldest
+    item's deadline. `incoming` None means unknown (always wait).
 
     Raises ValueError for queued < 0, max_batch_size < 1, max_wait_s < 0, or items queued
     without an `oldest_enqueued_at`.
@@ -70,7 +73,7 @@ def plan(
     if queued >= max_batch_size:
         return Decision(take=max_batch_size, wait_s=0.0)
     remaining = oldest_enqueued_at + max_wait_s - now
-    if remaining <= DEADLINE_SLACK_S:
+    if remaining <= DEADLINE_SLACK_S or incoming == 0:
         return Decision(take=queued, wait_s=0.0)
     return Decision(take=0, wait_s=remaining)
 
@@ -112,8 +115,11 @@ class DynamicBatcher(Generic[X, Y]):
         max_wait_s: float = 0.005,
         executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        incoming: Callable[[], int] | None = None,
     ) -> None:
+        """`incoming()`, when given, counts items on their way to `submit` (see `plan`)."""
         self._run_batch = run_batch
+        self._incoming = incoming
         self._loop: asyncio.AbstractEventLoop | None = None
         self._max_batch_size = 1
         self._max_wait_s = 0.0
@@ -237,6 +243,7 @@ class DynamicBatcher(Generic[X, Y]):
             self._clock(),
             max_batch_size=self._max_batch_size,
             max_wait_s=0.0 if self._stopping else self._max_wait_s,
+            incoming=self._incoming() if self._incoming is not None else None,
         )
 
     def _dispatch(self, take: int) -> None:

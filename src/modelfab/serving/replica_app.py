@@ -80,6 +80,7 @@ class Replica:
         self.cache = cache
         self.limits = limits
         self.outstanding = 0
+        self.preparing = 0  # images being decoded: they will join a batcher soon
         self.pool = ThreadPoolExecutor(
             max_workers=workers or os.cpu_count() or 2, thread_name_prefix="preprocess"
         )
@@ -106,10 +107,14 @@ class Replica:
     async def prepare(self, model: LoadedModel, files: Sequence[NamedBytes]) -> list[np.ndarray]:
         """Decode and preprocess every file in the pool, in parallel; raises the first
         file's error (in request order) when any fails."""
-        results = await asyncio.gather(
-            *(self.in_thread(_prepare, model, name, data) for name, data in files),
-            return_exceptions=True,
-        )
+        self.preparing += len(files)
+        try:
+            results = await asyncio.gather(
+                *(self.in_thread(_prepare, model, name, data) for name, data in files),
+                return_exceptions=True,
+            )
+        finally:
+            self.preparing -= len(files)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -123,6 +128,9 @@ class Replica:
                 lambda items: self._run_batch(version_id, items),
                 max_batch_size=self.limits.default_max_batch_size,
                 max_wait_s=self.limits.default_max_wait_ms / 1000,
+                # Images being decoded will join the queue: wait for them (up to max_wait),
+                # but never for nobody.
+                incoming=lambda: self.preparing,
             )
             batcher.start()
             self._batchers[version_id] = batcher

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from modelfab.cli.output import console, table
 from modelfab.client import TERMINAL, Client, Unreachable
+from modelfab.compute.executors.local.process import find_workers, kill_tree
 from modelfab.data.samples import make_surface_dataset
 
 MODEL = "surface-inspector"
@@ -68,6 +69,7 @@ def quickstart(
         if not keep:
             server.terminate()
             server.wait(timeout=30)
+            _stop_workers(home)  # workers outlive the control plane by design
             shutil.rmtree(home, ignore_errors=True)
 
 
@@ -78,6 +80,13 @@ def _start_server(home: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"}
     )
+
+
+def _stop_workers(home: Path) -> None:
+    node_file = home / "node-id"
+    if node_file.exists():
+        for proc in find_workers(node_file.read_text().strip()).values():
+            kill_tree(proc.pid, grace_s=5.0)
 
 
 def _wait_ready(home: Path, server: subprocess.Popen[bytes]) -> tuple[str, str]:

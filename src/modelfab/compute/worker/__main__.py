@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir=args.workdir,
         base_weights=base_weights,
     )
-    signal.signal(signal.SIGTERM, lambda *_: ctx.request_cancel())
+    signal.signal(signal.SIGTERM, ctx.on_signal)
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     ctx.event(
         f"Attempt {args.attempt} started on {socket.gethostname()} (pid {os.getpid()})",

@@ -39,6 +39,7 @@ class WorkerContext:
         self._buffer: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._cancel = threading.Event()
+        self._signalled = False
         self._stop = threading.Event()
         self.attempt_over = threading.Event()
         self.model: dict[str, Any] | None = None
@@ -82,10 +83,14 @@ class WorkerContext:
         return self._api.model_files(version_id)
 
     def cancelled(self) -> bool:
-        return self._cancel.is_set() or self.attempt_over.is_set()
+        return self._signalled or self._cancel.is_set() or self.attempt_over.is_set()
 
-    def request_cancel(self) -> None:
-        self._cancel.set()
+    def on_signal(self, *_: object) -> None:
+        """SIGTERM handler. Sets a plain flag: it takes no lock, because a handler runs
+        on top of whatever the main thread was doing, and a second SIGTERM (the executor
+        signals the process and its group) inside `Event.set` would deadlock on the
+        Event's own lock."""
+        self._signalled = True
 
     def flush(self) -> None:
         self._ship_once()

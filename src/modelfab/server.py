@@ -184,6 +184,7 @@ def build_context(
     gateway = Gateway(
         load_routes=endpoints.routes,
         authenticate=partial(authenticate, factory),
+        resolve_model=endpoints.servable_version,
         journal=journal,
         max_body_bytes=settings.max_predict_bytes,
     )

@@ -268,3 +268,28 @@ def test_a_model_that_cannot_load_fails_the_endpoint_saying_why(
     endpoint = team.get_endpoint("broken")
     assert endpoint["status"] == "failed" and endpoint["ready_replicas"] == 0
     assert endpoint["error"]["code"] == "model_load_failed"
+
+
+def test_one_endpoint_serves_other_models_of_the_tenant_when_asked(
+    platform: Platform, team: Client, factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    register_tiny(platform, factory, tmp_path, "parts", seed=1)
+    other = register_tiny(platform, factory, tmp_path, "welds", seed=5)
+    team.create_endpoint("shared", model="parts", cpus=0.5)
+    team.wait_endpoint("shared", timeout_s=60)
+    images = [image_bytes(seed=s) for s in range(4)]
+    url = f"{platform.url}/v1/endpoints/shared/predict"
+    auth = {"Authorization": f"Bearer {team_key(team)}"}
+    files = [("file", (f"img-{i}.png", b, "image/png")) for i, b in enumerate(images)]
+
+    resp = httpx.post(url, headers=auth, files=files, params={"model": "welds:1", "top_k": 2})
+    assert resp.status_code == 200, resp.text
+    data = resp.json()["data"]
+    assert [d["label"] for d in data] == expected_labels(other, images)
+    assert all(len(d["top_k"]) == 2 for d in data)
+    # Both models now sit in the replica, each under its own version.
+    health = httpx.get(team.get_endpoint("shared")["replica_jobs"][0]["url"] + "/health")
+    assert len(health.json()["models"]) == 2
+
+    missing = httpx.post(url, headers=auth, files=files, params={"model": "nope"})
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]

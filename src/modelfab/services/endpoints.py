@@ -247,6 +247,12 @@ class EndpointService:
 
     # -- the gateway's view ---------------------------------------------------------------------
 
+    def servable_version(self, tenant_id: str, ref: str) -> str:
+        """The version id of a servable model of the tenant. Raises NotFound (also for
+        other tenants' models) or InvalidRequest (no ONNX model to serve)."""
+        with self.factory() as session:
+            return servable(session, tenant_id, ref)[1].id
+
     def routes(self) -> dict[tuple[str, str], Route]:
         """Every endpoint by (tenant id, name), with the replicas ready to take requests."""
         with self.factory() as session:

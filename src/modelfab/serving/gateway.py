@@ -135,11 +135,14 @@ class Gateway:
         *,
         load_routes: Callable[[], dict[tuple[str, str], Route]],
         authenticate: Callable[[str | None], Principal],
+        resolve_model: Callable[[str, str], str],
         journal: UsageJournal | None,
         max_body_bytes: int = 32 << 20,
     ):
         self._load_routes = load_routes
         self._authenticate = authenticate
+        self._resolve_model = resolve_model  # (tenant id, ref) -> servable version id
+        self._versions: dict[tuple[str, str], tuple[str, float]] = {}
         self.journal = journal
         self.max_body_bytes = max_body_bytes
         self.limiter = RateLimiter()
@@ -167,10 +170,11 @@ class Gateway:
             )
         route = await self._route(principal.tenant_id, name)
         content_type = _content_type(request)
+        version_id = await self._version(principal.tenant_id, route, request)
         body = await self._body(request)
         self._inflight[route.endpoint_id] = self._inflight.get(route.endpoint_id, 0) + 1
         try:
-            resp, replica = await self._forward(route, request, content_type, body)
+            resp, replica = await self._forward(route, version_id, request, content_type, body)
         finally:
             self._inflight[route.endpoint_id] -= 1
         if resp.status < 300 and self.journal is not None:
@@ -238,15 +242,31 @@ class Gateway:
             param="body",
         )
 
+    async def _version(self, tenant_id: str, route: Route, request: Request) -> str:
+        """The model version to run: the endpoint's, or `?model=REF`, another servable
+        model of the tenant, which the replicas load next to it within their memory
+        budget (a multi-model endpoint). Refs resolve through a 10 s cache."""
+        ref = request.query_params.get("model")
+        if not ref:
+            return route.version_id
+        cached = self._versions.get((tenant_id, ref))
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        version_id = await run_in_threadpool(self._resolve_model, tenant_id, ref)
+        if len(self._versions) > 10_000:
+            self._versions.clear()
+        self._versions[(tenant_id, ref)] = (version_id, time.monotonic() + AUTH_TTL_S)
+        return version_id
+
     async def _forward(
-        self, route: Route, request: Request, content_type: str, body: bytes
+        self, route: Route, version_id: str, request: Request, content_type: str, body: bytes
     ) -> tuple[Forwarded, ReplicaRoute]:
         headers = {
             "content-type": content_type,
             "x-modelfab-max-batch-size": str(route.max_batch_size),
             "x-modelfab-max-wait-ms": str(route.max_wait_ms),
         }
-        path = f"/models/{route.version_id}/predict"
+        path = f"/models/{version_id}/predict"
         tried: set[str] = set()
         for _ in range(MAX_TRIES):
             replica = self.balancer.pick(route.replicas, tried)
@@ -279,7 +299,7 @@ class Gateway:
         may still be working on it)."""
         try:
             async with self._client().post(
-                url, data=body, headers=headers, params=list(request.query_params.multi_items())
+                url, data=body, headers=headers, params=_replica_params(request)
             ) as resp:
                 return Forwarded(
                     status=resp.status,
@@ -373,3 +393,8 @@ class Serving:
         await run_in_threadpool(self.endpoints.finish_delete, endpoint_id)
         self.gateway.invalidate()
         return {"object": "endpoint", "name": name, "deleted": True, "drained": in_flight}
+
+
+def _replica_params(request: Request) -> list[tuple[str, str]]:
+    """The query the replica understands (`top_k`); `model` was the gateway's."""
+    return [(k, v) for k, v in request.query_params.multi_items() if k != "model"]

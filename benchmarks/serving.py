@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
+from harness import running_platform
 from litserve_app import LITSERVE_VERSION, new_session, preprocess
 from loadgen import CpuWatch, Target, run_load
 from PIL import Image, ImageDraw
@@ -50,9 +51,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelfab.client import ApiError, Client
-from modelfab.compute.executors.local.process import find_workers, kill_tree
-from modelfab.server import Platform
-from modelfab.settings import ServerSettings
+from modelfab.compute.executors.local.process import kill_tree
 
 console = Console()
 TASK = "image-classification"
@@ -167,20 +166,6 @@ def train_model(client: Client, tmp: Path, cpus: float) -> ModelFiles:
         f"model.onnx {onnx.stat().st_size / 2**20:.1f} MiB"
     )
     return ModelFiles(onnx, labels, ref)
-
-
-@contextlib.contextmanager
-def running_platform(home: Path, cpus: float) -> Iterator[Platform]:
-    """A Platform in `home`, stopped (and its leftover workers killed) on exit."""
-    platform = Platform(ServerSettings(home=home, port=0, fake_gpus=0, cpus=cpus))
-    try:
-        platform.start()
-        yield platform
-    finally:
-        platform.stop()
-        if platform.node is not None:
-            for proc in find_workers(platform.node.id).values():
-                kill_tree(proc.pid, grace_s=2.0)
 
 
 # -- images and preprocessing ------------------------------------------------------------

@@ -25,13 +25,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from harness import running_platform
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
@@ -40,7 +41,6 @@ from torch.utils.data import DataLoader
 
 from modelfab.cli.common import parse_params
 from modelfab.client import Client
-from modelfab.compute.executors.local.process import find_workers, kill_tree
 from modelfab.hub.catalog import get_entry
 from modelfab.hub.loading import create_model
 from modelfab.recipes.image_classification import Params
@@ -48,8 +48,6 @@ from modelfab.recipes.training.loop import MAX_METRICS_PER_EPOCH
 from modelfab.recipes.vision.classification import DEFAULT_BASE_MODEL, auto_lr
 from modelfab.recipes.vision.data import Item, auto_num_workers, make_loaders
 from modelfab.recipes.vision.train import WEIGHT_DECAY, train_supervised
-from modelfab.server import Platform
-from modelfab.settings import ServerSettings
 
 console = Console()
 TASK = "image-classification"
@@ -368,20 +366,6 @@ def profile_both(setup: Setup, loaders: tuple[Loader, Loader], tmp: Path) -> Non
 
 
 # -- part 2: create_job -> registered model ----------------------------------------------
-
-
-@contextlib.contextmanager
-def running_platform(home: Path, cpus: float) -> Iterator[Platform]:
-    """A Platform in `home`, stopped (and its leftover workers killed) on exit."""
-    platform = Platform(ServerSettings(home=home, port=0, fake_gpus=0, cpus=cpus))
-    try:
-        platform.start()
-        yield platform
-    finally:
-        platform.stop()
-        if platform.node is not None:
-            for proc in find_workers(platform.node.id).values():
-                kill_tree(proc.pid, grace_s=2.0)
 
 
 def all_events(client: Client, job_id: str) -> list[dict[str, Any]]:

@@ -179,7 +179,9 @@ def build_context(
     Without a `journal`, endpoint requests are served but not metered."""
     store = DatasetStore(settings.datasets_dir)
     artifacts = ArtifactStore(settings.artifacts_dir)
-    jobs = JobService(factory, executor, node_ids=node_ids, on_change=on_change)
+    jobs = JobService(
+        factory, executor, node_ids=node_ids, on_change=on_change, path_roots=settings.path_roots
+    )
     endpoints = EndpointService(factory, jobs)
     gateway = Gateway(
         load_routes=endpoints.routes,

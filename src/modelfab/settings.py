@@ -51,6 +51,11 @@ class ServerSettings(BaseSettings):
     usage_flush_s: float = Field(
         default=1.0, gt=0, description="How often journalled request usage is written."
     )
+    path_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders whose paths non-admin tenants' jobs may name (batch-inspection "
+        "input and output); admins may name any path.",
+    )
 
     @property
     def sqlite_path(self) -> Path:

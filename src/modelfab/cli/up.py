@@ -26,13 +26,21 @@ def up(
     cpus: Annotated[
         float | None, typer.Option(help="CPU slots to offer (default: all cores)")
     ] = None,
+    path_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A folder whose paths every tenant's jobs may read and write (batch-inspection "
+            "--param input/output); repeat for more. Admins may use any path."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run the control plane: API, scheduler and local executor, in this process."""
     configure_logging(log_level)
     given: dict[str, Any] = dict(
-        home=home, host=host, port=port, database_url=database_url, fake_gpus=fake_gpus, cpus=cpus
-    )
+        home=home, host=host, port=port, database_url=database_url, fake_gpus=fake_gpus, cpus=cpus,
+        path_roots=[p.resolve() for p in path_root] if path_root else None,
+    )  # fmt: skip
     # Keyword arguments (not model_validate) so that MODELFAB_* variables still apply.
     settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})
     platform = Platform(settings)

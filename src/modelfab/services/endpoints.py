@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 ACTIVE, DELETING = "active", "deleting"
 SERVE_RECIPE = "serve"
 REPLICA_MAX_ATTEMPTS = 3
-ONNX_NAME, LABELS_NAME = "model.onnx", "labels.json"
 MAX_REPLICAS = 32
 WARM_TIMEOUT_S = 120.0
 
@@ -118,7 +117,7 @@ class EndpointService:
         at = now()
         try:
             with transaction(self.factory) as session:
-                _, version = servable(session, principal.tenant_id, spec.model)
+                _, version = registry.servable(session, principal.tenant_id, spec.model)
                 endpoint = Endpoint(
                     id=new_id("ep"),
                     tenant_id=principal.tenant_id,
@@ -179,7 +178,7 @@ class EndpointService:
             EndpointSpec(model=endpoint.model_ref, **merged).check()
             version_id = None
             if changes.get("model"):
-                version_id = servable(session, principal.tenant_id, changes["model"])[1].id
+                version_id = registry.servable(session, principal.tenant_id, changes["model"])[1].id
             urls = [r.url for r in ready_replicas(session, endpoint.id)]
         if version_id is not None:
             warm(urls, version_id)
@@ -251,7 +250,7 @@ class EndpointService:
         """The version id of a servable model of the tenant. Raises NotFound (also for
         other tenants' models) or InvalidRequest (no ONNX model to serve)."""
         with self.factory() as session:
-            return servable(session, tenant_id, ref)[1].id
+            return registry.servable(session, tenant_id, ref)[1].id
 
     def routes(self) -> dict[tuple[str, str], Route]:
         """Every endpoint by (tenant id, name), with the replicas ready to take requests."""
@@ -318,33 +317,15 @@ class EndpointService:
         }
 
 
-def servable(session: Session, tenant_id: str, ref: str) -> tuple[Model, ModelVersion]:
-    """The model version `ref` names, if it has an ONNX model and labels to serve."""
-    model, version = registry.resolve(session, tenant_id, ref)
-    names = set(
-        session.scalars(
-            select(ModelArtifact.name).where(ModelArtifact.model_version_id == version.id)
-        )
-    )
-    missing = {ONNX_NAME, LABELS_NAME} - names
-    if missing:
-        raise InvalidRequest(
-            f"model {model.name}:{version.version} has no {', '.join(sorted(missing))}; only "
-            "models exported to ONNX (image-classification) can be served",
-            param="model",
-        )
-    return model, version
-
-
 def artifact_refs(session: Session, version_id: str) -> dict[str, dict[str, str]]:
     rows = session.scalars(
         select(ModelArtifact).where(
             ModelArtifact.model_version_id == version_id,
-            ModelArtifact.name.in_([ONNX_NAME, LABELS_NAME]),
+            ModelArtifact.name.in_([registry.ONNX_NAME, registry.LABELS_NAME]),
         )
     ).all()
     by_name = {a.name: {"uri": a.uri, "sha256": a.sha256} for a in rows}
-    return {"onnx": by_name[ONNX_NAME], "labels": by_name[LABELS_NAME]}
+    return {"onnx": by_name[registry.ONNX_NAME], "labels": by_name[registry.LABELS_NAME]}
 
 
 def ready_replicas(session: Session, endpoint_id: str) -> list[EndpointReplica]:

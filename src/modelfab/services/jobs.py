@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,9 +24,10 @@ from modelfab.compute.scheduler.policy import (
 from modelfab.compute.scheduler.snapshot import load_nodes
 from modelfab.db.engine import transaction
 from modelfab.db.models import Job, JobEvent, Node, Tenant, UsageRecord
-from modelfab.errors import InvalidRequest, NotFound, QuotaExceeded, Unschedulable
+from modelfab.errors import Forbidden, InvalidRequest, NotFound, QuotaExceeded, Unschedulable
 from modelfab.ids import new_id, now
-from modelfab.recipes.base import get_recipe
+from modelfab.recipes.base import RecipeSpec, get_recipe
+from modelfab.services import registry
 from modelfab.services.common import Principal
 from modelfab.services.datasets import resolve_version, version_by_id, version_dict
 
@@ -76,11 +79,13 @@ class JobService:
         *,
         node_ids: list[str],
         on_change: Callable[[], None] = lambda: None,
+        path_roots: Sequence[Path] = (),
     ):
         self.factory = factory
         self.executor = executor
         self.node_ids = node_ids
         self.on_change = on_change
+        self.path_roots = [Path(os.path.realpath(r)) for r in path_roots]
 
     def create(self, principal: Principal, request: JobRequest) -> dict[str, Any]:
         """Validate and queue a job. Raises InvalidRequest/NotFound for bad input and
@@ -98,6 +103,11 @@ class JobService:
                 _check_task(spec.tasks, version[0].task)
             elif spec.needs_dataset:
                 raise InvalidRequest(f"recipe {spec.name!r} needs --dataset", param="dataset")
+            params = spec.validate_params(request.params)
+            _check_server_paths(spec, principal, params, self.path_roots)
+            if spec.needs_model:
+                _pin_model(session, spec, principal.tenant_id, params)
+            request = replace(request, params=params)
             job = self.queue(
                 session,
                 principal.tenant_id,
@@ -289,3 +299,43 @@ def _event_dict(e: JobEvent) -> dict[str, Any]:
         "message": e.message,
         "data": e.data,
     }
+
+
+def _check_server_paths(
+    spec: RecipeSpec, principal: Principal, params: dict[str, Any], roots: Sequence[Path]
+) -> None:
+    """Node paths in `params` must be absolute, and under `roots` unless an admin asks.
+    Raises InvalidRequest or Forbidden naming the param."""
+    for name in spec.server_paths:
+        raw = params.get(name)
+        if raw is None:
+            continue
+        if not Path(str(raw)).is_absolute():
+            raise InvalidRequest(
+                f"params.{name} must be an absolute path on the server, got {raw!r}",
+                param=f"params.{name}",
+            )
+        real = Path(os.path.realpath(str(raw)))  # no escaping a root through .. or a link
+        if not principal.is_admin and not any(real.is_relative_to(r) for r in roots):
+            allowed = ", ".join(str(r) for r in roots) or "none are configured"
+            raise Forbidden(
+                f"params.{name}={raw!r} is outside the folders this tenant may use "
+                f"({allowed}); ask an admin to add a path root (modelfab up --path-root)",
+                param=f"params.{name}",
+            )
+
+
+def _pin_model(session: Session, spec: RecipeSpec, tenant_id: str, params: dict[str, Any]) -> None:
+    """Resolve params.model to a servable version of the tenant, pinned in
+    params.model_version_id. Raises InvalidRequest or NotFound naming params.model."""
+    ref = params.get("model")
+    if not ref:
+        raise InvalidRequest(
+            f"recipe {spec.name!r} needs --param model=NAME[:VERSION|@ALIAS]", param="params.model"
+        )
+    try:
+        _, version = registry.servable(session, tenant_id, str(ref))
+    except (InvalidRequest, NotFound) as exc:
+        exc.param = "params.model"
+        raise
+    params["model_version_id"] = version.id

@@ -39,7 +39,9 @@ from modelfab.services.common import Principal, check_name
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT_FORMATS = ("pytorch", "onnx", "json")
+ARTIFACT_FORMATS = ("pytorch", "onnx", "json", "numpy", "png")
+ONNX_NAME, LABELS_NAME = "model.onnx", "labels.json"
+"""The artifacts a servable version has (see `servable`)."""
 ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_ARTIFACTS = 32
 
@@ -246,6 +248,25 @@ def parse_ref(ref: str) -> ModelRef:
             param="ref",
         )
     return ModelRef(name, version=int(version))
+
+
+def servable(session: Session, tenant_id: str, ref: str) -> tuple[Model, ModelVersion]:
+    """The model version `ref` names, if it has an ONNX model and labels to serve (an
+    endpoint or a batch-inspection job can run it). Raises NotFound or InvalidRequest."""
+    model, version = resolve(session, tenant_id, ref)
+    names = set(
+        session.scalars(
+            select(ModelArtifact.name).where(ModelArtifact.model_version_id == version.id)
+        )
+    )
+    missing = {ONNX_NAME, LABELS_NAME} - names
+    if missing:
+        raise InvalidRequest(
+            f"model {model.name}:{version.version} has no {', '.join(sorted(missing))}; only "
+            "models exported to ONNX (image-classification, anomaly-detection) can be served",
+            param="model",
+        )
+    return model, version
 
 
 def resolve(session: Session, tenant_id: str, ref: str) -> tuple[Model, ModelVersion]:

@@ -26,7 +26,7 @@ from modelfab.services.datasets import version_by_id
 logger = logging.getLogger(__name__)
 
 LEVELS = ("info", "debug", "warning", "error")  # the first is the default
-EVENT_TYPES = ("message", "metrics", "checkpoint")
+EVENT_TYPES = ("message", "metrics", "checkpoint", "progress")
 OUTCOMES = (SUCCEEDED, FAILED, CANCELLED)
 MAX_EVENTS_PER_CALL = 1000
 DEFAULT_MAX_ARTIFACT_BYTES = 20 * 2**30

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import overload
 
 import numpy as np
 import torch
@@ -23,6 +25,28 @@ from modelfab.recipes.vision.data import to_rgb
 
 ImageInput = Sequence[Image.Image] | torch.Tensor
 """PIL images, or normalised float images (N, 1 | 3, H, W)."""
+
+
+class ImageFiles(Sequence[Image.Image]):
+    """Image files opened only when an item is taken (Pillow then reads the header; pixels
+    are decoded on use), so fitting on a large dataset never holds all its images."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @overload
+    def __getitem__(self, index: int) -> Image.Image: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> ImageFiles: ...
+
+    def __getitem__(self, index: int | slice) -> Image.Image | ImageFiles:
+        if isinstance(index, slice):
+            return ImageFiles(self.paths[index])
+        return Image.open(self.paths[index])
 
 
 @dataclass(frozen=True)
@@ -83,8 +107,9 @@ class ImagePrep:
 
     def _from_pil(self, image: Image.Image) -> torch.Tensor:
         rgb = to_rgb(image)
-        if not self.tiling:
-            rgb = rgb.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        height, width = self.target_size(rgb.height, rgb.width)
+        if (rgb.height, rgb.width) != (height, width):  # PIL's resize, as the replicas do
+            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         pixels = np.asarray(rgb, dtype=np.float32) / np.float32(255)
@@ -106,4 +131,6 @@ def subset(images: ImageInput, indices: Sequence[int]) -> ImageInput:
     """The images at `indices`, of the same kind as `images`."""
     if isinstance(images, torch.Tensor):
         return images[list(indices)]
+    if isinstance(images, ImageFiles):
+        return ImageFiles([images.paths[i] for i in indices])
     return [images[i] for i in indices]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 
 BANK = "memory_bank"
 PROJECTION = "projection"
+
+Progress = Callable[[int, int], None]
+"""Called as progress(done, total) after each batch, in images (or tiles when tiling); it
+may raise to stop the work."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class PatchCore:
         self.std = tuple(float(v) for v in std)
         self.threshold = threshold
         self.info = dict(info or {})
+        self.calibration_scores = np.zeros(0, dtype=np.float32)
+        """Scores of the good images `fit` held out (empty after `load`)."""
         self.prep = ImagePrep(
             params.image_size, params.tiling, params.tile_overlap, self.mean, self.std
         )
@@ -94,8 +100,10 @@ class PatchCore:
         params: PatchCoreParams | None = None,
         *,
         weights: Path | None = None,
+        progress: Progress | None = None,
     ) -> PatchCore:
-        """Fit on good images; `weights` overrides the hub's weights file of the backbone.
+        """Fit on good images; `weights` overrides the hub's weights file of the backbone;
+        `progress` follows the feature extraction of the bank's images.
 
         Holds out `calibration_fraction` of the images (at least one when there are two or
         more) and sets the good-only threshold from their scores; from a single image no
@@ -116,9 +124,12 @@ class PatchCore:
         )  # fmt: skip
         kept, held = holdout(len(good_images), params.calibration_fraction, params.seed)
         detector = cls(params, extractor, torch.empty(0), mean=entry.mean, std=entry.std)
-        detector.bank, patches = detector._select_bank(subset(good_images, kept))
+        detector.bank, patches = detector._select_bank(subset(good_images, kept), progress)
         if held:
-            detector.calibrate(detector.score(subset(good_images, held), with_maps=False).scores)
+            detector.calibration_scores = detector.score(
+                subset(good_images, held), with_maps=False
+            ).scores
+            detector.calibrate(detector.calibration_scores)
         detector.info = {
             "train_images": len(kept),
             "calibration_images": len(held),
@@ -129,24 +140,30 @@ class PatchCore:
         logger.info("patchcore fitted: %s", detector.info)
         return detector
 
-    def _select_bank(self, images: ImageInput) -> tuple[torch.Tensor, int]:
+    def _select_bank(
+        self, images: ImageInput, progress: Progress | None = None
+    ) -> tuple[torch.Tensor, int]:
         """(bank rounded through float16 so that save/load is exact, patches seen)."""
         params = self.params
         with torch.inference_mode():
             probe = self.extractor(torch.zeros(1, 3, params.image_size, params.image_size))
-        total = self.prep.count_units(images) * probe.shape[-2] * probe.shape[-1]
+        units = self.prep.count_units(images)
+        total = units * probe.shape[-2] * probe.shape[-1]
         builder = CoresetBuilder(
             min(params.coreset_ratio, params.max_bank / total),
             params.max_bank,
             projection_dim=params.coreset_projection_dim,
             seed=params.seed,
         )
-        seen = 0
+        seen = done = 0
         with torch.inference_mode():
             for batch in self._unit_batches(images):
                 patches = _flatten(self.extractor(batch))
                 seen += patches.shape[0]
                 builder.add(patches)
+                done += batch.shape[0]
+                if progress is not None:
+                    progress(done, units)
         return builder.finish().half().float(), seen
 
     def _unit_batches(self, images: ImageInput) -> Iterator[torch.Tensor]:
@@ -161,8 +178,11 @@ class PatchCore:
         if pending:
             yield torch.stack(pending)
 
-    def score(self, images: ImageInput, *, with_maps: bool = True) -> AnomalyScores:
-        """Image scores and, `with_maps`, smoothed anomaly maps of `images`.
+    def score(
+        self, images: ImageInput, *, with_maps: bool = True, progress: Progress | None = None
+    ) -> AnomalyScores:
+        """Image scores and, `with_maps`, smoothed anomaly maps of `images`; `progress`
+        counts images.
 
         Raises InvalidRequest (param "images") for a badly shaped tensor.
         """
@@ -173,6 +193,8 @@ class PatchCore:
             for batch_scores, batch_maps in batches(images, with_maps):
                 scores.extend(batch_scores.tolist())
                 maps.extend(m.numpy() for m in batch_maps)
+                if progress is not None:
+                    progress(len(scores), len(images))
         return AnomalyScores(scores=np.asarray(scores, dtype=np.float32), maps=maps)
 
     def _score_resized(
@@ -260,7 +282,7 @@ class PatchCore:
         metrics = image_metrics(result.scores, labels, threshold)
         metrics["pixel_auroc"] = None
         if masks is not None:
-            fitted = [_fit_mask(m, a.shape) for m, a in zip(masks, result.maps, strict=True)]
+            fitted = [fit_mask(m, a.shape) for m, a in zip(masks, result.maps, strict=True)]
             metrics["pixel_auroc"] = pixel_auroc(result.maps, labels, fitted)
         return metrics
 
@@ -314,7 +336,7 @@ def _flatten(feats: torch.Tensor) -> torch.Tensor:
     return feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
 
 
-def _fit_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+def fit_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
     """`mask` resized to `shape` (nearest), or None."""
     if mask is None or mask.shape == shape:
         return mask

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,35 +33,45 @@ EXPORT_BATCH = 2
 """The example batch traced; > 1 so the exporter does not specialise the batch axis to 1."""
 
 
-def export_onnx(model: nn.Module, image_size: int, path: Path) -> None:
-    """Write `model` (NCHW float32 "images" -> "logits", dynamic batch) to `path` as ONNX.
+def export_onnx(
+    model: nn.Module,
+    image_size: int,
+    path: Path,
+    *,
+    outputs: Sequence[str] = (OUTPUT_NAME,),
+    param: str = "base_model",
+) -> None:
+    """Write `model` (NCHW float32 "images" -> `outputs`, every one batch-first; dynamic
+    batch) to `path` as ONNX.
 
     Exports on the CPU in eval mode and leaves `model` there (eval mode, contiguous
     format, as a model trained channels_last on CUDA is not). Blocks
     for seconds (tracing). Raises ModelfabError code "export_failed" when neither exporter
-    manages the model.
+    manages the model (`param` names what the user should change).
     """
     model.cpu().eval().to(memory_format=torch.contiguous_format)
     example = torch.randn(EXPORT_BATCH, 3, image_size, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _export_dynamo(model, example, path)
+        _export_dynamo(model, example, path, outputs)
         return
     except Exception as exc:  # exporter failures have no common type
         logger.warning("dynamo ONNX export failed (%s); trying the legacy exporter", exc)
         path.unlink(missing_ok=True)
     try:
-        _export_legacy(model, example, path)
+        _export_legacy(model, example, path, outputs)
     except Exception as exc:
         raise ModelfabError(
             f"could not export the model to ONNX ({type(exc).__name__}: {exc}); "
-            "try another base_model",
+            f"try another {param}",
             code="export_failed",
-            param="base_model",
+            param=param,
         ) from exc
 
 
-def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_dynamo(
+    model: nn.Module, example: torch.Tensor, path: Path, outputs: Sequence[str]
+) -> None:
     batch = torch.export.Dim("batch")
     torch.onnx.export(
         model,
@@ -69,14 +80,16 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         dynamo=True,
         opset_version=OPSET,
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=list(outputs),
         dynamic_shapes=({0: batch},),
         external_data=False,
         verbose=False,
     )
 
 
-def _export_legacy(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_legacy(
+    model: nn.Module, example: torch.Tensor, path: Path, outputs: Sequence[str]
+) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
@@ -87,8 +100,8 @@ def _export_legacy(model: nn.Module, example: torch.Tensor, path: Path) -> None:
             dynamo=False,
             opset_version=LEGACY_OPSET,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=list(outputs),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *outputs)},
         )
 
 

@@ -9,8 +9,10 @@ import random
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from modelfab.client import Client
+from modelfab.recipes.anomaly.job import EXAMPLE_SIDE
 from modelfab.recipes.anomaly.synthetic import (
     make_inspection_set,
     texture_surface,
@@ -60,6 +62,7 @@ def test_fits_calibrates_evaluates_exports_and_registers(team: Client, tmp_path:
         "labels.json": "json",
         "patchcore.json": "json",
         "memory_bank.npy": "numpy",
+        "examples.png": "png",
     }
     metrics = version["metrics"]
     assert metrics["n_good"] == 6 and metrics["n_defective"] == 8
@@ -70,6 +73,9 @@ def test_fits_calibrates_evaluates_exports_and_registers(team: Client, tmp_path:
     assert labels["task"] == "anomaly-detection"
     assert labels["threshold"] == pytest.approx(metrics["threshold"])
     assert labels["image_size"] == 64
+    sheet = team.download_artifact("castings:1", "examples.png", tmp_path / "examples.png")
+    with Image.open(sheet) as picture:  # 6 defects and 2 good images with their heatmaps
+        assert picture.size == (4 * EXAMPLE_SIDE, 2 * (EXAMPLE_SIDE + 18))
 
 
 def test_good_images_only_give_a_good_quantile_threshold_and_no_auroc(

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from modelfab.data.tasks import IMAGE_SUFFIXES
 from modelfab.data.validate import is_ignored
@@ -29,6 +29,7 @@ from modelfab.recipes.anomaly.params import PatchCoreParams
 from modelfab.recipes.anomaly.patchcore import PatchCore, fit_mask
 from modelfab.recipes.anomaly_detection import Params
 from modelfab.recipes.base import RecipeContext
+from modelfab.reports.inspection import overlay
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ TASK = "anomaly-detection"
 PROGRESS_EVERY_S = 2.0
 CALIBRATION_TARGET = 20
 """Held-out good images "auto" aims for: fewer make the 0.99 quantile a guess."""
+EXAMPLES_NAME = "examples.png"
+EXAMPLE_SIDE = 192
 
 
 class _Cancelled(Exception):
@@ -49,6 +52,8 @@ class TestSet:
     paths: list[Path]
     labels: list[str]
     masks: list[Path | None]
+    scores: np.ndarray | None = None
+    """Filled in once scored."""
 
     @property
     def has_defects(self) -> bool:
@@ -72,6 +77,8 @@ def run(ctx: RecipeContext, params: Params) -> dict[str, Any]:
         return {"cancelled": True}
     _acceptance_gate(metrics, params.min_image_auroc)
     files = _export(ctx, detector, tests.paths or good.paths, metrics)
+    sheet = examples_sheet(detector, tests, ctx.workdir / EXAMPLES_NAME)
+    files += [sheet] if sheet else []
     ctx.event("Uploading artifacts", data={"files": sorted(p.name for p in files)})
     artifacts = [ctx.upload_artifact(p, name=p.name, format=_format(p)) for p in files]
     ctx.register_model(
@@ -147,6 +154,7 @@ def _evaluate(ctx: RecipeContext, detector: PatchCore, tests: TestSet) -> dict[s
     result = detector.score(
         ImageFiles(tests.paths), with_maps=with_masks, progress=_progress(ctx, "test")
     )
+    tests.scores = result.scores
     if tests.has_defects:
         good = [s for s, label in zip(result.scores, tests.labels, strict=True) if label == GOOD]
         held = list(detector.calibration_scores)
@@ -202,8 +210,37 @@ def _export(
     return [onnx_path, labels_path, folder / "patchcore.json", *arrays]
 
 
+def examples_sheet(detector: PatchCore, tests: TestSet, path: Path) -> Path | None:
+    """A picture of the test images most worth a look, with their heatmaps: the highest-
+    scoring defective ones, then the highest-scoring good ones (near misses). Captions give
+    the label, the score and the verdict. None when test/ was not scored."""
+    if tests.scores is None or detector.threshold is None:
+        return None
+    order = np.argsort(-tests.scores, kind="stable")
+    bad = [i for i in order if tests.labels[i] != GOOD][:6]
+    good = [i for i in order if tests.labels[i] == GOOD][:2]
+    chosen = [int(i) for i in bad + good]
+    maps = detector.score(ImageFiles([tests.paths[i] for i in chosen])).maps
+    scale = 2 * detector.threshold.value
+    sheet = Image.new("RGB", (EXAMPLE_SIDE * 4, (EXAMPLE_SIDE + 18) * 2), "white")
+    draw = ImageDraw.Draw(sheet)
+    for slot, (i, amap) in enumerate(zip(chosen, maps, strict=True)):
+        with Image.open(tests.paths[i]) as image:
+            tile = overlay(image.convert("RGB"), np.clip(amap / scale, 0, 1))
+        tile = tile.resize((EXAMPLE_SIDE, EXAMPLE_SIDE))
+        x, y = (slot % 4) * EXAMPLE_SIDE, (slot // 4) * (EXAMPLE_SIDE + 18)
+        sheet.paste(tile, (x, y))
+        score = float(tests.scores[i])
+        verdict = "FLAGGED" if score >= detector.threshold.value else "passed"
+        draw.text(
+            (x + 4, y + EXAMPLE_SIDE + 3), f"{tests.labels[i]} {score:.3g} {verdict}", "black"
+        )
+    sheet.save(path)
+    return path
+
+
 def _format(path: Path) -> str:
-    return {".onnx": "onnx", ".json": "json", ".npy": "numpy"}[path.suffix]
+    return {".onnx": "onnx", ".json": "json", ".npy": "numpy", ".png": "png"}[path.suffix]
 
 
 def _acceptance_gate(metrics: dict[str, Any], min_auroc: float | None) -> None:

@@ -154,7 +154,7 @@ def test_bodies_over_the_limit_are_413() -> None:
 # --- decoding ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "WEBP"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "WEBP", "TIFF"])
 def test_accepted_formats_decode_to_rgb(fmt: str) -> None:
     img = decode_image("a", image_bytes(size=(20, 10), fmt=fmt))
     assert (img.mode, img.size) == ("RGB", (20, 10))
@@ -170,12 +170,23 @@ def test_greyscale_palette_alpha_and_16_bit_become_rgb_like_training() -> None:
     assert np.asarray(img)[0, 0].tolist() == [255, 255, 255]  # 16-bit white stays white
 
 
+@pytest.mark.parametrize("compression", [None, "tiff_lzw", "tiff_deflate"])
+def test_16_bit_greyscale_tiff_keeps_its_range(compression: str | None) -> None:
+    """Industrial cameras write 16-bit TIFF: rescaled to 8 bits (v / 256), not clipped."""
+    ramp = (np.arange(64, dtype=np.uint16) * 1024).reshape(8, 8)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="TIFF", compression=compression)
+    img = decode_image("cam.tif", buf.getvalue())
+    assert (img.mode, img.size) == ("RGB", (8, 8))
+    assert np.array_equal(np.asarray(img)[..., 1], (ramp // 256).astype(np.uint8))
+
+
 @pytest.mark.parametrize(
     ("data", "says"),
     [
-        (b"", "not a PNG, JPEG, BMP or WEBP file"),
-        (b"hello, world", "not a PNG, JPEG, BMP or WEBP file"),
-        (image_bytes(fmt="GIF"), "not a PNG, JPEG, BMP or WEBP file"),
+        (b"", "not a PNG, JPEG, BMP, WEBP or TIFF file"),
+        (b"hello, world", "not a PNG, JPEG, BMP, WEBP or TIFF file"),
+        (image_bytes(fmt="GIF"), "not a PNG, JPEG, BMP, WEBP or TIFF file"),
         (image_bytes(size=(64, 64))[:300], "truncated"),
         (image_bytes(size=(64, 64), fmt="JPEG")[:400], "truncated"),
     ],
@@ -190,4 +201,4 @@ def test_unreadable_images_are_422_naming_the_file(data: bytes, says: str) -> No
     )
     assert err.value.message.startswith("part-3.png is not a readable image (")
     assert says.lower() in err.value.message.lower()
-    assert "send PNG, JPEG, BMP or WEBP" in err.value.message
+    assert "send PNG, JPEG, BMP, WEBP or TIFF" in err.value.message

@@ -17,6 +17,7 @@ from modelfab.serving.models import (
     LoadedModel,
     ModelCache,
     ModelFiles,
+    ServedModel,
     choose_providers,
     estimate_bytes,
     softmax,
@@ -131,7 +132,7 @@ def test_models_load_lazily_and_once_under_concurrency(tmp_path: Path) -> None:
     loader = CountingLoader(tmp_path, delay_s=0.1)
     cache = ModelCache(loader, budget_bytes=10**9)
     assert cache.loaded() == []
-    got: list[LoadedModel] = []
+    got: list[ServedModel] = []
     threads = [threading.Thread(target=lambda: got.append(cache.get("v1"))) for _ in range(8)]
     for t in threads:
         t.start()
@@ -160,6 +161,7 @@ def test_a_model_in_use_is_not_evicted(tmp_path: Path) -> None:
     with cache.lease("a") as a:
         cache.get("b")  # over budget, but a is leased: b stays too (soft cap)
         assert sorted(cache.loaded()) == ["a", "b"]
+        assert isinstance(a, LoadedModel)
         assert a.predict(np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)).shape == (1, 3)
     cache.get("c")
     assert cache.loaded() == ["c"]

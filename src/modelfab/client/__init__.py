@@ -306,18 +306,30 @@ class Client:
             time.sleep(poll_s)
 
     def predict(
-        self, name: str, images: list[Path | tuple[str, bytes]], *, top_k: int = 1
+        self,
+        name: str,
+        images: list[Path | tuple[str, bytes]],
+        *,
+        top_k: int = 1,
+        threshold: float | None = None,
+        heatmap: bool | None = None,
     ) -> dict[str, Any]:
-        """Classify images (paths, or (name, bytes) pairs) with endpoint `name`."""
+        """Run endpoint `name` on images (paths, or (name, bytes) pairs). A classifier
+        answers labels (`top_k` best); an anomaly detector answers score, verdict and
+        heatmap, judged at `threshold` when given (else its stored one), without the
+        heatmap when `heatmap` is False. None sends nothing, leaving the server default."""
         files = []
         for image in images:
             if isinstance(image, Path):
                 files.append(("file", (image.name, image.read_bytes(), _image_type(image.name))))
             else:
                 files.append(("file", (image[0], image[1], _image_type(image[0]))))
-        return self.request(
-            "POST", f"/endpoints/{name}/predict", files=files, params={"top_k": top_k}
-        )
+        params: dict[str, Any] = {"top_k": top_k}
+        if threshold is not None:
+            params["threshold"] = repr(float(threshold))
+        if heatmap is not None:
+            params["heatmap"] = "true" if heatmap else "false"
+        return self.request("POST", f"/endpoints/{name}/predict", files=files, params=params)
 
     # -- pool and usage -------------------------------------------------------------------
     def pool(self) -> dict[str, Any]:

@@ -21,10 +21,11 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 
 from modelfab.errors import InvalidRequest, ModelfabError, PayloadTooLarge
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
-"""Pillow formats a replica decodes; fewer decoders is less attack surface."""
+ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF")
+"""Pillow formats a replica decodes; fewer decoders is less attack surface. TIFF is what
+industrial cameras write (often 16-bit greyscale)."""
 
-_ACCEPTED = "PNG, JPEG, BMP or WEBP"
+_ACCEPTED = "PNG, JPEG, BMP, WEBP or TIFF"
 _USAGE = (
     "send multipart/form-data with one file part per image, or application/json with "
     '{"images": ["<base64>", ...]}'
@@ -230,7 +231,8 @@ def _b64(i: int, text: str) -> bytes:
 
 
 def decode_image(name: str, data: bytes) -> Image.Image:
-    """Fully decode `data` (PNG, JPEG, BMP or WEBP) into an 8-bit RGB image. Blocks (CPU).
+    """Fully decode `data` (PNG, JPEG, BMP, WEBP or TIFF; of a multi-page TIFF the first
+    page) into an 8-bit RGB image. Blocks (CPU).
 
     Raises InvalidRequest code "invalid_image" (param `name`) for anything else, or for a
     corrupt, truncated or oversized (decompression bomb) file.

@@ -1,9 +1,15 @@
 """Trained models as the replica runs them: an ONNX Runtime session with its labels, and an
 LRU cache of them within a memory budget.
 
-Preprocessing is Pillow + numpy (no torch on a replica) and reproduces the eval transform of
-`modelfab.recipes.vision.data.build_transform` exactly: torchvision applies Pillow's own
-bilinear resize to a PIL image, so the only differences are float rounding (~1e-6).
+`load_model` picks the kind by labels["task"]: an image classifier (`LoadedModel`, here)
+or an anomaly detector (`AnomalyModel`, in `serving.anomaly`). Both answer the same calls:
+`prepare` one decoded image into its units (float32 (U, 3, S, S)), `infer` a batch of
+prepared images (one raw output each), `result` for one image's JSON fields.
+
+Classifier preprocessing is Pillow + numpy (no torch on a replica) and reproduces the eval
+transform of `modelfab.recipes.vision.data.build_transform` exactly: torchvision applies
+Pillow's own bilinear resize to a PIL image, so the only differences are float rounding
+(~1e-6).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +28,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from modelfab.errors import ModelfabError
+from modelfab.errors import InvalidRequest, ModelfabError
+from modelfab.serving.anomaly import ANOMALY_DETECTION, AnomalyModel
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +47,9 @@ DEFAULT_MAX_BATCH_SIZE = 32
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
+IMAGE_CLASSIFICATION = "image-classification"
+"""labels["task"] of a classifier (older classifiers' labels have no "task")."""
+
 
 @dataclass
 class ModelFiles:
@@ -48,7 +58,45 @@ class ModelFiles:
     version_id: str
     onnx_path: Path
     labels: dict[str, Any]
-    """labels.json: classes, image_size, mean, std, input, output, resize, interpolation."""
+    """labels.json: for a classifier classes, image_size, mean, std, input, output, resize,
+    interpolation; for a detector task "anomaly-detection" and what `serving.anomaly`
+    reads."""
+
+
+def model_task(labels: Mapping[str, Any]) -> str:
+    """The task a model's labels.json declares (image classification when it says none)."""
+    return str(labels.get("task") or IMAGE_CLASSIFICATION)
+
+
+def load_model(
+    files: ModelFiles,
+    *,
+    use_cuda: bool = False,
+    intra_op_threads: int | None = None,
+    allow_spinning: bool = False,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+) -> ServedModel:
+    """The model of `files`, of the kind labels["task"] names; the options are those of
+    `LoadedModel`. Blocks (reads and optimises the graph). Raises ModelfabError code
+    "model_invalid" for an unknown task, unusable labels or an unloadable .onnx file."""
+    task = model_task(files.labels)
+    if task == IMAGE_CLASSIFICATION:
+        return LoadedModel(
+            files,
+            use_cuda=use_cuda,
+            intra_op_threads=intra_op_threads,
+            allow_spinning=allow_spinning,
+            max_batch_size=max_batch_size,
+        )
+    if task != ANOMALY_DETECTION:
+        raise _invalid(files, f"its task {task!r} is not one a replica serves")
+    return AnomalyModel(
+        files.version_id,
+        files.labels,
+        _session(files, use_cuda, intra_op_threads, allow_spinning),
+        size_bytes=estimate_bytes(files.onnx_path),
+        max_batch_size=max_batch_size,
+    )
 
 
 def choose_providers(use_cuda: bool) -> list[str]:
@@ -64,11 +112,14 @@ def estimate_bytes(onnx_path: Path) -> int:
 
 
 class LoadedModel:
-    """An image classifier ready to run: `preprocess` one image, `predict` a batch.
+    """An image classifier ready to run: `prepare` (or `preprocess`) one image, `infer`
+    prepared images (or `predict` a batch), `result` for one image's answer.
 
-    `predict` is safe to call from several threads (ONNX Runtime sessions are), though the
-    replica runs one batch at a time per model.
+    `infer` and `predict` are safe to call from several threads (ONNX Runtime sessions
+    are), though the replica runs one batch at a time per model.
     """
+
+    task = IMAGE_CLASSIFICATION
 
     def __init__(
         self,
@@ -132,15 +183,57 @@ class LoadedModel:
         chw += self._shift[:, None, None]
         return chw
 
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """`preprocess` as the one unit of the image: float32 (1, 3, S, S)."""
+        return self.preprocess(image)[None]
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, H, W) -> softmax probabilities (N, classes), float32. Blocks."""
         logits = self.session.run([self.output_name], {self.input_name: batch})[0]
         return softmax(np.asarray(logits, dtype=np.float32))
 
+    def infer(self, items: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Probabilities (classes,) per prepared image (1, 3, S, S), `predict`ed at most
+        `max_batch_size` at a time. Blocks. Raises ValueError for an item of several units."""
+        if any(len(item) != 1 for item in items):
+            raise ValueError("a classifier's items are single images (1, 3, S, S)")
+        batch = np.concatenate(items)
+        step = self.max_batch_size
+        probs = [self.predict(batch[i : i + step]) for i in range(0, len(batch), step)]
+        return list(np.concatenate(probs))
+
+    def check_options(self, options: Mapping[str, str]) -> None:
+        """Raises InvalidRequest (param "top_k") unless top_k is absent or in [1, classes]."""
+        self._top_k(options)
+
+    def result(self, raw: np.ndarray, options: Mapping[str, str]) -> dict[str, Any]:
+        """The best label and score, and the `top_k` option's best classes (default 1)
+        with their scores. Raises InvalidRequest (param "top_k") for a bad top_k."""
+        best = np.argsort(-raw, kind="stable")[: self._top_k(options)]
+        ranked = [{"label": self.classes[j], "score": float(raw[j])} for j in best]
+        return {**ranked[0], "top_k": ranked}
+
+    def _top_k(self, options: Mapping[str, str]) -> int:
+        raw = options.get("top_k")
+        if raw is None:
+            return 1
+        if not raw.strip().isdigit() or int(raw) < 1:
+            raise InvalidRequest("top_k must be a positive integer", param="top_k")
+        if int(raw) > len(self.classes):
+            raise InvalidRequest(
+                f"top_k must be at most {len(self.classes)}, the number of classes",
+                param="top_k",
+            )
+        return int(raw)
+
     def warm(self) -> None:
         """Run one dummy image through the model, so the first request does not pay for
         lazy initialisation (CUDA kernels, memory arenas)."""
         self.predict(np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32))
+
+
+ServedModel = LoadedModel | AnomalyModel
+"""A model as a replica serves it; `task` tells which."""
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -178,8 +271,8 @@ def _invalid(files: ModelFiles, why: str) -> ModelfabError:
 class _Slot:
     """A cache entry: the model once loaded (or the load in progress) and its users."""
 
-    loading: Future[LoadedModel] = field(default_factory=Future)
-    model: LoadedModel | None = None
+    loading: Future[ServedModel] = field(default_factory=Future)
+    model: ServedModel | None = None
     users: int = 0
 
 
@@ -206,7 +299,7 @@ class ModelCache:
     ) -> None:
         """`loader(version_id)` returns the model's files (it may fetch them, and may raise
         ModelfabError, e.g. NotFound, which `get`/`lease` let through unchanged). The other
-        options are passed to every `LoadedModel`."""
+        options are passed to `load_model` for every model."""
         self._loader = loader
         self.budget_bytes = budget_bytes
         self._model_options: dict[str, Any] = {
@@ -218,13 +311,13 @@ class ModelCache:
         self._lock = threading.Lock()
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
 
-    def get(self, version_id: str) -> LoadedModel:
+    def get(self, version_id: str) -> ServedModel:
         """The model, loading it first if needed (blocks for the load). It is not pinned:
         use `lease` around work that must not see the model evicted meanwhile."""
         with self.lease(version_id) as model:
             return model
 
-    def peek(self, version_id: str) -> LoadedModel | None:
+    def peek(self, version_id: str) -> ServedModel | None:
         """The model when it is loaded (marking it used), else None. Never blocks on a
         load, so the event loop may call it."""
         with self._lock:
@@ -235,7 +328,7 @@ class ModelCache:
             return slot.model
 
     @contextmanager
-    def lease(self, version_id: str) -> Iterator[LoadedModel]:
+    def lease(self, version_id: str) -> Iterator[ServedModel]:
         """The model, pinned in the cache (not evictable) until the block exits."""
         slot = self._acquire(version_id)
         try:
@@ -277,7 +370,7 @@ class ModelCache:
             files = self._loader(version_id)
             with self._lock:  # make room first: the new session must fit, not just the old
                 self._evict(keep=slot, incoming=estimate_bytes(files.onnx_path))
-            model = LoadedModel(files, **self._model_options)
+            model = load_model(files, **self._model_options)
         except BaseException as exc:
             with self._lock:
                 slot.users -= 1

@@ -2,10 +2,11 @@
 runs it with uvicorn in a background thread.
 
 A predict request flows: read the body (size-limited) -> split it into files -> get the
-model (loading it in a thread on first use) -> decode and preprocess every image in the
-thread pool -> the model's `DynamicBatcher`, which runs batches in its own thread -> top-k.
-The event loop only parses and routes, so decoding, preprocessing and inference of
-different requests overlap.
+model (loading it in a thread on first use) -> decode and `prepare` every image in the
+thread pool -> the model's `DynamicBatcher`, which runs `infer` on batches in its own thread
+-> `result` per image (a classifier's top-k; a detector's score, verdict and heatmap, made
+in the pool). The event loop only parses and routes, so decoding, preprocessing and
+inference of different requests overlap.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelfab.errors import InvalidRequest, ModelfabError
+from modelfab.serving.anomaly import AnomalyModel
 from modelfab.serving.batching import DynamicBatcher
 from modelfab.serving.inputs import (
     NamedBytes,
@@ -40,7 +42,7 @@ from modelfab.serving.inputs import (
     parse_images,
     read_body,
 )
-from modelfab.serving.models import LoadedModel, ModelCache
+from modelfab.serving.models import ModelCache, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +86,7 @@ class Replica:
         self.pool = ThreadPoolExecutor(
             max_workers=workers or os.cpu_count() or 2, thread_name_prefix="preprocess"
         )
-        self._batchers: dict[str, DynamicBatcher[np.ndarray, np.ndarray]] = {}
+        self._batchers: dict[str, DynamicBatcher[np.ndarray, Any]] = {}
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in the preprocessing pool."""
@@ -99,14 +101,14 @@ class Replica:
             partial(parse_images, max_images=self.limits.max_images), content_type, body
         )
 
-    async def model(self, version_id: str) -> LoadedModel:
+    async def model(self, version_id: str) -> ServedModel:
         """The model, loaded in a thread when needed (loader errors pass through)."""
         model = self.cache.peek(version_id)  # the common case: no thread hop
         return model if model is not None else await self.in_thread(self.cache.get, version_id)
 
-    async def prepare(self, model: LoadedModel, files: Sequence[NamedBytes]) -> list[np.ndarray]:
-        """Decode and preprocess every file in the pool, in parallel; raises the first
-        file's error (in request order) when any fails."""
+    async def prepare(self, model: ServedModel, files: Sequence[NamedBytes]) -> list[np.ndarray]:
+        """Decode and prepare every file in the pool, in parallel: one (U, 3, S, S) array
+        each. Raises the first file's error (in request order) when any fails."""
         self.preparing += len(files)
         try:
             results = await asyncio.gather(
@@ -120,7 +122,18 @@ class Replica:
                 raise result
         return results  # type: ignore[return-value]  # no exceptions left
 
-    def batcher(self, version_id: str) -> DynamicBatcher[np.ndarray, np.ndarray]:
+    async def results(
+        self, model: ServedModel, raws: Sequence[Any], options: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        """`model.result` of every image: a detector's (maps stitched and smoothed, PNGs
+        encoded) in the pool, in parallel; a classifier's inline, as they are cheap."""
+        if not isinstance(model, AnomalyModel):
+            return [model.result(raw, options) for raw in raws]
+        return list(
+            await asyncio.gather(*(self.in_thread(model.result, raw, options) for raw in raws))
+        )
+
+    def batcher(self, version_id: str) -> DynamicBatcher[np.ndarray, Any]:
         """The model's batcher, started on first use."""
         batcher = self._batchers.get(version_id)
         if batcher is None:
@@ -136,11 +149,11 @@ class Replica:
             self._batchers[version_id] = batcher
         return batcher
 
-    def _run_batch(self, version_id: str, items: list[np.ndarray]) -> list[np.ndarray]:
-        """Probabilities for a batch of preprocessed images; the model stays leased (not
+    def _run_batch(self, version_id: str, items: list[np.ndarray]) -> list[Any]:
+        """The model's raw output per prepared image (`infer`); the model stays leased (not
         evictable) while it runs. Blocks."""
         with self.cache.lease(version_id) as model:
-            return list(model.predict(np.stack(items)))
+            return model.infer(items)
 
     async def close(self) -> None:
         """Drain every batcher, then stop the pool."""
@@ -148,8 +161,8 @@ class Replica:
         self.pool.shutdown(wait=False)
 
 
-def _prepare(model: LoadedModel, name: str, data: bytes) -> np.ndarray:
-    return model.preprocess(decode_image(name, data))
+def _prepare(model: ServedModel, name: str, data: bytes) -> np.ndarray:
+    return model.prepare(decode_image(name, data))
 
 
 def create_replica_app(
@@ -235,13 +248,13 @@ async def _load(replica: Replica, request: Request) -> Response:
 
 
 async def _predict(replica: Replica, request: Request) -> Response:
-    """Top-k classes for every image of the body. Checks the cheap things (parameters,
-    headers, size, body shape) before loading the model or decoding anything."""
+    """The model's answer for every image of the body. Checks the cheap things (headers,
+    size, body shape, the model's query options) before decoding anything."""
     version_id = request.path_params["version_id"]
     limits = replica.limits
+    options = dict(request.query_params)
     replica.outstanding += 1
     try:
-        top_k = _int_param(request.query_params.get("top_k"), "top_k", default=1)
         max_batch_size, max_wait_s = _batching_headers(request, limits)
         check_content_length(
             request.headers.get("content-length"), max_body_bytes=limits.max_body_bytes
@@ -249,38 +262,39 @@ async def _predict(replica: Replica, request: Request) -> Response:
         body = await read_body(request.stream(), max_body_bytes=limits.max_body_bytes)
         files = await replica.parse(request.headers.get("content-type"), body)
         model = await replica.model(version_id)
-        if top_k > len(model.classes):
-            raise _bad_param("top_k", f"at most {len(model.classes)}, the number of classes")
-        images = await replica.prepare(model, files)
-        probs = await replica.batcher(version_id).submit(
-            images,
+        model.check_options(options)
+        items = await replica.prepare(model, files)
+        raws = await replica.batcher(version_id).submit(
+            items,
             max_batch_size=min(max_batch_size, model.max_batch_size),
             max_wait_s=max_wait_s,
         )
+        results = await replica.results(model, raws, options)
     finally:
         replica.outstanding -= 1
-    return _predictions(version_id, files, probs, model.classes, top_k)
+    return _answer(model, files, results, options)
 
 
-def _predictions(
-    version_id: str,
+def _answer(
+    model: ServedModel,
     files: Sequence[NamedBytes],
-    probs: Sequence[np.ndarray],
-    classes: Sequence[str],
-    top_k: int,
+    results: Sequence[dict[str, Any]],
+    options: dict[str, str],
 ) -> Response:
-    data = []
-    for i, ((name, _), row) in enumerate(zip(files, probs, strict=True)):
-        best = np.argsort(-row, kind="stable")[:top_k]
-        ranked = [{"label": classes[j], "score": float(row[j])} for j in best]
-        data.append({"index": i, "name": name, **ranked[0], "top_k": ranked})
-    body = {
+    """The list answer: the model's task (and a detector's threshold), one entry per image."""
+    body: dict[str, Any] = {
         "object": "list",
-        "model_version": version_id,
-        "data": data,
-        "usage": {"items": len(data)},
+        "model_version": model.version_id,
+        "task": model.task,
     }
-    return JSONResponse(body, headers={ITEMS_HEADER: str(len(data))})
+    if isinstance(model, AnomalyModel):
+        body["threshold"] = model.threshold_for(options)
+    body["data"] = [
+        {"index": i, "name": name, **result}
+        for i, ((name, _), result) in enumerate(zip(files, results, strict=True))
+    ]
+    body["usage"] = {"items": len(files)}
+    return JSONResponse(body, headers={ITEMS_HEADER: str(len(files))})
 
 
 def _batching_headers(request: Request, limits: ReplicaLimits) -> tuple[int, float]:

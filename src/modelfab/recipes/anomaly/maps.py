@@ -1,6 +1,8 @@
 """Anomaly maps: upsampling, Gaussian smoothing, and overlapping tiles stitched back.
 
-Maps are float tensors (N, H, W) of anomaly scores (distances in feature space).
+Maps are float tensors (N, H, W) of anomaly scores (distances in feature space). Tile
+offsets come from `modelfab.serving.anomaly.tile_starts`, the one implementation replicas
+use too (its numpy `stitch` and `gaussian_blur` reproduce the ones here).
 """
 
 from __future__ import annotations
@@ -9,6 +11,17 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from modelfab.serving.anomaly import tile_starts
+
+__all__ = [
+    "gaussian_blur",
+    "gaussian_kernel",
+    "split_tiles",
+    "stitch",
+    "tile_starts",
+    "upsample",
+]
 
 
 def upsample(patch_scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -37,19 +50,6 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     x = F.pad(x, (0, 0, radius, radius), mode="replicate")
     x = F.conv2d(x, kernel.view(1, 1, -1, 1))
     return x[:, 0]
-
-
-def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Start offsets of tiles of `tile` pixels covering [0, length) with about `overlap`
-    (a fraction of `tile`) between neighbours; the last tile ends exactly at `length`.
-    Raises ValueError when length < tile."""
-    if length < tile:
-        raise ValueError(f"a side of {length} px is shorter than the {tile} px tile")
-    stride = max(1, round(tile * (1 - overlap)))
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
 
 
 def split_tiles(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -31,6 +32,13 @@ def create(
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE, repeatable")
     ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model to run, NAME[:VERSION|@ALIAS] (= --param model=)")
+    ] = None,
+    input_: Annotated[
+        Path | None,
+        typer.Option("--input", help="Folder or list file on the server (= --param input=)"),
+    ] = None,
     gpus: Annotated[
         float, typer.Option(help="0, a fraction below 1 (shares a device), or whole GPUs")
     ] = 0.0,
@@ -39,13 +47,29 @@ def create(
     priority: Annotated[int, typer.Option(help="Higher runs first")] = 0,
     max_attempts: Annotated[int, typer.Option(help="Attempts before the job fails")] = 3,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends")] = False,
-    output: OutputOpt = Output.table,
+    output_: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="table or json (how to print), or else a results folder on the server "
+            "(= --param output=, for batch-inspection)",
+        ),
+    ] = Output.table.value,
 ) -> None:
     """Submit a job. With --wait, show its progress and exit non-zero unless it succeeds."""
+    params = parse_params(param or [])
+    formats = [o.value for o in Output]
+    output = Output(output_) if output_ in formats else Output.table
+    results = None if output_ in formats else Path(output_)
+    extras = {"model": model, "input": input_, "output": results}
+    for key, value in extras.items():
+        if value is not None:  # paths are made absolute here: the server has no working dir
+            params[key] = str(value.resolve()) if isinstance(value, Path) else value
     with client() as c:
         job = c.create_job(
             recipe,
-            params=parse_params(param or []),
+            params=params,
             dataset=dataset,
             gpus=gpus,
             cpus=cpus,

@@ -22,7 +22,9 @@ from modelfab.errors import InvalidRequest, NotFound
 CATALOG: dict[str, str] = {
     "sleep": "modelfab.recipes.sleep",
     "image-classification": "modelfab.recipes.image_classification",
+    "anomaly-detection": "modelfab.recipes.anomaly_detection",
     "serve": "modelfab.recipes.serve",
+    "batch-inspection": "modelfab.recipes.batch_inspection",
 }
 
 
@@ -68,6 +70,13 @@ class RecipeSpec:
     needs_dataset: bool = False
     tasks: tuple[str, ...] = field(default_factory=tuple)
     internal: bool = False  # run by the platform (endpoint replicas), not by tenants
+    needs_model: bool = False
+    """params.model names a registry model (NAME, NAME:VERSION or NAME@ALIAS); at create the
+    control plane pins the servable version it names in params.model_version_id, so every
+    attempt of the job runs the same version."""
+    server_paths: tuple[str, ...] = ()
+    """Params that name paths on the node (absolute): admins may use any, other tenants only
+    paths under the server's `path_roots`."""
 
     def validate_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Coerce and check params; raises InvalidRequest naming the offending `params.<field>`."""

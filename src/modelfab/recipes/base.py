@@ -36,6 +36,7 @@ class RecipeContext(Protocol):
     dataset: dict[str, Any] | None  # the dataset version object of the API (name, ref, stats)
     dataset_path: Path | None
     base_weights: Path | None  # imported hub weights of params.base_model, sha256-checked
+    resources: dict[str, Any]  # what the job asked for: gpus, cpus, memory_bytes
     workdir: Path
 
     def event(

@@ -130,6 +130,7 @@ class RecordingContext:
         self.dataset: dict[str, Any] | None = None
         self.dataset_path: Path | None = None
         self.base_weights: Path | None = None
+        self.resources: dict[str, Any] = {"gpus": 0.0, "cpus": 2.0, "memory_bytes": 0}
         self.workdir = workdir
         self.models = models
         self.cancel_after = cancel_after

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset_path=Path(urlparse(dataset["uri"]).path) if dataset else None,
         workdir=args.workdir,
         base_weights=base_weights,
+        resources=spec.get("resources"),
     )
     signal.signal(signal.SIGTERM, ctx.on_signal)
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")

@@ -28,8 +28,11 @@ class WorkerContext:
         dataset_path: Path | None,
         workdir: Path,
         base_weights: Path | None = None,
+        resources: dict[str, Any] | None = None,
     ):
         self.job_id = job_id
+        self.resources = dict(resources or {})
+        """What the job asked for: gpus, cpus, memory_bytes."""
         self.attempt = attempt
         self.dataset = dataset
         self.base_weights = base_weights

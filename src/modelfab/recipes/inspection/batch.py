@@ -95,10 +95,8 @@ def _has_gpu() -> bool:
 
 
 def _job_cpus(ctx: RecipeContext) -> int:
-    """The job's CPUs, rounded up, when the context says (`resources["cpus"]`), else the
-    CPUs this process may run on."""
-    resources = getattr(ctx, "resources", None)
-    cpus = resources.get("cpus") if isinstance(resources, dict) else None
+    """The job's CPU slots, rounded up (the CPUs this process may run on when unknown)."""
+    cpus = ctx.resources.get("cpus")
     if isinstance(cpus, int | float) and cpus > 0:
         return max(1, math.ceil(cpus))
     return len(os.sched_getaffinity(0)) or 1

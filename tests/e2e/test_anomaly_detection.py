@@ -4,6 +4,7 @@ calibrate and evaluate it on drawn defects, export it and register it."""
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from modelfab.cli.main import main
 from modelfab.client import Client
 from modelfab.recipes.anomaly.job import EXAMPLE_SIDE
 from modelfab.recipes.anomaly.synthetic import (
@@ -35,13 +37,18 @@ def brick_dataset(root: Path, *, good: int = 24, test_good: int = 6, defective: 
 
 
 @pytest.fixture
-def team(platform: Platform) -> Client:
+def team_key(platform: Platform) -> str:
     admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
-    return Client(platform.url, admin.create_tenant("quality")["api_key"])
+    return str(admin.create_tenant("quality")["api_key"])
 
 
-def test_fits_calibrates_evaluates_exports_and_registers(team: Client, tmp_path: Path) -> None:
-    team.create_dataset("castings", brick_dataset(tmp_path / "castings"), task="anomaly-detection")
+@pytest.fixture
+def team(platform: Platform, team_key: str) -> Client:
+    return Client(platform.url, team_key)
+
+
+def registered_detector(team: Client, tmp_path: Path) -> None:
+    """Runs the recipe on `castings` and checks the job, the version and its artifacts."""
     job = team.create_job("anomaly-detection", dataset="castings", params=FAST, cpus=1)
     done = wait_terminal(team, job["id"], timeout_s=300)
     assert done["status"] == "succeeded", done["error"]
@@ -100,3 +107,39 @@ def test_good_images_only_give_a_good_quantile_threshold_and_no_auroc(
     assert done["result"]["image_auroc"] is None
     assert done["result"]["calibration_images"] == 6  # auto: 20 / 20 images, capped at 30%
     assert team.get_model("plain")["version"] == 1  # only the ungated job registered
+
+
+def test_the_issue_story_train_deploy_inspect(
+    platform: Platform,
+    team: Client,
+    team_key: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """datasets create -> anomaly-detection job -> endpoint -> `modelfab inspect` report."""
+    root = brick_dataset(tmp_path / "castings")
+    team.create_dataset("castings", root, task="anomaly-detection")
+    registered_detector(team, tmp_path)
+    team.create_endpoint("castings-qc", model="castings", cpus=0.5)
+    team.wait_endpoint("castings-qc", timeout_s=120)
+
+    photos = tmp_path / "new-photos"
+    photos.mkdir()
+    spots = sorted((root / "test" / "spot").iterdir())
+    goods = sorted((root / "test" / "good").iterdir())
+    for path in [*spots, *goods]:
+        (photos / f"{path.parent.name}-{path.name}").write_bytes(path.read_bytes())
+    monkeypatch.setenv("MODELFAB_URL", platform.url)
+    monkeypatch.setenv("MODELFAB_API_KEY", team_key)
+    report = tmp_path / "report.html"
+    code = main(["inspect", "castings-qc", str(photos), "--report", str(report)])
+    assert code == 0, capsys.readouterr().err
+    with (tmp_path / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(spots) + len(goods)
+    flagged = {Path(r["path"]).name for r in rows if r["verdict"] == "anomaly"}
+    assert {f"spot-{p.name}" for p in spots} <= flagged  # spots are the easiest defect
+    assert all((tmp_path / r["overlay"]).is_file() for r in rows)
+    page = report.read_text()
+    assert "castings" in page and "threshold" in page.lower()

@@ -68,6 +68,8 @@ def run(ctx: RecipeContext, params: Params) -> dict[str, Any]:
     root = ctx.dataset_path
     good = ImageFiles(_images_in(root / "train" / "good"))
     tests = _test_set(root)
+    if params.min_image_auroc is not None and not tests.has_defects:
+        _acceptance_gate({"image_auroc": None}, params.min_image_auroc)  # fail before fitting
     config = patchcore_params(params, len(good))
     try:
         detector = _fit(ctx, good, config)

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from modelfab.errors import ModelfabError
+from modelfab.imaging import to_rgb
 
 THUMB_SIDE = 256
 """Long side, in pixels, of the thumbnails of the originals."""
@@ -112,17 +113,6 @@ def _bad_heatmap(why: str) -> ModelfabError:
         param="heatmap",
         code="invalid_heatmap",
     )
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """`img` as 8-bit RGB, 16-bit greyscale rescaled rather than clipped (as replicas do)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        img = img.point(lambda v: v / 256).convert("L")
-    elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")
 
 
 def overlay(

@@ -25,7 +25,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from modelfab.errors import InvalidRequest, ModelfabError
-from modelfab.serving.inputs import to_rgb
+from modelfab.imaging import to_rgb
 
 ANOMALY_DETECTION = "anomaly-detection"
 """labels["task"] of a detector."""

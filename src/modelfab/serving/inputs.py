@@ -20,6 +20,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from modelfab.errors import InvalidRequest, ModelfabError, PayloadTooLarge
+from modelfab.imaging import to_rgb
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF")
 """Pillow formats a replica decodes; fewer decoders is less attack surface. TIFF is what
@@ -254,16 +255,3 @@ def _invalid_image(name: str, why: str) -> InvalidRequest:
         param=name,
         code="invalid_image",
     )
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """`img` as 8-bit RGB, exactly as training reads images
-    (`modelfab.recipes.vision.data.to_rgb`, which imports torch, so it is repeated here)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # Pillow would clip 16-bit values at 255: rescale to 8 bits instead.
-        img = img.point(lambda v: v / 256).convert("L")
-    elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")

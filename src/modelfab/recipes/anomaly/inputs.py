@@ -1,6 +1,6 @@
 """What the detector is fed: images as normalised tensors at their scored size, and tiles.
 
-Inputs are PIL images (any mode: converted to RGB with `modelfab.recipes.vision.data.to_rgb`
+Inputs are PIL images (any mode: converted to RGB with `modelfab.imaging.to_rgb`
 and normalised with the backbone's mean/std) or a float tensor (N, 1 | 3, H, W) already
 normalised. Without tiling every image is resized to `size` x `size` (no crop, so no
 defect at the border is cut off); with tiling it keeps its resolution, its short side
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from modelfab.errors import InvalidRequest
+from modelfab.imaging import to_rgb
 from modelfab.recipes.anomaly.maps import split_tiles, tile_starts
-from modelfab.recipes.vision.data import to_rgb
 
 ImageInput = Sequence[Image.Image] | torch.Tensor
 """PIL images, or normalised float images (N, 1 | 3, H, W)."""

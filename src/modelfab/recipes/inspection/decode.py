@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from modelfab.serving.inputs import to_rgb
+from modelfab.imaging import to_rgb
 
 READ_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF")
 """Pillow formats read: the serving formats plus TIFF, common for industrial cameras."""

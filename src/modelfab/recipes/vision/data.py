@@ -18,6 +18,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from modelfab.imaging import to_rgb
+
 Item = tuple[str, int]
 """(relpath under the dataset root, class index)."""
 
@@ -87,17 +89,6 @@ def median_short_side(root: Path, relpaths: Sequence[str]) -> int:
         with Image.open(root / rel) as img:
             sides.append(min(img.size))
     return int(statistics.median(sides))
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """`img` as 8-bit RGB: greyscale, palette (with transparency), RGBA, CMYK and 16-bit
-    greyscale all work; alpha is dropped."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # Pillow would clip 16-bit values at 255: rescale to 8 bits instead.
-        img = img.point(lambda v: v / 256).convert("L")
-    elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")
 
 
 def build_transform(

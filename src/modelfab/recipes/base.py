@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ValidationError
 
 from modelfab.errors import InvalidRequest, NotFound
+from modelfab.hub.catalog import get_entry
 
 # name -> module that defines RECIPE; recipes added in later issues are one line here.
 CATALOG: dict[str, str] = {
@@ -111,3 +112,15 @@ def get_recipe(name: str) -> RecipeSpec:
 def list_recipes() -> list[RecipeSpec]:
     """The recipes tenants can run (internal ones are left out)."""
     return [s for s in (get_recipe(name) for name in sorted(CATALOG)) if not s.internal]
+
+
+def known_hub_model(value: str, task: str | None = None) -> str:
+    """`value` when it is a hub model id (of `task`, when given); raises ValueError saying
+    why not, for a pydantic field validator to report."""
+    try:
+        entry = get_entry(value)
+    except NotFound as exc:
+        raise ValueError(exc.message) from exc
+    if task is not None and entry.task != task:
+        raise ValueError(f"{value} is a {entry.task} model, not {task}")
+    return value

@@ -10,9 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from modelfab.errors import NotFound
-from modelfab.hub.catalog import get_entry
-from modelfab.recipes.base import RecipeSpec
+from modelfab.recipes.base import RecipeSpec, known_hub_model
 
 Auto = Literal["auto"]
 
@@ -57,13 +55,7 @@ class Params(BaseModel):
     @field_validator("base_model")
     @classmethod
     def _known_base_model(cls, value: str) -> str:
-        try:
-            entry = get_entry(value)
-        except NotFound as exc:
-            raise ValueError(exc.message) from exc
-        if entry.task != "image-classification":
-            raise ValueError(f"{value} is a {entry.task} model, not image-classification")
-        return value
+        return known_hub_model(value, "image-classification")
 
 
 RECIPE = RecipeSpec(

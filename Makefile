@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/inspection.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

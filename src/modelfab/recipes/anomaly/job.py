@@ -205,6 +205,7 @@ def _export(
     ctx.event("Exporting the scoring path to ONNX")
     onnx_path, labels_path = export.export_onnx(detector, ctx.workdir / "export")
     sample = ImageFiles(export.sample_of(sample_paths))
+    ctx.event("Checking ONNX parity", data={"export_seconds": round(time.monotonic() - started, 3)})
     metrics["onnx_parity"] = export.check_parity(detector, onnx_path, sample)
     metrics["export_seconds"] = round(time.monotonic() - started, 3)
     ctx.event("ONNX parity checked", data=metrics["onnx_parity"])

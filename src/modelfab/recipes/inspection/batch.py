@@ -193,6 +193,7 @@ def _finish(
 ) -> dict[str, Any]:
     """Merge the parts, write summary.json and report.html; returns the summary."""
     output = Path(params.output)
+    run = progress.snapshot()  # before the merge and the report: the inspection's own rate
     results, stats = merge_parts(output, params.format, params.report_top)
     threshold = (
         params.threshold if params.threshold is not None else getattr(model, "threshold", None)
@@ -214,7 +215,7 @@ def _finish(
         "results": results.name,
         "report": report.name,
         "threshold": threshold,
-        "run": progress.snapshot(),
+        "run": run,
     }
     summary = write_summary(output, stats, info)
     ctx.event(

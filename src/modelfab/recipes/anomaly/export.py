@@ -4,10 +4,11 @@ The graph takes normalised images "images" (N, 3, S, S) and gives "scores" (N,) 
 (N, S, S): patch features -> each patch's distance to its nearest memory-bank patch ->
 the image score (the largest) and the map (upsampled, then Gaussian-smoothed in the graph
 unless the detector tiles: tiles are smoothed once stitched, by whoever stitches them).
-The bank is a constant of the graph. Nearest distances use ||x||^2 - 2 x.b + ||b||^2 over
-`BANK_CHUNK` bank rows at a time, so the largest live product is (N x patches x chunk),
-whatever the bank size. `labels.json` beside the graph says how to prepare images and read
-the outputs; `modelfab.serving.anomaly` is its reader.
+The bank, centred on its mean, is a constant of the graph. Nearest distances run
+`coreset.nearest_in` (as the detector itself does) over `BANK_CHUNK` bank rows at a time,
+so the largest live product is (N x patches x chunk), whatever the bank size.
+`labels.json` beside the graph says how to prepare images and read the outputs;
+`modelfab.serving.anomaly` is its reader.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from modelfab.errors import ModelfabError
+from modelfab.recipes.anomaly.coreset import nearest_in
 from modelfab.recipes.anomaly.features import PatchFeatureExtractor
 from modelfab.recipes.anomaly.inputs import ImageInput
 from modelfab.recipes.anomaly.maps import gaussian_blur, upsample
@@ -55,22 +57,23 @@ class ScoringGraph(nn.Module):
         self.extractor = extractor
         self.image_size = image_size
         self.sigma = sigma if blur else 0.0
-        bank = bank.float().contiguous()
+        centre = bank.float().mean(dim=0)
+        centred = (bank.float() - centre).contiguous()
+        self.centre: torch.Tensor
         self.bank: torch.Tensor
         self.bank_sq: torch.Tensor
-        self.register_buffer("bank", bank)
-        self.register_buffer("bank_sq", (bank * bank).sum(dim=1))
+        self.register_buffer("centre", centre)
+        self.register_buffer("bank", centred)
+        self.register_buffer("bank_sq", (centred * centred).sum(dim=1))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.extractor(images)
         n, d, h, w = feats.shape
-        x = feats.permute(0, 2, 3, 1).reshape(n, h * w, d)
-        x_sq = (x * x).sum(dim=-1, keepdim=True)
+        x = feats.permute(0, 2, 3, 1).reshape(n, h * w, d) - self.centre
         best: torch.Tensor | None = None
         for start in range(0, int(self.bank.shape[0]), BANK_CHUNK):
-            chunk = self.bank[start : start + BANK_CHUNK]
-            d2 = x_sq - 2 * torch.matmul(x, chunk.t()) + self.bank_sq[start : start + BANK_CHUNK]
-            nearest = d2.amin(dim=-1)
+            end = start + BANK_CHUNK
+            nearest = nearest_in(x, self.bank[start:end], self.bank_sq[start:end])
             best = nearest if best is None else torch.minimum(best, nearest)
         assert best is not None  # a fitted bank is never empty
         patch = best.clamp_min(0).sqrt().reshape(n, h, w)

@@ -69,7 +69,7 @@ def write_top_report(
         for start in range(0, len(top), batch_size):
             chunk = top[start : start + batch_size]
             loaded = list(pool.map(lambda row: _load(row["path"], model), chunk))
-            heats = _heats(model, loaded)
+            heats = _heats(model, loaded, chunk, root)
             indices = range(start, start + len(chunk))
             rows += pool.map(
                 lambda i, row, item, heat: _report_row(assets, i, row, item, heat),
@@ -96,17 +96,35 @@ def _load(path: str, model: Any) -> Loaded:
         return None
 
 
-def _heats(model: Any, loaded: list[Loaded]) -> list[np.ndarray | None]:
+def _heats(
+    model: Any, loaded: list[Loaded], rows: list[Row], root: Path
+) -> list[np.ndarray | None]:
     """Each image's anomaly map over the model's map scale (0..1 where it matters), or
-    None (a classifier, or an image that could not be read again)."""
+    None (a classifier, or an image that could not be read again). A heatmap the run saved
+    is read back; only the other images are scored again."""
     if model.task != ANOMALY_DETECTION:
         return [None] * len(loaded)
-    readable = [item for item in loaded if item is not None]
-    raws = iter(model.infer([units for _, units in readable]) if readable else [])
+    saved = [_saved_heat(root, row) for row in rows]
+    todo = [item for item, heat in zip(loaded, saved, strict=True) if item and heat is None]
+    raws = iter(model.infer([units for _, units in todo]) if todo else [])
     return [
-        None if item is None else model.score_map(next(raws))[1] / model.map_scale
-        for item in loaded
+        heat
+        if heat is not None or item is None
+        else model.score_map(next(raws))[1] / model.map_scale
+        for item, heat in zip(loaded, saved, strict=True)
     ]
+
+
+def _saved_heat(root: Path, row: Row) -> np.ndarray | None:
+    """The heatmap PNG the run wrote for `row` (pixel = map / map scale x 255) as 0..1,
+    or None when there is none (or it is gone)."""
+    if not row.get("heatmap"):
+        return None
+    try:
+        with Image.open(root / str(row["heatmap"])) as png:
+            return np.asarray(png.convert("L"), dtype=np.float32) / 255
+    except OSError:
+        return None
 
 
 def _report_row(

@@ -4,11 +4,14 @@ It starts a platform in a temporary home, makes a sample inspection data set fro
 textures (scikit-image's brick, grass and gravel, with drawn scratches, spots and cracks),
 fine-tunes efficientnet-lite0 on it, deploys the registered model as an endpoint, sends
 held-out images through the gateway, and prints accuracy, latency, throughput and usage.
+Then the inspection station: an anomaly detector fitted on the good surfaces only, deployed,
+and `modelfab inspect` over new photos into an HTML report that is kept.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -28,10 +31,20 @@ from modelfab.cli.output import console, table
 from modelfab.client import TERMINAL, Client, Unreachable
 from modelfab.compute.executors.local.process import find_workers, kill_tree
 from modelfab.data.samples import make_surface_dataset
+from modelfab.recipes.anomaly.synthetic import (
+    make_inspection_set,
+    texture_surface,
+    write_anomaly_dataset,
+)
 
 MODEL = "surface-inspector"
+DETECTOR = "surface-detector"
+REPORT = Path(tempfile.gettempdir()) / "modelfab-quickstart" / "report.html"
+"""Where the inspection report is written (outside the temporary home, so it is kept)."""
 EPOCHS = 5
 IMAGE_SIZE = 128  # the samples are 96 px: 224 would cost 3x the compute for nothing
+PART_SIZE = 160
+"""Side of the generated brick parts the detector learns and inspects (scored at 224 px)."""
 LR = 1e-3
 
 
@@ -145,15 +158,62 @@ def _run(
             console.print(f"[red]training {job['status']}: {job.get('error')}[/red]")
             raise typer.Exit(1)
         model = c.get_model(f"{MODEL}:1")
-        _deploy(c)
+        _deploy(c, MODEL)
         result = _send(url, team["api_key"], holdout, concurrency)
-        if not keep:  # deleting drains the endpoint and meters its replica's last seconds
-            replica = c.get_endpoint(MODEL)["replica_jobs"][0]["job_id"]
-            with console.status("deleting the endpoint (draining) ..."):
-                c.delete_endpoint(MODEL)
-                _wait_job(c, replica)
+        _delete(c, MODEL)  # its CPU slots go to the detector's endpoint
+        detector = _inspection(c, url, team["api_key"], home)
+        if not keep:
+            _delete(c, DETECTOR)
         usage = _wait_usage(c, result.total - result.errors)
-    _summary(url, model, result, usage)
+    _summary(url, model, result, usage, detector)
+
+
+def _delete(c: Client, name: str) -> None:
+    """Delete an endpoint: it drains and meters its replica's last seconds."""
+    replica = c.get_endpoint(name)["replica_jobs"][0]["job_id"]
+    with console.status(f"deleting endpoint {name} (draining) ..."):
+        c.delete_endpoint(name)
+        _wait_job(c, replica)
+
+
+def _inspection(c: Client, url: str, key: str, home: Path) -> dict[str, Any]:
+    """The inspection station on one surface type (brick, as one product line would be):
+    fit a detector on good parts only (MVTec layout, with a labelled test/ split), deploy
+    it and run `modelfab inspect` on new photos; returns the detector's metrics."""
+    rng = random.Random(3)
+    good = [texture_surface(rng, PART_SIZE, "brick") for _ in range(80)]
+    test = make_inspection_set(rng, texture_name="brick", good=20, defective=20, size=PART_SIZE)
+    root = write_anomaly_dataset(home / "bricks", good, test)
+    version = c.create_dataset("bricks", root, task="anomaly-detection")
+    created = c.create_job(
+        "anomaly-detection",
+        dataset=version["ref"],
+        params={"model_name": DETECTOR},
+        cpus=float(os.cpu_count() or 2),
+    )
+    with console.status("fitting an anomaly detector on good bricks only ...") as status:
+        for _, events in c.follow_events(created["id"]):
+            if events:
+                status.update(f"anomaly detector: {events[-1]['message'][:70]}")
+    job = c.get_job(created["id"])
+    if job["status"] != "succeeded":
+        console.print(f"[red]anomaly detection {job['status']}: {job.get('error')}[/red]")
+        raise typer.Exit(1)
+    _deploy(c, DETECTOR)
+    photos = home / "new-photos"
+    photos.mkdir()
+    new = make_inspection_set(rng, texture_name="brick", good=12, defective=12, size=PART_SIZE)
+    for i, (image, label) in enumerate(zip(new.images, new.labels, strict=True)):
+        image.save(photos / f"part-{i:03d}-{label}.png")
+    argv = [sys.executable, "-m", "modelfab.cli.main", "inspect", DETECTOR, str(photos),
+            "--report", str(REPORT)]  # fmt: skip
+    env = {**os.environ, "MODELFAB_URL": url, "MODELFAB_API_KEY": key}
+    shutil.rmtree(REPORT.parent, ignore_errors=True)  # no pictures left from an earlier run
+    console.rule(f"modelfab inspect {DETECTOR} new-photos/ --report {REPORT}")
+    if subprocess.run(argv, env=env, check=False).returncode != 0:
+        raise typer.Exit(1)
+    metrics: dict[str, Any] = c.get_model(f"{DETECTOR}:1")["metrics"]
+    return metrics
 
 
 def _watch_training(c: Client, job_id: str) -> dict[str, Any]:
@@ -182,17 +242,17 @@ def _watch_training(c: Client, job_id: str) -> dict[str, Any]:
     return c.get_job(job_id)
 
 
-def _deploy(c: Client) -> None:
-    c.create_endpoint(MODEL, model=f"{MODEL}:1", cpus=float(os.cpu_count() or 2))
-    with console.status("deploying the endpoint ...") as status:
+def _deploy(c: Client, name: str) -> None:
+    c.create_endpoint(name, model=f"{name}:1", cpus=float(os.cpu_count() or 2))
+    with console.status(f"deploying endpoint {name} ...") as status:
         deadline = time.monotonic() + 120
-        while (e := c.get_endpoint(MODEL))["status"] != "ready":
+        while (e := c.get_endpoint(name))["status"] != "ready":
             if e["status"] == "failed" or time.monotonic() > deadline:
                 console.print(f"[red]endpoint {e['status']}: {e.get('error')}[/red]")
                 raise typer.Exit(1)
-            status.update(f"deploying the endpoint ... {e['ready_replicas']}/{e['replicas']} ready")
+            status.update(f"deploying {name} ... {e['ready_replicas']}/{e['replicas']} ready")
             time.sleep(0.25)
-    console.print(f"endpoint [bold]{MODEL}[/bold] ready")
+    console.print(f"endpoint [bold]{name}[/bold] ready")
 
 
 def _send(url: str, key: str, folder: Path, concurrency: int) -> LoadResult:
@@ -243,7 +303,13 @@ def _wait_usage(c: Client, expected_requests: int) -> dict[str, float]:
         time.sleep(0.2)
 
 
-def _summary(url: str, model: dict[str, Any], r: LoadResult, usage: dict[str, float]) -> None:
+def _summary(
+    url: str,
+    model: dict[str, Any],
+    r: LoadResult,
+    usage: dict[str, float],
+    detector: dict[str, Any],
+) -> None:
     lat = np.asarray(r.latencies_ms or [0.0])
     metrics = model.get("metrics", {})
     rows = [
@@ -253,10 +319,20 @@ def _summary(url: str, model: dict[str, Any], r: LoadResult, usage: dict[str, fl
         ["latency p50 / p99", f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 99):.1f} ms"],
         ["throughput", f"{r.total / max(1e-9, r.wall_s):.1f} images/s"],
     ]
+    rows += [
+        ["anomaly detector: image AUROC on test/", _num(detector.get("image_auroc"))],
+        ["anomaly detector: F1 / recall at its threshold",
+         f"{_num(detector.get('f1'))} / {_num(detector.get('recall'))}"],
+        ["inspection report", str(REPORT)],
+    ]  # fmt: skip
     rows += [[f"usage: {m}", f"{q:,.1f}"] for m, q in sorted(usage.items())]
     table("summary", ("metric", "value"), rows)
-    predict_url = f"{url}/v1/endpoints/{MODEL}/predict"
-    console.print(f"endpoint: [bold]{predict_url}[/bold]", soft_wrap=True)
+    predict_url = f"{url}/v1/endpoints/{DETECTOR}/predict"
+    console.print(f"endpoint: [bold]{predict_url}[/bold] (kept with --keep)", soft_wrap=True)
     console.print(
         f"  curl -H 'Authorization: Bearer $KEY' -F file=@part.png {predict_url}", soft_wrap=True
     )
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"

@@ -112,7 +112,7 @@ def labels_for(detector: PatchCore) -> dict[str, Any]:
         "tile_overlap": params.tile_overlap,
         "sigma": params.sigma,
         "maps_blurred": not params.tiling,
-        "map_scale": scale or float(detector.info.get("map_scale", 1.0)),
+        "map_scale": scale or 1.0,  # uncalibrated (a single good image): raw distances
         "backbone": params.backbone,
     }
 

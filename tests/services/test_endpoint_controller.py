@@ -11,18 +11,20 @@ from modelfab.compute import lifecycle
 from modelfab.compute.lifecycle import CANCELLED, FAILED, QUEUED, RUNNING
 from modelfab.db.engine import transaction
 from modelfab.db.models import Endpoint, EndpointReplica, Job, UsageRecord
-from modelfab.services.endpoint_controller import (
-    FAILED_REPLICAS_LIMIT,
-    METER_WINDOW_S,
-    EndpointController,
-    plan_endpoint,
-)
+from modelfab.services.endpoint_controller import METER_WINDOW_S, EndpointController, Plan
+from modelfab.services.endpoint_controller import plan_endpoint as plan_with_limit
 from modelfab.services.endpoints import EndpointService
 from modelfab.services.jobs import JobService
 from modelfab.services.tenants import Quota, create_tenant
+from modelfab.settings import ControllerSettings
 from tests.registry_factories import insert_running_job
 
 T0 = 1_000_000.0
+FAILED_REPLICAS_LIMIT = 3
+
+
+def plan_endpoint(e: Endpoint, jobs: list[tuple[EndpointReplica, Job]]) -> Plan:
+    return plan_with_limit(e, jobs, failed_limit=FAILED_REPLICAS_LIMIT)
 
 
 def endpoint(replicas: int = 2, cpus: float = 1.0) -> Endpoint:
@@ -44,7 +46,11 @@ def replica(n: int, status: str = RUNNING, *, ready: bool = True, cpus: float = 
         error={"message": "exited with code 1"} if status == FAILED else None,
     )
     row = EndpointReplica(
-        job_id=job.id, endpoint_id="ep_1", attempt=1, ready_at=T0 if ready else None
+        job_id=job.id,
+        endpoint_id="ep_1",
+        attempt=1,
+        url=f"http://127.0.0.1:{8000 + n}",
+        ready_at=T0 if ready else None,
     )
     return row, job
 
@@ -89,7 +95,9 @@ def test_replica_seconds_are_metered_in_windows_and_exactly_at_the_end(
         job.recipe, job.params, job.started_at = "serve", {"endpoint_id": "ep_x"}, started
     clock = [started + 2.5 * METER_WINDOW_S]
     service = EndpointService(factory, JobService(factory, None, node_ids=[]))
-    controller = EndpointController(factory, service, clock=lambda: clock[0])
+    controller = EndpointController(
+        factory, service, settings=ControllerSettings(), clock=lambda: clock[0]
+    )
     controller.run_once()
     controller.run_once()  # a second pass adds nothing for the same windows
     assert replica_seconds(factory) == 2 * METER_WINDOW_S

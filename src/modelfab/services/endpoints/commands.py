@@ -164,7 +164,7 @@ class EndpointCommands:
                 ref = changes["model"]
                 version_id = registry.servable(session, principal.tenant_id, ref)[1].id
                 _set_target(endpoint, ref, version_id)
-            endpoint.error = None
+            endpoint.error = endpoint.rollout_error = None  # this change is the news now
             endpoint.updated_at = now()
             out = endpoint_dict(session, endpoint)
         self.jobs.on_change()
@@ -196,7 +196,6 @@ class EndpointCommands:
 def _set_target(endpoint: Endpoint, ref: str, version_id: str) -> None:
     """Make `version_id` the endpoint's model: now if it serves it already, else as the
     target of a rollout (replacing any rollout in progress)."""
-    endpoint.rollout_error = None
     if version_id == endpoint.model_version_id:
         endpoint.model_ref = ref
         endpoint.target_ref = endpoint.target_version_id = endpoint.rollout = None

@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import httpx
 from sqlalchemy import delete, select
@@ -94,13 +95,18 @@ class EndpointController:
         *,
         settings: ControllerSettings | None = None,
         clock: Callable[[], float] = now,
+        warm: Callable[[str, str], str | None] | None = None,
     ):
+        """`warm(url, version id)` loads a version on a replica: None when loaded, else
+        the reason; raises httpx.HTTPError when the replica does not answer (the default
+        POSTs `/models/{version}/load`; tests inject one)."""
         self.factory = factory
         self.endpoints = endpoints
         self.settings = s = settings if settings is not None else ControllerSettings()
         self.clock = clock
         self._http = httpx.Client(timeout=s.probe_timeout_s)
         self._warm_http = httpx.Client(timeout=s.warm_timeout_s)
+        self._warm_fn = warm if warm is not None else partial(warm_one, self._warm_http)
         self._probe_failures: dict[str, int] = {}
         self._metered: dict[tuple[str, int], int] = {}
 
@@ -192,7 +198,7 @@ class EndpointController:
         """Load the model on the replica; ready when it loaded. A model that cannot load
         fails the endpoint (every replica would fail the same way)."""
         try:
-            problem = warm_one(self._warm_http, url, version_id)
+            problem = self._warm_fn(url, version_id)
         except httpx.HTTPError as exc:
             logger.warning("replica %s did not load its model yet: %s", job_id, exc)
             return
@@ -221,7 +227,7 @@ class EndpointController:
             if warmed == len(urls):
                 break
             try:
-                problem = warm_one(self._warm_http, urls[warmed], target)
+                problem = self._warm_fn(urls[warmed], target)
             except httpx.HTTPError as exc:
                 logger.warning("could not warm %s on %s: %s", target, urls[warmed], exc)
                 continue

@@ -27,6 +27,7 @@ from modelfab.compute.scheduler.loop import Scheduler, SchedulerConfig
 from modelfab.data import DatasetStore
 from modelfab.db import migrate
 from modelfab.db.engine import make_engine, make_sessionmaker
+from modelfab.gateway import EndpointDeleter, Gateway
 from modelfab.services.auth import authenticate, bootstrap_admin
 from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoint_controller import EndpointController
@@ -34,7 +35,6 @@ from modelfab.services.endpoints import EndpointService
 from modelfab.services.jobs import JobService
 from modelfab.services.registry import RegistryService
 from modelfab.services.worker import WorkerService
-from modelfab.serving.gateway import Gateway, Serving
 from modelfab.settings import ServerSettings
 from modelfab.usage_journal import UsageJournal
 
@@ -98,9 +98,7 @@ class Platform:
             on_change=self.scheduler.wake,
             journal=self.journal,
         )
-        self.controller = EndpointController(
-            factory, ctx.endpoints, interval_s=s.controller_interval_s
-        )
+        self.controller = EndpointController(factory, ctx.endpoints, settings=s.controller)
         self.app = create_app(ctx)
         return Started(url=self.url, admin_key=admin_key)
 
@@ -182,13 +180,14 @@ def build_context(
     jobs = JobService(
         factory, executor, node_ids=node_ids, on_change=on_change, path_roots=settings.path_roots
     )
-    endpoints = EndpointService(factory, jobs)
+    endpoints = EndpointService(factory, jobs, settings.controller)
     gateway = Gateway(
         load_routes=endpoints.routes,
         authenticate=partial(authenticate, factory),
         resolve_model=endpoints.servable_version,
         journal=journal,
         max_body_bytes=settings.max_predict_bytes,
+        settings=settings.gateway,
     )
     endpoints.on_routes_change = gateway.invalidate
     return AppContext(
@@ -197,7 +196,13 @@ def build_context(
         datasets=DatasetService(factory, store, scratch=settings.home / "tmp"),
         jobs=jobs,
         endpoints=endpoints,
-        serving=Serving(endpoints, gateway, drain_timeout_s=settings.endpoint_drain_s),
+        gateway=gateway,
+        endpoint_deleter=EndpointDeleter(
+            gateway,
+            start_delete=endpoints.start_delete,
+            finish_delete=endpoints.finish_delete,
+            drain_timeout_s=settings.endpoint_drain_s,
+        ),
         worker=WorkerService(
             factory,
             on_change=on_change,

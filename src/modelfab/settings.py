@@ -17,6 +17,72 @@ def default_home() -> Path:
     return Path.home() / ".modelfab"
 
 
+class GatewaySettings(BaseSettings):
+    """The gateway's tuning (`MODELFAB_GATEWAY_*`): caches, retries and timeouts of the
+    predict path."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELFAB_GATEWAY_", extra="ignore")
+
+    routes_ttl_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="Age after which the route table refreshes in the background.",
+    )
+    auth_ttl_s: float = Field(
+        default=10.0, ge=0, description="How long a key's principal and a `?model=` ref are cached."
+    )
+    bench_s: float = Field(
+        default=2.0, ge=0, description="How long a replica that dropped a connection is skipped."
+    )
+    max_tries: int = Field(
+        default=3,
+        ge=1,
+        description="Replicas one request is tried on (predictions are idempotent).",
+    )
+    forward_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest wait for a replica's answer (then 504)."
+    )
+    max_connections: int = Field(
+        default=512, ge=1, description="Pooled keep-alive connections to replicas, all together."
+    )
+
+
+class ControllerSettings(BaseSettings):
+    """The endpoint controller's tuning (`MODELFAB_CONTROLLER_*`): probes, warming, retry
+    limits."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELFAB_CONTROLLER_", extra="ignore")
+
+    interval_s: float = Field(
+        default=0.5, gt=0, description="How often endpoints and replicas are reconciled."
+    )
+    probe_timeout_s: float = Field(
+        default=2.0, gt=0, description="Longest wait for a replica's /health answer."
+    )
+    unhealthy_after: int = Field(
+        default=3,
+        ge=1,
+        description="Failed probes in a row after which a replica takes no requests.",
+    )
+    warm_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest wait for a replica to load a model version."
+    )
+    replica_max_attempts: int = Field(
+        default=3, ge=1, description="Attempts of one replica job before the scheduler gives up."
+    )
+    failed_replicas_limit: int = Field(
+        default=3,
+        ge=1,
+        description="Replica jobs failed since the endpoint last changed before it is failed.",
+    )
+    delete_timeout_s: float = Field(
+        default=60.0, gt=0, description="A delete whose drain never finished is finished after."
+    )
+    prune_after_s: float = Field(
+        default=600.0, ge=0, description="Replica rows of jobs that ended this long ago go."
+    )
+
+
 class ServerSettings(BaseSettings):
     """What `modelfab up` runs with."""
 
@@ -45,8 +111,11 @@ class ServerSettings(BaseSettings):
     endpoint_drain_s: float = Field(
         default=30.0, ge=0, description="How long a deleted endpoint's requests may finish."
     )
-    controller_interval_s: float = Field(
-        default=0.5, gt=0, description="How often endpoints and replicas are reconciled."
+    gateway: GatewaySettings = Field(
+        default_factory=GatewaySettings, description="The gateway's tuning."
+    )
+    controller: ControllerSettings = Field(
+        default_factory=ControllerSettings, description="The endpoint controller's tuning."
     )
     usage_flush_s: float = Field(
         default=1.0, gt=0, description="How often journalled request usage is written."

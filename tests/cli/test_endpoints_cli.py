@@ -12,15 +12,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.cli.main import EXIT_API_ERROR, EXIT_USAGE
+from modelfab.db.models import Tenant
 from modelfab.server import Platform
 from tests.cli.conftest import RunCli
 from tests.e2e.helpers import eventually
 from tests.e2e.test_serving import expected_labels, register_tiny
-from tests.serving.factories import image_bytes
+from tests.registry_factories import insert_running_job, register
+from tests.serving.factories import image_bytes, labels
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,6 +41,20 @@ def write_images(folder: Path, seeds: list[int]) -> list[Path]:
     for path, seed in zip(paths, seeds, strict=True):
         path.write_bytes(image_bytes(seed=seed))
     return paths
+
+
+def register_broken(platform: Platform, factory: sessionmaker[Session], name: str) -> None:
+    """Register a version of `name` whose ONNX file no replica can load."""
+    with factory() as session:
+        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == TEAM))
+    assert tenant_id is not None
+    broken = {
+        "model.onnx": (b"this is not an onnx graph", "onnx"),
+        "labels.json": (json.dumps(labels()).encode(), "json"),
+    }
+    job_id, token = insert_running_job(factory, tenant_id)
+    with httpx.Client(base_url=platform.url) as http:
+        register(http, job_id, token, name, artifacts=broken)
 
 
 def usage_csv(cli: RunCli) -> list[dict[str, str]]:
@@ -100,6 +118,19 @@ def test_endpoint_lifecycle_predict_and_usage(
     code, out, err = cli("endpoints", "update", "parts", "--replicas", "2", "--wait", "-o", "json")
     assert code == 0, err
     assert as_json(out)["ready_replicas"] == 2 and as_json(out)["status"] == "ready"
+
+    # A new model rolls over both replicas; the command waits for the switch.
+    register_tiny(platform, factory, tmp_path, "parts", seed=2)
+    code, out, err = cli("endpoints", "update", "parts", "--model", "parts:2")
+    assert code == 0, err
+    assert "ready" in out and "parts:2" in out
+    # One the replicas cannot load is refused: the endpoint keeps serving parts:2.
+    register_broken(platform, factory, "parts")
+    code, out, err = cli("endpoints", "update", "parts", "--model", "parts:3")
+    assert code == 1 and "could not load the new model" in err
+    shown = as_json(cli("endpoints", "show", "parts", "-o", "json")[1])
+    assert shown["model"]["version"] == 2 and shown["status"] == "ready"
+    assert shown["rollout_error"]["code"] == "model_load_failed"
 
     code, out, _ = cli("endpoints", "delete", "parts")
     assert code == 0 and "deleted" in out

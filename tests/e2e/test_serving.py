@@ -213,10 +213,12 @@ def test_update_rolls_to_a_new_version_without_failing_a_request_and_delete_drai
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(load) for _ in range(3)]
         time.sleep(1)
-        updated = team.update_endpoint("parts", model="parts:2")
+        answer = team.update_endpoint("parts", model="parts:2")  # answers before the roll
+        updated = team.wait_endpoint("parts", timeout_s=30)  # the controller switched
         for f in futures:
             f.result()
-    assert updated["model"]["version"] == 2
+    assert answer["status"] == "updating" and answer["rollout"]["model"]["version"] == 2
+    assert updated["model"]["version"] == 2 and updated["rollout_error"] is None
     assert statuses and all(s == 200 for s in statuses), statuses
     label = predict(platform, key, "parts", images).json()["data"][0]["label"]
     assert label == expected_labels(v2, images)[0]

@@ -4,25 +4,40 @@ when its attempt ends."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.compute import lifecycle
 from modelfab.compute.lifecycle import CANCELLED, FAILED, QUEUED, RUNNING
 from modelfab.db.engine import transaction
-from modelfab.db.models import Endpoint, EndpointReplica, Job, UsageRecord
-from modelfab.services.endpoint_controller import (
-    FAILED_REPLICAS_LIMIT,
-    METER_WINDOW_S,
-    EndpointController,
-    plan_endpoint,
+from modelfab.db.models import (
+    Endpoint,
+    EndpointReplica,
+    Job,
+    Model,
+    ModelArtifact,
+    ModelVersion,
+    UsageRecord,
 )
+from modelfab.ids import now
+from modelfab.services.common import Principal
+from modelfab.services.endpoint_controller import METER_WINDOW_S, EndpointController, Plan
+from modelfab.services.endpoint_controller import plan_endpoint as plan_with_limit
 from modelfab.services.endpoints import EndpointService
 from modelfab.services.jobs import JobService
 from modelfab.services.tenants import Quota, create_tenant
+from modelfab.settings import ControllerSettings
 from tests.registry_factories import insert_running_job
 
 T0 = 1_000_000.0
+FAILED_REPLICAS_LIMIT = 3
+
+
+def plan_endpoint(e: Endpoint, jobs: list[tuple[EndpointReplica, Job]]) -> Plan:
+    return plan_with_limit(e, jobs, failed_limit=FAILED_REPLICAS_LIMIT)
 
 
 def endpoint(replicas: int = 2, cpus: float = 1.0) -> Endpoint:
@@ -44,7 +59,11 @@ def replica(n: int, status: str = RUNNING, *, ready: bool = True, cpus: float = 
         error={"message": "exited with code 1"} if status == FAILED else None,
     )
     row = EndpointReplica(
-        job_id=job.id, endpoint_id="ep_1", attempt=1, ready_at=T0 if ready else None
+        job_id=job.id,
+        endpoint_id="ep_1",
+        attempt=1,
+        url=f"http://127.0.0.1:{8000 + n}",
+        ready_at=T0 if ready else None,
     )
     return row, job
 
@@ -89,7 +108,9 @@ def test_replica_seconds_are_metered_in_windows_and_exactly_at_the_end(
         job.recipe, job.params, job.started_at = "serve", {"endpoint_id": "ep_x"}, started
     clock = [started + 2.5 * METER_WINDOW_S]
     service = EndpointService(factory, JobService(factory, None, node_ids=[]))
-    controller = EndpointController(factory, service, clock=lambda: clock[0])
+    controller = EndpointController(
+        factory, service, settings=ControllerSettings(), clock=lambda: clock[0]
+    )
     controller.run_once()
     controller.run_once()  # a second pass adds nothing for the same windows
     assert replica_seconds(factory) == 2 * METER_WINDOW_S
@@ -109,3 +130,91 @@ def replica_seconds(factory: sessionmaker[Session]) -> float:
             )
         )
     return float(total or 0.0)
+
+
+def serving_endpoint(factory: sessionmaker[Session], replicas: int) -> tuple[str, list[str]]:
+    """A tenant with versions 1 and 2 of `parts` and an endpoint serving version 1 on
+    `replicas` ready replicas (rows only). Returns (endpoint id, version ids)."""
+    tenant_id = str(create_tenant(factory, name="vision", quota=Quota())["id"])
+    jobs = [insert_running_job(factory, tenant_id)[0] for _ in range(replicas)]
+    at = now()
+    with transaction(factory) as session:
+        session.add(Model(id="mdl_1", tenant_id=tenant_id, name="parts", task="t", created_at=at))
+        session.flush()
+        for v in (1, 2):
+            session.add(
+                ModelVersion(id=f"mv_{v}", model_id="mdl_1", version=v, recipe="r",
+                             recipe_version="1", params={}, metrics={}, extra={}, lineage={},
+                             created_at=at)
+            )  # fmt: skip
+            session.flush()
+            for name in ("model.onnx", "labels.json"):  # what makes a version servable
+                session.add(
+                    ModelArtifact(model_version_id=f"mv_{v}", name=name, format="x",
+                                  uri=f"file:///{v}/{name}", sha256="0" * 64, size_bytes=1)
+                )  # fmt: skip
+        session.flush()
+        session.add(
+            Endpoint(id="ep_1", tenant_id=tenant_id, name="parts", model_ref="parts:1",
+                     model_version_id="mv_1", replicas=replicas, gpus=0.0, cpus=1.0,
+                     memory_bytes=0, max_batch_size=8, max_wait_ms=5.0, status="active",
+                     error=None, created_at=at, updated_at=at)
+        )  # fmt: skip
+        session.flush()
+        for n, job_id in enumerate(jobs):
+            session.add(
+                EndpointReplica(job_id=job_id, endpoint_id="ep_1", url=f"http://127.0.0.{n + 1}:9",
+                                attempt=1, ready_at=at, created_at=at + n)
+            )  # fmt: skip
+    return "ep_1", ["mv_1", "mv_2"]
+
+
+def roll(
+    factory: sessionmaker[Session], warm: Callable[[str, str], str | None]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """PATCH the endpoint to parts:2, then one controller pass; returns both answers.
+    Nothing listens at the replicas' URLs: one failed health probe changes nothing."""
+    service = EndpointService(factory, JobService(factory, None, node_ids=[]))
+    tenant = Principal(tenant_id=tenant_of(factory), tenant_name="vision", role="member",
+                       key_id="key_1")  # fmt: skip
+    answer = service.update(tenant, "parts", {"model": "parts:2"})
+    controller = EndpointController(factory, service, warm=warm)
+    controller.run_once()
+    return answer, service.get(tenant, "parts")
+
+
+def tenant_of(factory: sessionmaker[Session]) -> str:
+    with factory() as session:
+        endpoint = session.get(Endpoint, "ep_1")
+        assert endpoint is not None
+        return endpoint.tenant_id
+
+
+def test_an_update_answers_at_once_and_the_controller_switches_once_all_are_warm(
+    factory: sessionmaker[Session],
+) -> None:
+    serving_endpoint(factory, replicas=2)
+    warmed: list[tuple[str, str]] = []
+
+    def warm(url: str, version_id: str) -> str | None:
+        warmed.append((url, version_id))
+        return None
+
+    answer, after = roll(factory, warm)
+    assert answer["status"] == "updating" and answer["model"]["version"] == 1
+    assert answer["rollout"]["model"]["version"] == 2
+    assert warmed == [("http://127.0.0.1:9", "mv_2"), ("http://127.0.0.2:9", "mv_2")]
+    assert after["model"]["version"] == 2 and after["status"] == "ready"
+    assert after["rollout"] is None and after["rollout_error"] is None
+
+
+def test_a_version_a_replica_cannot_load_is_refused_and_the_old_one_keeps_serving(
+    factory: sessionmaker[Session],
+) -> None:
+    serving_endpoint(factory, replicas=2)
+    answer, after = roll(factory, lambda url, v: "not an ONNX graph" if "0.2:" in url else None)
+    assert answer["status"] == "updating"
+    assert after["model"]["version"] == 1 and after["status"] == "ready"
+    assert after["rollout"] is None
+    assert after["rollout_error"]["code"] == "model_load_failed"
+    assert "not an ONNX graph" in after["rollout_error"]["message"]

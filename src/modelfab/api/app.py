@@ -18,7 +18,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        await ctx.serving.gateway.aclose()  # its pooled connections to replicas
+        await ctx.gateway.aclose()  # its pooled connections to replicas
 
     app = FastAPI(
         lifespan=lifespan,

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelfab.gateway import EndpointDeleter, Gateway
+from modelfab.services.common import Principal
 from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoints import EndpointService
 from modelfab.services.jobs import JobService
 from modelfab.services.registry import RegistryService
 from modelfab.services.worker import WorkerService
-from modelfab.serving.gateway import Serving
 from modelfab.settings import ServerSettings
 
 
@@ -24,4 +25,5 @@ class AppContext:
     worker: WorkerService
     registry: RegistryService
     endpoints: EndpointService
-    serving: Serving
+    gateway: Gateway
+    endpoint_deleter: EndpointDeleter[Principal]  # deletes around the gateway's drain

@@ -8,6 +8,7 @@ from fastapi import Depends, Header, Request
 
 from modelfab.api.context import AppContext
 from modelfab.errors import Forbidden, Unauthenticated
+from modelfab.gateway.auth import parse_bearer
 from modelfab.services.auth import authenticate
 from modelfab.services.common import Principal
 
@@ -18,12 +19,7 @@ def get_ctx(request: Request) -> AppContext:
 
 
 def bearer(authorization: Annotated[str | None, Header()] = None) -> str | None:
-    if authorization is None:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthenticated("Authorization header must be 'Bearer <key>'")
-    return token.strip()
+    return parse_bearer(authorization)
 
 
 Ctx = Annotated[AppContext, Depends(get_ctx)]

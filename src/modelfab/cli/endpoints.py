@@ -94,12 +94,15 @@ def update(
     memory: MemoryOpt = None,
     max_batch_size: BatchOpt = None,
     max_wait_ms: WaitMsOpt = None,
-    wait: Annotated[bool, typer.Option(help="Follow until every replica is ready")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Follow until the new model serves and every replica is ready")
+    ] = True,
     timeout: TimeoutOpt = 300.0,
     output: OutputOpt = Output.table,
 ) -> None:
     """Change the model, replicas, resources or batching; only the options given change.
-    A new model is loaded on the ready replicas before requests switch to it."""
+    A new model is loaded on the ready replicas before requests switch to it; with --wait
+    (the default), show the replicas warming and exit non-zero if the switch failed."""
     changes = _options(replicas, gpus, cpus, memory, max_batch_size, max_wait_ms)
     if model is not None:
         changes["model"] = model
@@ -133,22 +136,35 @@ def _options(
 
 
 def follow(c: Client, name: str, *, quiet: bool, timeout_s: float) -> dict[str, Any]:
-    """Poll with a live status line until the endpoint is ready or failed, or `timeout_s`
-    passed; returns the endpoint as last seen."""
+    """Poll with a live status line until the endpoint is ready or failed, a rollout
+    ended with an error, or `timeout_s` passed; returns the endpoint as last seen."""
     spinner = Spinner("dots", text="")
     start = time.monotonic()
     with nullcontext() if quiet else Live(spinner, console=console, transient=True):
         while True:
             endpoint = c.get_endpoint(name)
             elapsed = time.monotonic() - start
-            if endpoint["status"] in ("ready", "failed") or elapsed > timeout_s:
+            if _settled(endpoint) or elapsed > timeout_s:
                 return endpoint
             status = f"{endpoint['status']}  {_progress(endpoint)}  {elapsed:5.1f}s"
             spinner.update(text=Text(status))
             time.sleep(POLL_S)
 
 
+def _settled(e: dict[str, Any]) -> bool:
+    rolled_back = e["status"] != "updating" and e.get("rollout_error")
+    return e["status"] in ("ready", "failed") or bool(rolled_back)
+
+
 def _progress(e: dict[str, Any]) -> str:
+    rollout = e.get("rollout")
+    if rollout:
+        target = rollout["model"]
+        of = "?" if rollout["of"] is None else rollout["of"]
+        return (
+            f"rolling to {target['name']}:{target['version']}: "
+            f"replicas warmed {rollout['warmed']}/{of}"
+        )
     jobs = ", ".join(j["status"] for j in e["replica_jobs"]) or "no replica jobs yet"
     return f"{e['ready_replicas']}/{e['replicas']} replicas ready (jobs: {jobs})"
 
@@ -169,6 +185,9 @@ def _finish(endpoint: dict[str, Any], output: Output, waited: bool) -> None:
         )
     if endpoint["error"]:
         err_console.print(f"[red]error[/red]: {escape(endpoint['error']['message'])}")
+    elif waited and endpoint.get("rollout_error"):
+        err_console.print(f"[red]error[/red]: {escape(endpoint['rollout_error']['message'])}")
+        raise typer.Exit(1)
     elif waited and not ready:
         err_console.print(
             f"[red]not ready in time[/red]; follow it with "

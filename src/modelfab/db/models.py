@@ -251,6 +251,12 @@ class Endpoint(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    # A model change in progress: the controller warms the target on every ready replica,
+    # then switches `model_version_id` to it (or records `rollout_error` and keeps the old).
+    target_ref: Mapped[str | None] = mapped_column(String(200))
+    target_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    rollout: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {"warmed": k, "of": n}
+    rollout_error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class EndpointReplica(Base):

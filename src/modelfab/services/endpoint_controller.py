@@ -4,8 +4,11 @@ One pass loads the endpoints and their replica jobs, decides (a pure function), 
 applies each endpoint's changes in its own transaction; health probes run between
 transactions, never inside one. Replicas whose jobs died are replaced (the scheduler
 retries an attempt; the controller replaces a job whose attempts ran out, and stops after
-`FAILED_REPLICAS_LIMIT` failures since the endpoint last changed). Replicas with outdated
-resources are stopped one by one as their successors become ready.
+`failed_replicas_limit` failures since the endpoint last changed). Replicas with outdated
+resources are stopped one by one as their successors become ready. A model change rolls:
+the target version is loaded on each ready replica, then the endpoint switches to it.
+
+Its tuning (periods, timeouts, limits) is a `ControllerSettings`, passed in.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import httpx
 from sqlalchemy import delete, select
@@ -25,24 +29,18 @@ from modelfab.db.engine import transaction
 from modelfab.db.models import Endpoint, EndpointReplica, Job
 from modelfab.errors import ModelfabError
 from modelfab.ids import now
-from modelfab.services.endpoints import (
-    ACTIVE,
-    DELETING,
-    SERVE_RECIPE,
-    WARM_TIMEOUT_S,
-    EndpointService,
+from modelfab.services.endpoints import ACTIVE, DELETING, SERVE_RECIPE, EndpointService
+from modelfab.services.endpoints.rows import (
     cancel_replica,
+    is_ready,
+    ready_replicas,
     replicas_with_jobs,
-    warm_one,
 )
+from modelfab.settings import ControllerSettings
 
 logger = logging.getLogger(__name__)
 
-FAILED_REPLICAS_LIMIT = 3
-UNHEALTHY_AFTER = 3  # failed probes in a row
-DELETE_TIMEOUT_S = 60.0  # a delete whose drain never finished (the API died) is finished
-PRUNE_AFTER_S = 600.0
-METER_WINDOW_S = 10.0
+METER_WINDOW_S = 10.0  # replica_seconds are metered in windows this long
 
 
 @dataclass
@@ -54,8 +52,11 @@ class Plan:
     error: dict[str, str] | None = None
 
 
-def plan_endpoint(e: Endpoint, jobs: list[tuple[EndpointReplica, Job]]) -> Plan:
-    """Decide one endpoint's changes from its row and its replica jobs (no I/O)."""
+def plan_endpoint(
+    e: Endpoint, jobs: list[tuple[EndpointReplica, Job]], *, failed_limit: int
+) -> Plan:
+    """Decide one endpoint's changes from its row and its replica jobs (no I/O): the
+    endpoint fails once `failed_limit` replica jobs failed since it last changed."""
     live = [(r, j) for r, j in jobs if j.status in (VALIDATING, QUEUED, RUNNING)]
     live = [(r, j) for r, j in live if not j.cancel_requested]
     current = [(r, j) for r, j in live if _matches(e, j)]
@@ -63,7 +64,7 @@ def plan_endpoint(e: Endpoint, jobs: list[tuple[EndpointReplica, Job]]) -> Plan:
     plan = Plan()
     failed = [j for _, j in jobs if j.status == FAILED and (j.finished_at or 0) > e.updated_at]
     if len(current) < e.replicas:
-        if len(failed) >= FAILED_REPLICAS_LIMIT:
+        if len(failed) >= failed_limit:
             last = max(failed, key=lambda j: j.finished_at or 0)
             reason = (last.error or {}).get("message", "no reason given")
             plan.error = {
@@ -76,7 +77,7 @@ def plan_endpoint(e: Endpoint, jobs: list[tuple[EndpointReplica, Job]]) -> Plan:
     elif len(current) > e.replicas:
         # Stop the newest first: the oldest are the most likely to be ready and warm.
         plan.stop += [j.id for _, j in current[e.replicas :]]
-    ready_current = sum(1 for r, j in current if _ready(r, j))
+    ready_current = sum(1 for r, j in current if is_ready(r, j))
     keep_outdated = max(0, e.replicas - ready_current)
     plan.stop += [j.id for _, j in outdated[keep_outdated:]]
     return plan
@@ -86,32 +87,32 @@ def _matches(e: Endpoint, j: Job) -> bool:
     return j.cpus == e.cpus and j.gpus == e.gpus and j.memory_bytes == e.memory_bytes
 
 
-def _ready(r: EndpointReplica, j: Job) -> bool:
-    return j.status == RUNNING and r.attempt == j.attempt and r.ready_at is not None
-
-
 class EndpointController:
     def __init__(
         self,
         factory: sessionmaker[Session],
         endpoints: EndpointService,
         *,
-        interval_s: float = 0.5,
-        probe_timeout_s: float = 2.0,
+        settings: ControllerSettings | None = None,
         clock: Callable[[], float] = now,
+        warm: Callable[[str, str], str | None] | None = None,
     ):
+        """`warm(url, version id)` loads a version on a replica: None when loaded, else
+        the reason; raises httpx.HTTPError when the replica does not answer (the default
+        POSTs `/models/{version}/load`; tests inject one)."""
         self.factory = factory
         self.endpoints = endpoints
-        self.interval_s = interval_s
+        self.settings = s = settings if settings is not None else ControllerSettings()
         self.clock = clock
-        self._http = httpx.Client(timeout=probe_timeout_s)
-        self._warm_http = httpx.Client(timeout=WARM_TIMEOUT_S)
+        self._http = httpx.Client(timeout=s.probe_timeout_s)
+        self._warm_http = httpx.Client(timeout=s.warm_timeout_s)
+        self._warm_fn = warm if warm is not None else partial(warm_one, self._warm_http)
         self._probe_failures: dict[str, int] = {}
         self._metered: dict[tuple[str, int], int] = {}
 
     def run(self, stop: threading.Event) -> None:
         """Pass every `interval_s` until `stop` is set; a failing pass is logged, not fatal."""
-        while not stop.wait(self.interval_s):
+        while not stop.wait(self.settings.interval_s):
             try:
                 self.run_once()
             except Exception:
@@ -124,9 +125,14 @@ class EndpointController:
             endpoints = session.scalars(select(Endpoint)).all()
             session.expunge_all()
         for e in endpoints:
+            if e.status == ACTIVE and e.target_version_id is not None:
+                self._roll(e.id, e.target_version_id)
             if e.status == ACTIVE and not e.error:
                 self._reconcile(e.id)
-            elif e.status == DELETING and self.clock() - e.updated_at > DELETE_TIMEOUT_S:
+            elif (
+                e.status == DELETING
+                and self.clock() - e.updated_at > self.settings.delete_timeout_s
+            ):
                 self.endpoints.finish_delete(e.id)
         self._probe()
         self._meter_replica_seconds()
@@ -138,7 +144,7 @@ class EndpointController:
             if e is None or e.status != ACTIVE or e.error:
                 return
             jobs = replicas_with_jobs(session, e.id)
-            plan = plan_endpoint(e, jobs)
+            plan = plan_endpoint(e, jobs, failed_limit=self.settings.failed_replicas_limit)
             if not (plan.add or plan.stop or plan.error):
                 return
             at = self.clock()
@@ -158,7 +164,7 @@ class EndpointController:
 
     def _probe(self) -> None:
         """GET /health on every announced replica. A new one (or one back from failing)
-        first loads the endpoint's model, then takes traffic; after UNHEALTHY_AFTER failed
+        first loads the endpoint's model, then takes traffic; after `unhealthy_after` failed
         probes in a row a replica takes none until it answers again."""
         with self.factory() as session:
             rows = session.execute(
@@ -184,7 +190,7 @@ class EndpointController:
             self._probe_failures[job_id] = failures
             if healthy and ready_at is None:
                 self._warm(job_id, url, endpoint_id, version_id)
-            elif failures == UNHEALTHY_AFTER and ready_at is not None:
+            elif failures == self.settings.unhealthy_after and ready_at is not None:
                 logger.warning("replica %s at %s stopped answering", job_id, url)
                 self._set_ready(job_id, None)
 
@@ -192,7 +198,7 @@ class EndpointController:
         """Load the model on the replica; ready when it loaded. A model that cannot load
         fails the endpoint (every replica would fail the same way)."""
         try:
-            problem = warm_one(self._warm_http, url, version_id)
+            problem = self._warm_fn(url, version_id)
         except httpx.HTTPError as exc:
             logger.warning("replica %s did not load its model yet: %s", job_id, exc)
             return
@@ -204,6 +210,62 @@ class EndpointController:
             if endpoint is not None and endpoint.model_version_id == version_id:
                 endpoint.error = {"code": "model_load_failed", "message": problem}
         logger.warning("endpoint %s cannot load its model: %s", endpoint_id, problem)
+
+    # -- rollouts ----------------------------------------------------------------------------
+
+    def _roll(self, endpoint_id: str, target: str) -> None:
+        """Load `target` on each ready replica, one after another, recording progress;
+        then switch the endpoint to it. A replica that answers it cannot load the version
+        ends the rollout with `rollout_error` and the old version keeps serving; a replica
+        that does not answer is skipped (it is replaced, and its successor loads the
+        version on first use). Blocks this loop while replicas load."""
+        with self.factory() as session:
+            urls = [r.url for r in ready_replicas(session, endpoint_id) if r.url is not None]
+        for warmed in range(len(urls) + 1):
+            if not self._progress(endpoint_id, target, warmed, len(urls)):
+                return  # another update replaced the target, or the endpoint went
+            if warmed == len(urls):
+                break
+            try:
+                problem = self._warm_fn(urls[warmed], target)
+            except httpx.HTTPError as exc:
+                logger.warning("could not warm %s on %s: %s", target, urls[warmed], exc)
+                continue
+            if problem is not None:
+                error = {
+                    "code": "model_load_failed",
+                    "message": f"a replica could not load the new model: {problem}; the "
+                    "endpoint keeps serving its current model",
+                }
+                self._end_rollout(endpoint_id, target, error)
+                return
+        self._end_rollout(endpoint_id, target, None)
+
+    def _progress(self, endpoint_id: str, target: str, warmed: int, of: int) -> bool:
+        """Record `warmed` of `of`; False when the endpoint no longer rolls to `target`."""
+        with transaction(self.factory) as session:
+            e = session.get(Endpoint, endpoint_id, with_for_update=True)
+            if e is None or e.status != ACTIVE or e.target_version_id != target:
+                return False
+            e.rollout = {"warmed": warmed, "of": of}
+            return True
+
+    def _end_rollout(self, endpoint_id: str, target: str, error: dict[str, str] | None) -> None:
+        """Switch to `target` (error None) or keep the current version and record why not."""
+        with transaction(self.factory) as session:
+            e = session.get(Endpoint, endpoint_id, with_for_update=True)
+            if e is None or e.status != ACTIVE or e.target_version_id != target:
+                return
+            if error is None:
+                assert e.target_ref is not None  # set with the target
+                e.model_ref, e.model_version_id = e.target_ref, target
+                e.error = None
+                e.updated_at = self.clock()
+            else:
+                logger.warning("endpoint %s keeps its model: %s", e.name, error["message"])
+            e.rollout_error = error
+            e.target_ref = e.target_version_id = e.rollout = None
+        self.endpoints.on_routes_change()
 
     def _healthy(self, url: str) -> bool:
         try:
@@ -243,7 +305,19 @@ class EndpointController:
 
     def _prune(self) -> None:
         """Forget replica rows of jobs that ended long ago (the jobs stay in the history)."""
-        cutoff = self.clock() - PRUNE_AFTER_S
+        cutoff = self.clock() - self.settings.prune_after_s
         with transaction(self.factory) as session:
             old = select(Job.id).where(Job.status.in_(TERMINAL), Job.finished_at < cutoff)
             session.execute(delete(EndpointReplica).where(EndpointReplica.job_id.in_(old)))
+
+
+def warm_one(http: httpx.Client, url: str, version_id: str) -> str | None:
+    """Load `version_id` on the replica at `url`: None when loaded, else the reason.
+    Raises httpx.HTTPError when the replica does not answer."""
+    resp = http.post(f"{url}/models/{version_id}/load")
+    if resp.status_code < 400:
+        return None
+    try:
+        return str(resp.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {resp.status_code}: {resp.text[:200]}"

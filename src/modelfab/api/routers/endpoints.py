@@ -31,6 +31,9 @@ def get_endpoint(name: str, ctx: Ctx, principal: Caller) -> dict[str, Any]:
 
 @router.patch("/endpoints/{name}")
 def update_endpoint(name: str, body: EndpointUpdate, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+    """Answers at once. A new model is rolled out by the controller (status "updating",
+    progress in `rollout`): loaded on every ready replica, then switched to; if a replica
+    cannot load it the endpoint keeps its model and says why in `rollout_error`."""
     changes = {k: v for k, v in body.model_dump(include=body.model_fields_set).items()}
     return ctx.endpoints.update(principal, name, changes)
 
@@ -39,7 +42,7 @@ def update_endpoint(name: str, body: EndpointUpdate, ctx: Ctx, principal: Caller
 async def delete_endpoint(name: str, ctx: Ctx, principal: Caller) -> dict[str, Any]:
     """Stops routing to the endpoint, waits for its in-flight requests, then stops its
     replicas."""
-    return await ctx.serving.delete(principal, name)
+    return await ctx.endpoint_deleter.delete(principal, name)
 
 
 @router.post(
@@ -56,4 +59,4 @@ async def delete_endpoint(name: str, ctx: Ctx, principal: Caller) -> dict[str, A
 async def predict(name: str, request: Request) -> Response:
     """Image files as multipart/form-data, or JSON `{"images": ["<base64>", ...]}`.
     Authenticated with the caller's key like every call; metered per request and image."""
-    return await get_ctx(request).serving.gateway.predict(request, name)
+    return await get_ctx(request).gateway.predict(request, name)

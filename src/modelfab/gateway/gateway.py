@@ -1,0 +1,211 @@
+"""The gateway: `POST /v1/endpoints/{name}/predict` in the control plane.
+
+Per request: authenticate the key (cached), apply the key's rate limit, find the
+caller's endpoint in an in-memory route table, forward the body over pooled keep-alive
+connections to the ready replica with the fewest outstanding requests, and journal the
+usage. Nothing on this path waits on the database except a cache miss: routes refresh in
+the background and usage is written in batches by the journal.
+
+The gateway imports nothing of `services` or `db`: the platform injects `load_routes`,
+`authenticate` and `resolve_model`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelfab.errors import NotFound, PayloadTooLarge
+from modelfab.gateway import usage
+from modelfab.gateway.auth import TtlCache, parse_bearer
+from modelfab.gateway.balancer import Balancer
+from modelfab.gateway.errors import RateLimited, Unavailable
+from modelfab.gateway.forwarding import Forwarder
+from modelfab.gateway.limiter import RateLimiter
+from modelfab.gateway.routes import Routes
+from modelfab.gateway.types import Caller, Route, RouteTable, UsageSink
+from modelfab.serving.inputs import UnsupportedMediaType
+from modelfab.settings import GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPES = ("multipart/form-data", "application/json")
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        load_routes: Callable[[], RouteTable],
+        authenticate: Callable[[str | None], Caller],
+        resolve_model: Callable[[str, str], str],
+        journal: UsageSink | None,
+        max_body_bytes: int = 32 << 20,
+        settings: GatewaySettings | None = None,
+    ):
+        """`authenticate(token)` raises Unauthenticated for a missing or bad key;
+        `resolve_model(tenant id, ref)` returns a servable version id or raises NotFound."""
+        s = settings if settings is not None else GatewaySettings()
+        self.settings = s
+        self._authenticate = authenticate
+        self._resolve_model = resolve_model
+        self.journal = journal
+        self.max_body_bytes = max_body_bytes
+        self.limiter = RateLimiter()
+        self.balancer = Balancer(bench_s=s.bench_s)
+        self.forwarder = Forwarder(
+            self.balancer,
+            max_tries=s.max_tries,
+            timeout_s=s.forward_timeout_s,
+            max_connections=s.max_connections,
+        )
+        self._routes = Routes(load_routes, ttl_s=s.routes_ttl_s)
+        self._auth: TtlCache[str, Caller] = TtlCache(s.auth_ttl_s)
+        self._versions: TtlCache[tuple[str, str], str] = TtlCache(s.auth_ttl_s)
+        self._inflight: dict[str, int] = {}
+
+    # -- the hot path -------------------------------------------------------------------------
+
+    async def predict(self, request: Request, name: str) -> Response:
+        """Forward one predict request; raises ModelfabError subclasses for the error
+        handler (401, 404, 413, 415, 422, 429, 503, 504)."""
+        principal = await self._principal(request)
+        wait_s = self.limiter.take(principal.key_id, principal.rate_limit_rps)
+        if wait_s > 0:
+            raise RateLimited(
+                f"rate limit of {principal.rate_limit_rps:g} requests/s for this key reached; "
+                f"retry after {wait_s:.2f}s or ask an admin to raise rate_limit_rps",
+                retry_after_s=wait_s,
+            )
+        route = await self._route(principal.tenant_id, name)
+        content_type = _content_type(request)
+        version_id = await self._version(principal.tenant_id, route, request)
+        body = await self._body(request)
+        headers = {
+            "content-type": content_type,
+            "x-modelfab-max-batch-size": str(route.max_batch_size),
+            "x-modelfab-max-wait-ms": str(route.max_wait_ms),
+        }
+        self._inflight[route.endpoint_id] = self._inflight.get(route.endpoint_id, 0) + 1
+        try:
+            answer, replica = await self.forwarder.forward(
+                route, f"/models/{version_id}/predict", body, headers, _replica_params(request)
+            )
+        except Unavailable:
+            self.invalidate()  # the table may list replicas that are gone
+            raise
+        finally:
+            self._inflight[route.endpoint_id] -= 1
+        usage.record(self.journal, principal.tenant_id, route.endpoint_id, answer)
+        return Response(
+            answer.content,
+            status_code=answer.status,
+            media_type=answer.content_type,
+            headers={"x-modelfab-replica": replica.job_id, "x-modelfab-items": str(answer.items)},
+        )
+
+    async def _principal(self, request: Request) -> Caller:
+        token = parse_bearer(request.headers.get("authorization"))
+        if token is None:
+            return self._authenticate(None)  # raises, naming what to send
+        cached = self._auth.get(token)
+        if cached is not None:
+            return cached
+        principal = await run_in_threadpool(self._authenticate, token)
+        self._auth.put(token, principal)
+        return principal
+
+    async def _route(self, tenant_id: str, name: str) -> Route:
+        route = (await self.routes()).get((tenant_id, name))
+        if route is None:
+            raise NotFound(
+                f"no endpoint named {name!r}; list yours with `modelfab endpoints list`",
+                param="name",
+            )
+        if not route.replicas:
+            raise Unavailable(
+                f"endpoint {name!r} has no ready replica yet; retry shortly "
+                f"(`modelfab endpoints show {name}` shows its replicas)",
+                retry_after_s=2.0,
+                code="not_ready",
+            )
+        return route
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise self._too_large()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"request body is over {self.max_body_bytes >> 20} MiB; send fewer or smaller images",
+            param="body",
+        )
+
+    async def _version(self, tenant_id: str, route: Route, request: Request) -> str:
+        """The model version to run: the endpoint's, or `?model=REF`, another servable
+        model of the tenant, which the replicas load next to it within their memory
+        budget (a multi-model endpoint). Refs resolve through a cache of `auth_ttl_s`."""
+        ref = request.query_params.get("model")
+        if not ref:
+            return route.version_id
+        cached = self._versions.get((tenant_id, ref))
+        if cached is not None:
+            return cached
+        version_id = await run_in_threadpool(self._resolve_model, tenant_id, ref)
+        self._versions.put((tenant_id, ref), version_id)
+        return version_id
+
+    # -- routes -------------------------------------------------------------------------------
+
+    async def routes(self) -> RouteTable:
+        """The route table (see `Routes.get`)."""
+        return await self._routes.get()
+
+    def invalidate(self) -> None:
+        """Make the next request load the routes (after an endpoint changed). Thread-safe."""
+        self._routes.invalidate()
+
+    # -- delete ---------------------------------------------------------------------------
+
+    async def drain(self, endpoint_id: str, timeout_s: float) -> int:
+        """Wait until no request of the endpoint is in flight here, or `timeout_s` passed.
+        Returns how many were still in flight when draining began."""
+        self.invalidate()
+        started = self._inflight.get(endpoint_id, 0)
+        deadline = time.monotonic() + timeout_s
+        while self._inflight.get(endpoint_id, 0) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return started
+
+    async def aclose(self) -> None:
+        await self.forwarder.aclose()
+
+
+def _content_type(request: Request) -> str:
+    value = request.headers.get("content-type", "")
+    if value.split(";")[0].strip().lower() not in CONTENT_TYPES:
+        raise UnsupportedMediaType(
+            f"content type {value or 'none'!r} is not accepted; send multipart/form-data "
+            "with image files, or application/json with base64 images",
+            param="content-type",
+        )
+    return value
+
+
+def _replica_params(request: Request) -> list[tuple[str, str]]:
+    """The query the replica understands (`top_k`); `model` was the gateway's."""
+    return [(k, v) for k, v in request.query_params.multi_items() if k != "model"]

@@ -1,0 +1,62 @@
+"""The gateway's own types. Light on purpose: the services that build the route table
+import them, so this module imports nothing of modelfab."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ReplicaRoute:
+    """A ready replica: its job and where its server answers."""
+
+    job_id: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the gateway needs to forward one endpoint's requests (no database on the way).
+    Endpoints being deleted have no route."""
+
+    endpoint_id: str
+    tenant_id: str
+    name: str
+    version_id: str
+    max_batch_size: int
+    max_wait_ms: float
+    replicas: tuple[ReplicaRoute, ...] = field(default_factory=tuple)
+
+
+RouteTable = dict[tuple[str, str], Route]
+"""Routes by (tenant id, endpoint name)."""
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A replica's answer, read whole."""
+
+    status: int
+    content: bytes
+    content_type: str
+    items: int
+
+
+class Caller(Protocol):
+    """What the gateway reads of an authenticated principal."""
+
+    @property
+    def tenant_id(self) -> str: ...
+
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def rate_limit_rps(self) -> float | None: ...
+
+
+class UsageSink(Protocol):
+    """Where the usage of answered requests goes (the `UsageJournal`)."""
+
+    def add(self, tenant_id: str, ref_type: str, ref_id: str, /, **quantities: float) -> None: ...

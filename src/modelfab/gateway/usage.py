@@ -1,0 +1,13 @@
+"""What an answered request used, journalled off the hot path."""
+
+from __future__ import annotations
+
+from modelfab.gateway.types import Forwarded, UsageSink
+
+
+def record(sink: UsageSink | None, tenant_id: str, endpoint_id: str, answer: Forwarded) -> None:
+    """Journal one request and its items when the replica answered 2xx; errors are free.
+    Never waits on the database (the sink writes in batches)."""
+    if sink is None or not 200 <= answer.status < 300:
+        return
+    sink.add(tenant_id, "endpoint", endpoint_id, requests=1, items=answer.items)

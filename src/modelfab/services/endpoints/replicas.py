@@ -1,0 +1,58 @@
+"""What replicas call with their job token: announce where they answer, fetch model files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelfab.compute import lifecycle
+from modelfab.db.engine import transaction
+from modelfab.db.models import EndpointReplica, Model, ModelArtifact, ModelVersion
+from modelfab.errors import InvalidRequest
+from modelfab.ids import now
+from modelfab.services import registry
+from modelfab.services.worker import authorized
+
+
+class ReplicaCalls:
+    def __init__(self, factory: sessionmaker[Session]):
+        self.factory = factory
+
+    def announce(self, job_id: str, token: str, url: str) -> dict[str, Any]:
+        """A replica's server answers at `url`. The controller loads the endpoint's model
+        on it (`warm`) before the gateway routes requests to it. Raises InvalidRequest,
+        Unauthenticated (a bad token)."""
+        if not url.startswith(("http://", "https://")):
+            raise InvalidRequest("url must be http(s)://host:port", param="url")
+        with transaction(self.factory) as session:
+            job = authorized(session, job_id, token)
+            replica = session.get(EndpointReplica, job.id)
+            if replica is None:
+                raise InvalidRequest(f"job {job_id} is not an endpoint replica", param="job_id")
+            replica.url, replica.attempt, replica.ready_at = url, job.attempt, None
+            lifecycle.add_event(session, job, f"Replica answering at {url}", at=now())
+        return {"object": "replica", "job_id": job_id, "url": url, "ready": False}
+
+    def model_files(self, job_id: str, token: str, version_id: str) -> dict[str, Any]:
+        """The ONNX model and labels of a version of the replica's own tenant."""
+        with self.factory() as session:
+            job = authorized(session, job_id, token)
+            version = session.get(ModelVersion, version_id)
+            model = session.get(Model, version.model_id) if version else None
+            if version is None or model is None or model.tenant_id != job.tenant_id:
+                raise InvalidRequest(f"no model version {version_id} here", param="version_id")
+            files = artifact_refs(session, version_id)
+        return {"version_id": version_id, **files}
+
+
+def artifact_refs(session: Session, version_id: str) -> dict[str, dict[str, str]]:
+    rows = session.scalars(
+        select(ModelArtifact).where(
+            ModelArtifact.model_version_id == version_id,
+            ModelArtifact.name.in_([registry.ONNX_NAME, registry.LABELS_NAME]),
+        )
+    ).all()
+    by_name = {a.name: {"uri": a.uri, "sha256": a.sha256} for a in rows}
+    return {"onnx": by_name[registry.ONNX_NAME], "labels": by_name[registry.LABELS_NAME]}

@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import modelfab
 from modelfab.artifacts import SHA256_RE, ArtifactStore
-from modelfab.data import TASKS
 from modelfab.db.engine import transaction
 from modelfab.db.models import (
     Dataset,
@@ -36,6 +35,7 @@ from modelfab.hub.catalog import CATALOG
 from modelfab.ids import new_id, now
 from modelfab.recipes.base import get_recipe
 from modelfab.services.common import Principal, check_name
+from modelfab.tasks import task_names
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +87,10 @@ def verify_model(store: ArtifactStore, payload: dict[str, Any]) -> VerifiedModel
     """
     name = check_name(str(payload.get("name") or ""), param="model.name")
     task = str(payload.get("task") or "")
-    if task not in TASKS:
+    if task not in task_names():
         raise InvalidRequest(
-            f"model task must be one of {', '.join(TASKS)}, got {task!r}", param="model.task"
+            f"model task must be one of {', '.join(task_names())}, got {task!r}",
+            param="model.task",
         )
     raw = payload.get("artifacts") or []
     if not raw or len(raw) > MAX_ARTIFACTS:

@@ -26,7 +26,6 @@ from modelfab.db.models import (
     EndpointReplica,
     Job,
     Model,
-    ModelArtifact,
     ModelVersion,
 )
 from modelfab.errors import Conflict, InvalidRequest, ModelfabError, NotFound
@@ -317,15 +316,8 @@ class EndpointService:
         }
 
 
-def artifact_refs(session: Session, version_id: str) -> dict[str, dict[str, str]]:
-    rows = session.scalars(
-        select(ModelArtifact).where(
-            ModelArtifact.model_version_id == version_id,
-            ModelArtifact.name.in_([registry.ONNX_NAME, registry.LABELS_NAME]),
-        )
-    ).all()
-    by_name = {a.name: {"uri": a.uri, "sha256": a.sha256} for a in rows}
-    return {"onnx": by_name[registry.ONNX_NAME], "labels": by_name[registry.LABELS_NAME]}
+def artifact_refs(session: Session, version_id: str) -> dict[str, Any]:
+    return registry.serving_refs(session, version_id)
 
 
 def ready_replicas(session: Session, endpoint_id: str) -> list[EndpointReplica]:

@@ -11,21 +11,26 @@ know only the protocol. The names re-exported here keep older imports working.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
+from modelfab.artifacts import verified_file
 from modelfab.errors import InvalidRequest
 from modelfab.serving.anomaly import AnomalyModel
 from modelfab.serving.classifier import EVAL_RESIZE_RATIO, LoadedModel, softmax
 from modelfab.serving.onnx import CPU, CUDA, choose_providers, estimate_bytes
 from modelfab.serving.protocol import (
     DEFAULT_MAX_BATCH_SIZE,
+    LABELS_NAME,
     MEMORY_FACTOR,
+    ONNX_NAME,
     LoadOptions,
     ModelFiles,
     ServedModel,
@@ -49,10 +54,28 @@ __all__ = [
     "ServedModel",
     "choose_providers",
     "estimate_bytes",
+    "fetch_files",
     "kind_for",
     "load_model",
     "softmax",
 ]
+
+
+def fetch_files(version_id: str, refs: Mapping[str, Any]) -> ModelFiles:
+    """The version's files from the control plane's answer (`WorkerAPI.model_files`):
+    each artifact of refs["artifacts"] (or the older {onnx, labels}) sha256-checked on the
+    way, labels.json parsed, and the version's task kept in `labels["task"]` when it says
+    none. Blocks (reads, maybe downloads). Raises ModelfabError for a corrupt artifact."""
+    named: dict[str, Any] = dict(refs.get("artifacts") or {})
+    for key, name in (("onnx", ONNX_NAME), ("labels", LABELS_NAME)):
+        if key in refs:
+            named.setdefault(name, refs[key])
+    paths = {name: verified_file(ref) for name, ref in named.items()}
+    labels_path = paths.get(LABELS_NAME)
+    labels: dict[str, Any] = json.loads(labels_path.read_text()) if labels_path else {}
+    if refs.get("task"):
+        labels.setdefault("task", refs["task"])
+    return ModelFiles(version_id=version_id, labels=labels, paths=paths)
 
 
 def kind_for(files: ModelFiles) -> type[ServedModel]:

@@ -36,14 +36,14 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.svm import SVC
 
 from modelfab.cli.common import parse_params
-from modelfab.data.validate import scan_dataset
 from modelfab.errors import ModelfabError
 from modelfab.recipes.image_classification import Params
 from modelfab.recipes.vision.classification import train_classifier
 from modelfab.recipes.vision.data import Item, split_dataset
+from modelfab.tasks import IMAGE_CLASSIFICATION, get_task
 
 console = Console()
-TASK = "image-classification"
+TASK = IMAGE_CLASSIFICATION
 DATASETS = ("digits", "mnist")
 
 
@@ -77,7 +77,7 @@ def write_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
 def recipe_split(root: Path) -> tuple[list[str], list[Item], list[Item]]:
     """(classes, train, val) exactly as `train_classifier` splits with its defaults."""
-    scan = scan_dataset(root, TASK)
+    scan = get_task(TASK).scan(root)
     classes = sorted(scan.stats["classes"])
     relpaths = [f.relpath for f in scan.files]
     defaults = Params()

@@ -28,6 +28,7 @@ from modelfab.data import DatasetStore
 from modelfab.db import migrate
 from modelfab.db.engine import make_engine, make_sessionmaker
 from modelfab.gateway import EndpointDeleter, Gateway
+from modelfab.plugins import load_plugins
 from modelfab.services.auth import authenticate, bootstrap_admin
 from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoint_controller import EndpointController
@@ -49,6 +50,7 @@ class Started:
 
 class Platform:
     def __init__(self, settings: ServerSettings):
+        load_plugins(settings.plugins)  # before anything reads the task or recipe registry
         self.settings = settings
         self.engine: Engine | None = None
         self.node: NodeSpec | None = None

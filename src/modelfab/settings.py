@@ -6,9 +6,10 @@ Tests build these objects directly instead of patching the environment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_PORT = 8470
 
@@ -125,6 +126,19 @@ class ServerSettings(BaseSettings):
         description="Folders whose paths non-admin tenants' jobs may name (batch-inspection "
         "input and output); admins may name any path.",
     )
+    plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Modules imported at start that register tasks or recipes "
+        "(MODELFAB_PLUGINS=pkg.a,pkg.b); workers read the same variable.",
+    )
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _split_plugins(cls, value: Any) -> Any:
+        """MODELFAB_PLUGINS is comma-separated; a list is taken as is."""
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @property
     def sqlite_path(self) -> Path:

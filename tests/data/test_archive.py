@@ -11,10 +11,11 @@ import pytest
 
 from modelfab.data import extract_archive, scan_dataset
 from modelfab.errors import InvalidRequest, PayloadTooLarge
+from modelfab.tasks import ANOMALY_DETECTION, IMAGE_CLASSIFICATION, get_task
 
 from .conftest import make_anomaly
 
-CLS = "image-classification"
+CLS = get_task(IMAGE_CLASSIFICATION)
 
 
 def _tar(path: Path, src: Path, arcname: str, mode: str = "w:gz") -> Path:
@@ -55,7 +56,7 @@ def test_tar_gz_round_trip_same_sha(cls_root: Path, tmp_path: Path) -> None:
 def test_plain_tar_round_trip(ad_root: Path, tmp_path: Path) -> None:
     archive = _tar(tmp_path / "ds.tar", ad_root, "bottle", mode="w")
     root = extract_archive(archive, tmp_path / "out")
-    ad = "anomaly-detection"
+    ad = get_task(ANOMALY_DETECTION)
     assert scan_dataset(root, ad).sha256 == scan_dataset(ad_root, ad).sha256
 
 

@@ -10,11 +10,13 @@ import pytest
 
 from modelfab.data import DatasetScan, DatasetStore, StoredDataset, scan_dataset
 from modelfab.data import store as store_mod
+from modelfab.data.validate import DatasetKind
 from modelfab.errors import DatasetInvalid, ModelfabError, NotFound
+from modelfab.tasks import IMAGE_CLASSIFICATION, get_task
 
 from .conftest import write_image
 
-CLS = "image-classification"
+CLS = get_task(IMAGE_CLASSIFICATION)
 
 
 def _entries(root: Path) -> list[str]:
@@ -42,7 +44,9 @@ def test_ingest_copies_scanned_files_and_metadata(cls_root: Path, tmp_path: Path
     expected = sorted([f.relpath for f in scan.files] + [store_mod.METADATA_NAME])
     assert _files(stored.path) == expected
     meta = json.loads((stored.path / store_mod.METADATA_NAME).read_text())
-    assert meta["task"] == CLS and meta["sha256"] == scan.sha256 and meta["stats"] == scan.stats
+    assert (
+        meta["task"] == CLS.name and meta["sha256"] == scan.sha256 and meta["stats"] == scan.stats
+    )
     assert scan_dataset(stored.path, CLS).sha256 == scan.sha256
     assert store.get(scan.sha256) == stored
     assert store.path_for(scan.sha256) == stored.path
@@ -113,7 +117,7 @@ def test_invalid_dataset_stores_nothing(cls_root: Path, tmp_path: Path) -> None:
 def test_source_changed_during_copy_is_refused(
     cls_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def scan_then_edit(src: Path, task: str) -> DatasetScan:
+    def scan_then_edit(src: Path, task: DatasetKind) -> DatasetScan:
         scan = scan_dataset(src, task)
         write_image(src / "dog" / "001.png", seed=12345)
         return scan

@@ -10,37 +10,20 @@ from pathlib import Path
 import pytest
 from PIL import ImageFile
 
-from modelfab.data import TASKS, check_task, scan_dataset
-from modelfab.errors import DatasetInvalid, InvalidRequest
+from modelfab.data import DatasetKind, scan_dataset
+from modelfab.errors import DatasetInvalid
+from modelfab.tasks import ANOMALY_DETECTION, IMAGE_CLASSIFICATION, get_task
 
 from .conftest import make_classification, truncate, write_image, write_noise
 
-CLS = "image-classification"
-AD = "anomaly-detection"
+CLS = get_task(IMAGE_CLASSIFICATION)
+AD = get_task(ANOMALY_DETECTION)
 
 
-def _invalid(root: Path, task: str) -> DatasetInvalid:
+def _invalid(root: Path, task: DatasetKind) -> DatasetInvalid:
     with pytest.raises(DatasetInvalid) as info:
         scan_dataset(root, task)
     return info.value
-
-
-# --------------------------------------------------------------------------- tasks
-
-
-def test_check_task_accepts_known_and_names_them_for_unknown() -> None:
-    assert check_task(CLS) == CLS
-    with pytest.raises(InvalidRequest) as info:
-        check_task("segmentation")
-    assert info.value.param == "task"
-    assert all(t in info.value.message for t in TASKS)
-
-
-def test_scan_rejects_unknown_task_before_touching_files(tmp_path: Path) -> None:
-    with pytest.raises(InvalidRequest) as info:
-        scan_dataset(tmp_path / "missing", "segmentation")
-    assert info.value.param == "task"
-    assert not isinstance(info.value, DatasetInvalid)
 
 
 # --------------------------------------------------------------------------- valid
@@ -57,9 +40,9 @@ def test_classification_scan_files_stats_and_address(cls_root: Path) -> None:
     assert first.sha256 == hashlib.sha256(data).hexdigest() and first.size == len(data)
     lines = "".join(f"{f.relpath}\0{f.sha256}\n" for f in scan.files)
     assert scan.sha256 == hashlib.sha256(lines.encode()).hexdigest()
-    assert scan.task == CLS
+    assert scan.task == CLS.name
     assert scan.stats == {
-        "task": CLS,
+        "task": CLS.name,
         "num_images": 6,
         "classes": {"cat": 3, "dog": 3},
         "image_sizes": {"min": [8, 6], "max": [20, 10], "most_common": [[8, 6], 5]},
@@ -72,7 +55,7 @@ def test_anomaly_scan_stats(ad_root: Path) -> None:
     assert len(scan.files) == 9  # 7 images + 2 masks
     assert "ground_truth/scratch/000_mask.png" in [f.relpath for f in scan.files]
     assert scan.stats == {
-        "task": AD,
+        "task": AD.name,
         "num_images": 7,
         "splits": {"test/dent": 1, "test/good": 1, "test/scratch": 2, "train/good": 3},
         "defect_types": ["dent", "scratch"],

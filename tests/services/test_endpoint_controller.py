@@ -30,6 +30,7 @@ from modelfab.services.endpoints import EndpointService
 from modelfab.services.jobs import JobService
 from modelfab.services.tenants import Quota, create_tenant
 from modelfab.settings import ControllerSettings
+from modelfab.tasks import IMAGE_CLASSIFICATION
 from tests.registry_factories import insert_running_job
 
 T0 = 1_000_000.0
@@ -139,7 +140,15 @@ def serving_endpoint(factory: sessionmaker[Session], replicas: int) -> tuple[str
     jobs = [insert_running_job(factory, tenant_id)[0] for _ in range(replicas)]
     at = now()
     with transaction(factory) as session:
-        session.add(Model(id="mdl_1", tenant_id=tenant_id, name="parts", task="t", created_at=at))
+        session.add(
+            Model(
+                id="mdl_1",
+                tenant_id=tenant_id,
+                name="parts",
+                task=IMAGE_CLASSIFICATION,
+                created_at=at,
+            )
+        )
         session.flush()
         for v in (1, 2):
             session.add(

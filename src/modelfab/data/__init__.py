@@ -1,23 +1,26 @@
-"""Datasets: task names, validation and content addressing, archive extraction, the store.
+"""Datasets: validation and content addressing, archive extraction, the store.
 
-Flow of an upload: `extract_archive` (archives only) -> `scan_dataset` (layout, decode,
-hash) -> `DatasetStore.ingest` (immutable copy at `<store>/<sha256>`).
+Flow of an upload: `extract_archive` (archives only) -> `scan_dataset` (walk, the task's
+layout and file checks, hash) -> `DatasetStore.ingest` (immutable copy at
+`<store>/<sha256>`). Which tasks exist and what each accepts is `modelfab.tasks`, which
+sits above this package and hands its `TaskSpec` in as the `DatasetKind`.
 """
 
 from modelfab.data.archive import ARCHIVE_SUFFIXES, extract_archive
 from modelfab.data.store import DatasetStore, StoredDataset
-from modelfab.data.tasks import IMAGE_SUFFIXES, TASKS, check_task
-from modelfab.data.validate import DatasetScan, FileEntry, scan_dataset
+from modelfab.data.tasks import IMAGE_SUFFIXES
+from modelfab.data.validate import DatasetKind, DatasetScan, FileEntry, Survey, Tree, scan_dataset
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
     "IMAGE_SUFFIXES",
-    "TASKS",
+    "DatasetKind",
     "DatasetScan",
     "DatasetStore",
     "FileEntry",
     "StoredDataset",
-    "check_task",
+    "Survey",
+    "Tree",
     "extract_archive",
     "scan_dataset",
 ]

@@ -22,6 +22,7 @@ from typing import Any
 
 from modelfab.data.validate import (
     CHUNK_BYTES,
+    DatasetKind,
     DatasetScan,
     FileEntry,
     content_address,
@@ -101,14 +102,15 @@ class DatasetStore:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def ingest(self, src: Path, task: str) -> StoredDataset:
-        """Validate the folder `src` for `task` and keep an immutable copy of it.
+    def ingest(self, src: Path, task: DatasetKind) -> StoredDataset:
+        """Validate the folder `src` as `task` (a `modelfab.tasks.TaskSpec`) says and keep
+        an immutable copy of it.
 
         Blocks while scanning and copying. Copies nothing when the same content is
         already stored. Only the files of the scan are copied (ignored files are not).
 
         Raises:
-            InvalidRequest / DatasetInvalid: as `scan_dataset` does, or when a source
+            DatasetInvalid: as `scan_dataset` does, or when a source
                 file changes during the copy.
         """
         scan = scan_dataset(src, task)

@@ -1,8 +1,10 @@
-"""Dataset validation: walk a folder, check its layout for a task, decode and hash every image.
+"""Dataset validation, task-free: walk a folder, hash and probe files, the content address.
 
-`scan_dataset` is the only entry point that decides what a dataset *is*: which files
-belong to it, whether each is an image Pillow can fully decode, and the content address
-(sha256) that makes the same content the same dataset version wherever it lives.
+`scan_dataset(root, kind)` decides what a dataset *is*: which files belong to it, that
+the `kind` (a task's `DatasetKind`, see `modelfab.tasks`) accepts their layout and content,
+and the content address (sha256) that makes the same content the same dataset version
+wherever it lives. The task-specific rules (layouts, stats) live with each task in
+`modelfab.tasks`, which builds them from the helpers here; this module names no task.
 
 Ignored everywhere: hidden entries (name starts with '.'), `Thumbs.db`, `__MACOSX`.
 Ignored at the root only: README*, LICENSE*, *.txt files. Ignored files are not part of
@@ -16,16 +18,16 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from modelfab.data.tasks import IMAGE_SUFFIXES, check_task
+from modelfab.data.tasks import IMAGE_SUFFIXES
 from modelfab.errors import DatasetInvalid
 
 logger = logging.getLogger(__name__)
@@ -35,11 +37,6 @@ CHUNK_BYTES = 2**20
 
 _IGNORED_NAMES = frozenset({"thumbs.db", "__macosx"})
 _ROOT_DOC_PREFIXES = ("README", "LICENSE", "LICENCE")
-_AD_TOP = ("train", "test", "ground_truth")
-_AD_LAYOUT = (
-    "anomaly detection expects train/good/<images>, optionally test/good/, "
-    "test/<defect>/ and ground_truth/<defect>/<name>_mask.png"
-)
 
 
 @dataclass(frozen=True)
@@ -68,22 +65,49 @@ class DatasetScan:
 
 
 @dataclass(frozen=True)
-class _Tree:
-    files: list[str]  # sorted relpaths of every regular, non-ignored file
-    dirs: list[str]  # sorted relpaths of every non-ignored directory
+class Tree:
+    """What a dataset folder holds, ignored names left out."""
+
+    files: list[str]
+    """Sorted relpaths of every regular, non-ignored file."""
+    dirs: list[str]
+    """Sorted relpaths of every non-ignored directory."""
 
 
 @dataclass
-class _Layout:
-    groups: dict[str, list[str]] = field(default_factory=dict)  # folder -> image relpaths
-    masks: dict[str, str] = field(default_factory=dict)  # mask relpath -> image relpath
+class Survey:
+    """What a task's survey of a tree found: every file's entry and the dataset's stats."""
+
+    entries: dict[str, FileEntry]
+    """relpath -> entry, for every file of the tree (each hashed, and checked as the task
+    requires)."""
+    stats: dict[str, Any] = field(default_factory=dict)
+    """JSON-serialisable summary; its shape is the task's."""
+
+
+class DatasetKind(Protocol):
+    """What `scan_dataset` needs of a task (`modelfab.tasks.TaskSpec` is one)."""
+
+    @property
+    def name(self) -> str:
+        """The task name, recorded in the scan."""
+        ...
+
+    def survey(self, root: Path, tree: Tree) -> Survey:
+        """Check the layout of `tree` (the walk of `root`), hash and check every file,
+        summarise. Raises DatasetInvalid naming the offending relpath and what to do."""
+        ...
 
 
 @dataclass(frozen=True)
-class _Probe:
+class ImageProbe:
+    """One image file, hashed and fully decoded."""
+
     entry: FileEntry
     dims: tuple[int, int]
+    """(width, height) in pixels."""
     mode: str
+    """Pillow mode ("RGB", "L", ...)."""
 
 
 # --------------------------------------------------------------------------- hashing
@@ -133,7 +157,7 @@ def _entry_problem(entry: os.DirEntry[str], rel: str) -> str | None:
     return None
 
 
-def _walk(root: Path) -> _Tree:
+def walk(root: Path) -> Tree:
     """List the dataset's files and folders, skipping ignored names.
 
     Raises:
@@ -161,13 +185,13 @@ def _walk(root: Path) -> _Tree:
     if problems:
         rel, message = min(problems)
         raise DatasetInvalid(message, param=rel)
-    return _Tree(files=sorted(files), dirs=sorted(dirs))
+    return Tree(files=sorted(files), dirs=sorted(dirs))
 
 
 # --------------------------------------------------------------------------- layouts
 
 
-def _children(tree: _Tree, base: str) -> tuple[list[str], dict[str, list[str]], list[str]]:
+def children(tree: Tree, base: str) -> tuple[list[str], dict[str, list[str]], list[str]]:
     """Split what lies under folder `base` ("" = root).
 
     Returns (files directly in base, {sub-folder: files directly in it}, deeper folders).
@@ -195,132 +219,22 @@ def _children(tree: _Tree, base: str) -> tuple[list[str], dict[str, list[str]], 
     return direct, groups, deeper
 
 
-def _require_image_suffixes(files: list[str]) -> None:
+def require_suffixes(files: list[str], suffixes: frozenset[str], what: str = "an image") -> None:
+    """Raises DatasetInvalid (param: the file) for the first of `files` whose lower-case
+    suffix is not in `suffixes`; `what` names the kind of file expected."""
     for rel in files:
-        if PurePosixPath(rel).suffix.lower() not in IMAGE_SUFFIXES:
-            allowed = ", ".join(sorted(IMAGE_SUFFIXES))
+        if PurePosixPath(rel).suffix.lower() not in suffixes:
+            allowed = ", ".join(sorted(suffixes))
             raise DatasetInvalid(
-                f"{rel} is not an image (expected one of {allowed}); "
+                f"{rel} is not {what} (expected one of {allowed}); "
                 "remove it or move it out of the dataset",
                 param=rel,
             )
 
 
-def _classification_layout(tree: _Tree) -> _Layout:
-    direct, groups, deeper = _children(tree, "")
-    if direct:
-        raise DatasetInvalid(
-            f"{direct[0]} lies in the dataset root; images must be inside a folder per class "
-            "(<class>/<image>); move it into its class folder or remove it",
-            param=direct[0],
-        )
-    if deeper:
-        raise DatasetInvalid(
-            f"{deeper[0]} is a folder inside a class folder; class folders must hold images "
-            "only: move its images up into the class folder or make it a class of its own",
-            param=deeper[0],
-        )
-    _require_image_suffixes(tree.files)
-    for folder, images in groups.items():
-        if not images:
-            raise DatasetInvalid(
-                f"class {folder!r} has no images; add images to {folder}/ or remove it",
-                param=folder,
-            )
-    if len(groups) < 2:
-        names = ", ".join(repr(g) for g in groups)
-        raise DatasetInvalid(
-            f"found {len(groups)} class ({names}); image classification needs at least two "
-            "folders, one per class, each holding that class's images",
-            param=next(iter(groups), "."),
-        )
-    return _Layout(groups=groups)
-
-
-def _ad_check_top(tree: _Tree) -> None:
-    direct, groups, _ = _children(tree, "")
-    for rel in direct + [g for g in groups if g not in _AD_TOP]:
-        raise DatasetInvalid(
-            f"unexpected entry {rel!r} at the dataset root; {_AD_LAYOUT}; remove or move it",
-            param=rel,
-        )
-
-
-def _ad_flat_folders(tree: _Tree, base: str, what: str) -> dict[str, list[str]]:
-    """Sub-folders of `base` that must hold files only; `what` says what belongs there."""
-    direct, groups, deeper = _children(tree, base)
-    if direct:
-        raise DatasetInvalid(
-            f"{direct[0]} lies directly in {base}/; {what}; move it there or remove it",
-            param=direct[0],
-        )
-    if deeper:
-        raise DatasetInvalid(
-            f"{deeper[0]} is a nested folder; {what}; move its files up or remove it",
-            param=deeper[0],
-        )
-    return groups
-
-
-def _ad_train(tree: _Tree) -> dict[str, list[str]]:
-    groups = _ad_flat_folders(tree, "train", "training images belong in train/good/")
-    for folder in groups:
-        if folder != "train/good":
-            raise DatasetInvalid(
-                f"{folder} is not allowed: anomaly detection trains on good parts only; "
-                "put defective images under test/<defect>/",
-                param=folder,
-            )
-    if not groups.get("train/good"):
-        raise DatasetInvalid(
-            f"train/good/ is missing or holds no images; {_AD_LAYOUT}",
-            param="train/good",
-        )
-    return groups
-
-
-def _ad_test(tree: _Tree) -> dict[str, list[str]]:
-    groups = _ad_flat_folders(tree, "test", "test images belong in test/good/ or test/<defect>/")
-    for folder, images in groups.items():
-        if not images:
-            raise DatasetInvalid(
-                f"{folder} has no images; add images or remove the folder", param=folder
-            )
-    return groups
-
-
-def _ad_masks(tree: _Tree, tests: dict[str, list[str]]) -> dict[str, str]:
-    """Map each mask ground_truth/<d>/<stem>_mask.<ext> to its image test/<d>/<stem>.<ext>."""
-    groups = _ad_flat_folders(tree, "ground_truth", "masks belong in ground_truth/<defect>/")
-    by_stem: dict[str, str] = {}
-    for images in tests.values():
-        for rel in reversed(images):  # reversed: the first image in sorted order wins
-            p = PurePosixPath(rel)
-            by_stem[str(p.with_suffix(""))] = rel
-    masks: dict[str, str] = {}
-    for mask in (m for files in groups.values() for m in files):
-        p = PurePosixPath(mask)
-        stem = p.stem.removesuffix("_mask")
-        image = by_stem.get(f"test/{p.parent.name}/{stem}")
-        if not p.stem.endswith("_mask") or image is None:
-            raise DatasetInvalid(
-                f"{mask} has no matching image test/{p.parent.name}/{stem}.<ext>; a mask "
-                "must be named <image stem>_mask.png after an image of the same defect "
-                "folder; add the image or remove the mask",
-                param=mask,
-            )
-        masks[mask] = image
-    return masks
-
-
-def _anomaly_layout(tree: _Tree) -> _Layout:
-    _ad_check_top(tree)
-    groups = _ad_train(tree)
-    tests = _ad_test(tree)
-    groups.update(tests)
-    _require_image_suffixes(tree.files)
-    masks = _ad_masks(tree, tests)
-    return _Layout(groups=groups, masks=masks)
+def require_image_suffixes(files: list[str]) -> None:
+    """`require_suffixes` with `IMAGE_SUFFIXES`."""
+    require_suffixes(files, IMAGE_SUFFIXES)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -366,7 +280,7 @@ def _decode_reason(exc: Exception, path: Path) -> str:
     return reason
 
 
-def _probe(root: Path, rel: str) -> _Probe | str:
+def _probe(root: Path, rel: str) -> ImageProbe | str:
     """Hash and fully decode one file; return its probe, or the user-facing error message."""
     path = root / rel
     try:
@@ -379,20 +293,51 @@ def _probe(root: Path, rel: str) -> _Probe | str:
             dims, mode = img.size, img.mode
     except Exception as exc:  # any decoder failure (bomb, truncation, garbage) is the file's
         return f"{rel} is not a readable image ({_decode_reason(exc, path)}); remove or replace it"
-    return _Probe(FileEntry(relpath=rel, sha256=digest, size=size), dims, mode)
+    return ImageProbe(FileEntry(relpath=rel, sha256=digest, size=size), dims, mode)
 
 
-def _probe_all(root: Path, rels: list[str]) -> dict[str, _Probe]:
-    """Probe `rels` on a thread pool (Pillow releases the GIL while decoding).
+def probe_images(root: Path, rels: list[str]) -> dict[str, ImageProbe]:
+    """Hash and fully decode the images `rels` on a thread pool (Pillow releases the GIL
+    while decoding). Blocks (CPU and disk bound).
+
+    Raises:
+        DatasetInvalid: for the first bad file in `rels` order; later work is cancelled.
+    """
+    with _strict_decoding():
+        return _map_files(root, rels, _probe)
+
+
+def hash_files(root: Path, rels: list[str]) -> dict[str, FileEntry]:
+    """Hash the files `rels` on a thread pool, for tasks whose files are not images.
+
+    Raises:
+        DatasetInvalid: for the first unreadable file in `rels` order.
+    """
+    return _map_files(root, rels, _hash_entry)
+
+
+def _hash_entry(root: Path, rel: str) -> FileEntry | str:
+    try:
+        digest, size = hash_file(root / rel)
+    except OSError as exc:
+        return f"{rel} could not be read ({exc.strerror or exc}); remove or replace it"
+    return FileEntry(relpath=rel, sha256=digest, size=size)
+
+
+P = TypeVar("P")
+
+
+def _map_files(root: Path, rels: list[str], fn: Callable[[Path, str], P | str]) -> dict[str, P]:
+    """`fn(root, rel)` for every rel on a thread pool; a str result is the file's error.
 
     Raises:
         DatasetInvalid: for the first bad file in `rels` order; later work is cancelled.
     """
     workers = min(8, os.cpu_count() or 1)
-    probes: dict[str, _Probe] = {}
-    with _strict_decoding(), ThreadPoolExecutor(workers, "modelfab-scan") as pool:
+    probes: dict[str, P] = {}
+    with ThreadPoolExecutor(workers, "modelfab-scan") as pool:
         try:
-            for rel, result in zip(rels, pool.map(lambda r: _probe(root, r), rels), strict=True):
+            for rel, result in zip(rels, pool.map(lambda r: fn(root, r), rels), strict=True):
                 if isinstance(result, str):
                     raise DatasetInvalid(result, param=rel)
                 probes[rel] = result
@@ -402,21 +347,10 @@ def _probe_all(root: Path, rels: list[str]) -> dict[str, _Probe]:
     return probes
 
 
-def _check_mask_sizes(masks: dict[str, str], probes: dict[str, _Probe]) -> None:
-    for mask, image in sorted(masks.items()):
-        mask_dims, image_dims = probes[mask].dims, probes[image].dims
-        if mask_dims != image_dims:
-            raise DatasetInvalid(
-                f"{mask} is {mask_dims[0]}x{mask_dims[1]} but its image {image} is "
-                f"{image_dims[0]}x{image_dims[1]}; a mask must have its image's size",
-                param=mask,
-            )
-
-
 # --------------------------------------------------------------------------- stats
 
 
-def _size_stats(dims: list[tuple[int, int]]) -> dict[str, Any]:
+def size_stats(dims: list[tuple[int, int]]) -> dict[str, Any]:
     """min / max by pixel area (ties by width, height); most common with ties to the smaller."""
     counts = Counter(dims)
     by_area = sorted(counts, key=lambda d: (d[0] * d[1], d))
@@ -424,58 +358,42 @@ def _size_stats(dims: list[tuple[int, int]]) -> dict[str, Any]:
     return {"min": list(by_area[0]), "max": list(by_area[-1]), "most_common": [list(common), n]}
 
 
-def _image_stats(task: str, layout: _Layout, probes: dict[str, _Probe]) -> dict[str, Any]:
-    images = [probes[rel] for rels in layout.groups.values() for rel in rels]
-    stats: dict[str, Any] = {"task": task, "num_images": len(images)}
-    counts = {folder: len(rels) for folder, rels in sorted(layout.groups.items())}
-    if task == "image-classification":
-        stats["classes"] = counts
-    else:
-        stats["splits"] = counts
-        stats["defect_types"] = sorted(
-            f.removeprefix("test/") for f in counts if f.startswith("test/") and f != "test/good"
-        )
-        stats["num_masks"] = len(layout.masks)
-    stats["image_sizes"] = _size_stats([p.dims for p in images])
-    stats["modes"] = dict(sorted(Counter(p.mode for p in images).items()))
-    return stats
+def image_stats(probes: Iterable[ImageProbe]) -> dict[str, Any]:
+    """num_images, image_sizes (see `size_stats`) and modes (count per Pillow mode) of the
+    images `probes`: the stats every image task shares."""
+    images = list(probes)
+    return {
+        "num_images": len(images),
+        "image_sizes": size_stats([p.dims for p in images]),
+        "modes": dict(sorted(Counter(p.mode for p in images).items())),
+    }
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def scan_dataset(root: Path, task: str) -> DatasetScan:
-    """Validate the dataset folder `root` for `task` and compute its content address.
+def scan_dataset(root: Path, kind: DatasetKind) -> DatasetScan:
+    """Validate the dataset folder `root` as `kind` says and compute its content address.
 
-    Reads and fully decodes every image (blocking; CPU and disk bound). Structural
-    problems are reported before content problems; among bad files, the first in sorted
-    relpath order is reported.
+    Reads every file (blocking; CPU and disk bound). Structural problems are reported
+    before content problems; among bad files, the first in sorted relpath order is reported.
 
     Raises:
-        InvalidRequest: (param "task") for an unknown task.
         DatasetInvalid: with `param` the offending file or folder relative to `root`
             ("." for the root itself) and a message that says what to do.
     """
-    check_task(task)
     if not root.is_dir():
         raise DatasetInvalid("the dataset is not a folder; upload a folder or archive", param=".")
-    tree = _walk(root)
+    tree = walk(root)
     if not tree.files:
-        raise DatasetInvalid(
-            "the dataset is empty; add images in the layout of its task", param="."
-        )
-    if task == "image-classification":
-        layout = _classification_layout(tree)
-    else:
-        layout = _anomaly_layout(tree)
-    probes = _probe_all(root, tree.files)
-    _check_mask_sizes(layout.masks, probes)
-    files = tuple(probes[rel].entry for rel in tree.files)
+        raise DatasetInvalid("the dataset is empty; add files in the layout of its task", param=".")
+    survey = kind.survey(root, tree)
+    missing = [rel for rel in tree.files if rel not in survey.entries]
+    if missing:  # a task bug, not the user's: every file must be hashed into the address
+        raise RuntimeError(f"task {kind.name!r} did not survey {missing[0]}")
+    files = tuple(survey.entries[rel] for rel in tree.files)
     scan = DatasetScan(
-        task=task,
-        files=files,
-        stats=_image_stats(task, layout, probes),
-        sha256=content_address(files),
+        task=kind.name, files=files, stats=survey.stats, sha256=content_address(files)
     )
-    logger.info("scanned %s dataset %s: %d files", task, scan.sha256[:12], len(files))
+    logger.info("scanned %s dataset %s: %d files", kind.name, scan.sha256[:12], len(files))
     return scan

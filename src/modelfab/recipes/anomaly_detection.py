@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from modelfab.recipes.base import RecipeSpec, known_hub_model
+from modelfab.tasks import ANOMALY_DETECTION
 
 Auto = Literal["auto"]
 
@@ -84,5 +85,5 @@ RECIPE = RecipeSpec(
     params=Params,
     entrypoint="modelfab.recipes.anomaly.job:run",
     needs_dataset=True,
-    tasks=("anomaly-detection",),
+    tasks=(ANOMALY_DETECTION,),
 )

@@ -29,6 +29,16 @@ CATALOG: dict[str, str] = {
 }
 
 
+def register_recipe(name: str, module: str) -> None:
+    """Add recipe `name`, defined by `RECIPE` in `module`, to `CATALOG` (plugins call this
+    when imported: see `modelfab.plugins`). Registering the same pair again is a no-op;
+    raises ValueError when `name` is another module's recipe."""
+    known = CATALOG.get(name)
+    if known is not None and known != module:
+        raise ValueError(f"recipe {name!r} is already registered by {known}")
+    CATALOG[name] = module
+
+
 class RecipeContext(Protocol):
     """What a running recipe gets from the worker."""
 

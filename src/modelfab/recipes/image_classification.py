@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from modelfab.recipes.base import RecipeSpec, known_hub_model
+from modelfab.tasks import IMAGE_CLASSIFICATION
 
 Auto = Literal["auto"]
 
@@ -55,7 +56,7 @@ class Params(BaseModel):
     @field_validator("base_model")
     @classmethod
     def _known_base_model(cls, value: str) -> str:
-        return known_hub_model(value, "image-classification")
+        return known_hub_model(value, IMAGE_CLASSIFICATION)
 
 
 RECIPE = RecipeSpec(
@@ -65,5 +66,5 @@ RECIPE = RecipeSpec(
     params=Params,
     entrypoint="modelfab.recipes.vision.job:run",
     needs_dataset=True,
-    tasks=("image-classification",),
+    tasks=(IMAGE_CLASSIFICATION,),
 )

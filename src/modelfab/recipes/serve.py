@@ -9,17 +9,15 @@ within `memory_budget_bytes`.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
-from modelfab.artifacts import verified_file
 from modelfab.errors import ModelfabError
 from modelfab.recipes.base import RecipeContext, RecipeSpec
-from modelfab.serving.models import ModelCache, ModelFiles
+from modelfab.serving.models import ModelCache, ModelFiles, fetch_files
 from modelfab.serving.replica_app import ReplicaServer, create_replica_app
 
 POLL_S = 0.2
@@ -81,10 +79,7 @@ def run(ctx: RecipeContext, params: Params) -> dict[str, Any]:
 
 def _loader(ctx: ServingContext) -> Any:
     def load(version_id: str) -> ModelFiles:
-        files = ctx.model_files(version_id)
-        onnx_path = verified_file(files["onnx"])
-        labels = json.loads(verified_file(files["labels"]).read_text())
-        return ModelFiles(version_id=version_id, onnx_path=onnx_path, labels=labels)
+        return fetch_files(version_id, ctx.model_files(version_id))
 
     return load
 

@@ -12,12 +12,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelfab.data import DatasetStore, StoredDataset, check_task, extract_archive
+from modelfab.data import DatasetStore, StoredDataset, extract_archive
 from modelfab.db.engine import transaction
 from modelfab.db.models import Dataset, DatasetVersion
 from modelfab.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from modelfab.ids import new_id, now
 from modelfab.services.common import Principal, check_name
+from modelfab.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class DatasetService:
         if not path.is_dir():
             raise InvalidRequest(f"{path} is not a folder on the server", param="path")
         check_name(name)
-        stored = self.store.ingest(path, check_task(task))
+        stored = self.store.ingest(path, get_task(task))
         return self._register(principal, name, task, stored)
 
     def create_from_archive(
@@ -100,12 +101,12 @@ class DatasetService:
     ) -> dict[str, Any]:
         """Import an uploaded .zip/.tar/.tar.gz; validated before anything is registered."""
         check_name(name)
-        check_task(task)
+        spec = get_task(task)
         self.scratch.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="upload-", dir=self.scratch))
         try:
             root = extract_archive(archive, workdir / "x")
-            stored = self.store.ingest(root, task)
+            stored = self.store.ingest(root, spec)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return self._register(principal, name, task, stored)

@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import modelfab
 from modelfab.artifacts import SHA256_RE, ArtifactStore
-from modelfab.data import TASKS
 from modelfab.db.engine import transaction
 from modelfab.db.models import (
     Dataset,
@@ -36,12 +35,13 @@ from modelfab.hub.catalog import CATALOG
 from modelfab.ids import new_id, now
 from modelfab.recipes.base import get_recipe
 from modelfab.services.common import Principal, check_name
+from modelfab.tasks import get_task, task_names
 
 logger = logging.getLogger(__name__)
 
 ARTIFACT_FORMATS = ("pytorch", "onnx", "json", "numpy", "png")
 ONNX_NAME, LABELS_NAME = "model.onnx", "labels.json"
-"""The artifacts a servable version has (see `servable`)."""
+"""The artifacts the ONNX kinds serve from (which a task needs: `TaskSpec.serving_artifacts`)."""
 ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_ARTIFACTS = 32
 
@@ -87,9 +87,10 @@ def verify_model(store: ArtifactStore, payload: dict[str, Any]) -> VerifiedModel
     """
     name = check_name(str(payload.get("name") or ""), param="model.name")
     task = str(payload.get("task") or "")
-    if task not in TASKS:
+    if task not in task_names():
         raise InvalidRequest(
-            f"model task must be one of {', '.join(TASKS)}, got {task!r}", param="model.task"
+            f"model task must be one of {', '.join(task_names())}, got {task!r}",
+            param="model.task",
         )
     raw = payload.get("artifacts") or []
     if not raw or len(raw) > MAX_ARTIFACTS:
@@ -251,22 +252,52 @@ def parse_ref(ref: str) -> ModelRef:
 
 
 def servable(session: Session, tenant_id: str, ref: str) -> tuple[Model, ModelVersion]:
-    """The model version `ref` names, if it has an ONNX model and labels to serve (an
-    endpoint or a batch-inspection job can run it). Raises NotFound or InvalidRequest."""
+    """The model version `ref` names, if it can be served (an endpoint or a batch-inspection
+    job can run it): its task has a served-model kind and the version has every artifact
+    that kind needs (`TaskSpec.serving_artifacts`; model.onnx and labels.json for the
+    vision tasks). Raises NotFound or InvalidRequest saying what is missing."""
     model, version = resolve(session, tenant_id, ref)
+    spec = get_task(model.task)
+    if not spec.servable:
+        raise InvalidRequest(
+            f"model {model.name}:{version.version} is a {model.task} model, which no replica "
+            "serves",
+            param="model",
+        )
     names = set(
         session.scalars(
             select(ModelArtifact.name).where(ModelArtifact.model_version_id == version.id)
         )
     )
-    missing = {ONNX_NAME, LABELS_NAME} - names
+    missing = set(spec.serving_artifacts) - names
     if missing:
         raise InvalidRequest(
-            f"model {model.name}:{version.version} has no {', '.join(sorted(missing))}; only "
-            "models exported to ONNX (image-classification, anomaly-detection) can be served",
+            f"model {model.name}:{version.version} has no {', '.join(sorted(missing))}; a "
+            f"{model.task} model needs {', '.join(spec.serving_artifacts)} to be served "
+            "(export it, or register it again from a recipe that does)",
             param="model",
         )
     return model, version
+
+
+def serving_refs(session: Session, version_id: str) -> dict[str, Any]:
+    """Where a servable version's files are, as a replica fetches them: "artifacts"
+    {name: {uri, sha256}} for every serving artifact of its task, and for the ONNX kinds
+    also "onnx" and "labels" (the shape older readers use)."""
+    version = session.get(ModelVersion, version_id)
+    model = session.get(Model, version.model_id) if version else None
+    wanted = get_task(model.task).serving_artifacts if model else ()
+    rows = session.scalars(
+        select(ModelArtifact).where(
+            ModelArtifact.model_version_id == version_id, ModelArtifact.name.in_(wanted)
+        )
+    ).all()
+    by_name = {a.name: {"uri": a.uri, "sha256": a.sha256} for a in rows}
+    refs: dict[str, Any] = {"task": model.task if model else None, "artifacts": by_name}
+    for key, name in (("onnx", ONNX_NAME), ("labels", LABELS_NAME)):
+        if name in by_name:
+            refs[key] = by_name[name]
+    return refs
 
 
 def resolve(session: Session, tenant_id: str, ref: str) -> tuple[Model, ModelVersion]:

@@ -26,9 +26,9 @@ from PIL import Image
 
 from modelfab.errors import InvalidRequest, ModelfabError
 from modelfab.imaging import to_rgb
-
-ANOMALY_DETECTION = "anomaly-detection"
-"""labels["task"] of a detector."""
+from modelfab.serving.onnx import open_session
+from modelfab.serving.protocol import LoadOptions, ModelFiles
+from modelfab.tasks import ANOMALY_DETECTION as ANOMALY_DETECTION  # re-exported
 
 Offset = tuple[int, int]
 """(top, left) of a tile in the scored image, in pixels."""
@@ -208,11 +208,13 @@ class DetectorSpec:
 
 
 class AnomalyModel:
-    """An anomaly detector ready to run: `prepare` one image, `infer` a batch of prepared
-    images, `result` for one image's answer. `infer` is thread-safe (ONNX Runtime
-    sessions are)."""
+    """An anomaly detector ready to run (a `ServedModel`): `prepare` one image, `infer` a
+    batch of prepared images, `result` for one image's answer. `infer` is thread-safe
+    (ONNX Runtime sessions are). Its results stitch maps and encode PNGs, so the replica
+    builds them in its pool (`slow_results`)."""
 
     task = ANOMALY_DETECTION
+    slow_results = True
 
     def __init__(
         self,
@@ -245,6 +247,17 @@ class AnomalyModel:
         """The stored decision threshold; None when the detector was not calibrated."""
         self.map_scale: float = self.spec.map_scale
         """The map value drawn as 255 in heatmap PNGs."""
+
+    @classmethod
+    def load(cls, files: ModelFiles, options: LoadOptions) -> AnomalyModel:
+        """See `ServedModel.load`: the session over model.onnx, the spec from labels.json."""
+        return cls(
+            files.version_id,
+            files.labels,
+            open_session(files, options),
+            size_bytes=files.estimate_bytes(),
+            max_batch_size=options.max_batch_size,
+        )
 
     # -- preprocessing
 
@@ -332,6 +345,10 @@ class AnomalyModel:
         """Raises InvalidRequest naming "threshold" or "heatmap" when one is malformed."""
         self.threshold_for(options)
         _bool_option(options, "heatmap", default=True)
+
+    def answer_fields(self, options: Mapping[str, str]) -> dict[str, Any]:
+        """The whole answer's "threshold": the one every item was judged by."""
+        return {"threshold": self.threshold_for(options)}
 
     def threshold_for(self, options: Mapping[str, str]) -> float | None:
         """The request's `threshold` option, else the stored threshold (maybe None).

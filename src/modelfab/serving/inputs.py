@@ -1,5 +1,6 @@
-"""Request bodies to images: read a body within a size limit, split it into named files
-(multipart/form-data or JSON with base64), and decode each file into an RGB image.
+"""Request bodies to inputs: read a body within a size limit, split it into named files
+(multipart/form-data or JSON with base64), and decode each file: into an RGB image
+(`decode_image`, the default) or, for kinds that serve text, UTF-8 text (`decode_text`).
 
 Every problem is a ModelfabError a client can act on: 415 for a content type we do not
 read, 413 for a body over the limit, 422 naming the offending image otherwise.
@@ -255,3 +256,17 @@ def _invalid_image(name: str, why: str) -> InvalidRequest:
         param=name,
         code="invalid_image",
     )
+
+
+def decode_text(name: str, data: bytes) -> str:
+    """`data` as UTF-8 text (a leading BOM dropped), for kinds that serve text
+    (`serving.protocol.DecodesInput`). Raises InvalidRequest code "invalid_text" (param
+    `name`) when it is not UTF-8."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"{name} is not UTF-8 text ({exc.reason} at byte {exc.start}); send UTF-8",
+            param=name,
+            code="invalid_text",
+        ) from exc

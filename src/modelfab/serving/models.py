@@ -1,71 +1,101 @@
-"""Trained models as the replica runs them: an ONNX Runtime session with its labels, and an
-LRU cache of them within a memory budget.
+"""Served models on a replica: `load_model` picks a model's kind through the task registry,
+and `ModelCache` keeps loaded models, LRU, within a memory budget.
 
-`load_model` picks the kind by labels["task"]: an image classifier (`LoadedModel`, here)
-or an anomaly detector (`AnomalyModel`, in `serving.anomaly`). Both answer the same calls:
-`prepare` one decoded image into its units (float32 (U, 3, S, S)), `infer` a batch of
-prepared images (one raw output each), `result` for one image's JSON fields.
-
-Classifier preprocessing is Pillow + numpy (no torch on a replica) and reproduces the eval
-transform of `modelfab.recipes.vision.data.build_transform` exactly: torchvision applies
-Pillow's own bilinear resize to a PIL image, so the only differences are float rounding
-(~1e-6).
+A kind is any class that implements `serving.protocol.ServedModel`; the task a version's
+labels.json names (`ModelFiles.task`) says which, through its `TaskSpec.served_model`
+import string. The built-in kinds are the classifier (`serving.classifier.LoadedModel`)
+and the anomaly detector (`serving.anomaly.AnomalyModel`); the cache and the replica app
+know only the protocol. The names re-exported here keep older imports working.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
-from PIL import Image
-
-from modelfab.errors import InvalidRequest, ModelfabError
-from modelfab.serving.anomaly import ANOMALY_DETECTION, AnomalyModel
+from modelfab.artifacts import verified_file
+from modelfab.errors import InvalidRequest
+from modelfab.serving.anomaly import AnomalyModel
+from modelfab.serving.classifier import EVAL_RESIZE_RATIO, LoadedModel, softmax
+from modelfab.serving.onnx import CPU, CUDA, choose_providers, estimate_bytes
+from modelfab.serving.protocol import (
+    DEFAULT_MAX_BATCH_SIZE,
+    LABELS_NAME,
+    MEMORY_FACTOR,
+    ONNX_NAME,
+    LoadOptions,
+    ModelFiles,
+    ServedModel,
+    invalid,
+)
+from modelfab.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
-EVAL_RESIZE_RATIO = 1.14
-"""As in `recipes.vision.data`: the resize when labels.json has no "resize" (older models)."""
-
-MEMORY_FACTOR = 2.0
-"""A loaded model's memory is estimated as its .onnx file size times this: ONNX Runtime
-holds the weights (some pre-packed a second time for faster kernels) plus activation
-buffers, which for small CNNs at batch <= 32 add up to roughly one more copy."""
-
-DEFAULT_MAX_BATCH_SIZE = 32
-"""The largest batch a replica runs through one model unless told otherwise."""
-
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-
-IMAGE_CLASSIFICATION = "image-classification"
-"""labels["task"] of a classifier (older classifiers' labels have no "task")."""
-
-
-@dataclass
-class ModelFiles:
-    """A model version's files on this machine, as a loader hands them over."""
-
-    version_id: str
-    onnx_path: Path
-    labels: dict[str, Any]
-    """labels.json: for a classifier classes, image_size, mean, std, input, output, resize,
-    interpolation; for a detector task "anomaly-detection" and what `serving.anomaly`
-    reads."""
+__all__ = [
+    "CPU",
+    "CUDA",
+    "DEFAULT_MAX_BATCH_SIZE",
+    "EVAL_RESIZE_RATIO",
+    "MEMORY_FACTOR",
+    "AnomalyModel",
+    "LoadOptions",
+    "LoadedModel",
+    "ModelCache",
+    "ModelFiles",
+    "ServedModel",
+    "choose_providers",
+    "estimate_bytes",
+    "fetch_files",
+    "kind_for",
+    "load_model",
+    "softmax",
+]
 
 
-def model_task(labels: Mapping[str, Any]) -> str:
-    """The task a model's labels.json declares (image classification when it says none)."""
-    return str(labels.get("task") or IMAGE_CLASSIFICATION)
+def fetch_files(version_id: str, refs: Mapping[str, Any]) -> ModelFiles:
+    """The version's files from the control plane's answer (`WorkerAPI.model_files`):
+    each artifact of refs["artifacts"] (or the older {onnx, labels}) sha256-checked on the
+    way, labels.json parsed, and the version's task kept in `labels["task"]` when it says
+    none. Blocks (reads, maybe downloads). Raises ModelfabError for a corrupt artifact."""
+    named: dict[str, Any] = dict(refs.get("artifacts") or {})
+    for key, name in (("onnx", ONNX_NAME), ("labels", LABELS_NAME)):
+        if key in refs:
+            named.setdefault(name, refs[key])
+    paths = {name: verified_file(ref) for name, ref in named.items()}
+    labels_path = paths.get(LABELS_NAME)
+    labels: dict[str, Any] = json.loads(labels_path.read_text()) if labels_path else {}
+    if refs.get("task"):
+        labels.setdefault("task", refs["task"])
+    return ModelFiles(version_id=version_id, labels=labels, paths=paths)
+
+
+def kind_for(files: ModelFiles) -> type[ServedModel]:
+    """The served-model class of the task `files` declares. Raises ModelfabError
+    "model_invalid" for an unknown task or one without a served-model kind."""
+    try:
+        spec = get_task(files.task)
+    except InvalidRequest as exc:
+        raise invalid(files, f"its task {files.task!r} is not one a replica serves") from exc
+    if spec.served_model is None:
+        raise invalid(files, f"its task {files.task!r} is not one a replica serves")
+    module, _, name = spec.served_model.partition(":")
+    kind: type[ServedModel] = getattr(importlib.import_module(module), name)
+    return kind
+
+
+def load_kind(files: ModelFiles, options: LoadOptions) -> ServedModel:
+    """`kind_for(files).load(files, options)`. Blocks. Raises ModelfabError
+    "model_invalid" when the task, its kind or the files are unusable."""
+    return kind_for(files).load(files, options)
 
 
 def load_model(
@@ -76,195 +106,9 @@ def load_model(
     allow_spinning: bool = False,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
 ) -> ServedModel:
-    """The model of `files`, of the kind labels["task"] names; the options are those of
-    `LoadedModel`. Blocks (reads and optimises the graph). Raises ModelfabError code
-    "model_invalid" for an unknown task, unusable labels or an unloadable .onnx file."""
-    task = model_task(files.labels)
-    if task == IMAGE_CLASSIFICATION:
-        return LoadedModel(
-            files,
-            use_cuda=use_cuda,
-            intra_op_threads=intra_op_threads,
-            allow_spinning=allow_spinning,
-            max_batch_size=max_batch_size,
-        )
-    if task != ANOMALY_DETECTION:
-        raise _invalid(files, f"its task {task!r} is not one a replica serves")
-    return AnomalyModel(
-        files.version_id,
-        files.labels,
-        _session(files, use_cuda, intra_op_threads, allow_spinning),
-        size_bytes=estimate_bytes(files.onnx_path),
-        max_batch_size=max_batch_size,
-    )
-
-
-def choose_providers(use_cuda: bool) -> list[str]:
-    """CUDA then CPU when `use_cuda` and ONNX Runtime has CUDA; otherwise CPU only."""
-    if use_cuda and CUDA in ort.get_available_providers():
-        return [CUDA, CPU]
-    return [CPU]
-
-
-def estimate_bytes(onnx_path: Path) -> int:
-    """The memory a loaded model is assumed to take (see MEMORY_FACTOR)."""
-    return int(onnx_path.stat().st_size * MEMORY_FACTOR)
-
-
-class LoadedModel:
-    """An image classifier ready to run: `prepare` (or `preprocess`) one image, `infer`
-    prepared images (or `predict` a batch), `result` for one image's answer.
-
-    `infer` and `predict` are safe to call from several threads (ONNX Runtime sessions
-    are), though the replica runs one batch at a time per model.
-    """
-
-    task = IMAGE_CLASSIFICATION
-
-    def __init__(
-        self,
-        files: ModelFiles,
-        *,
-        use_cuda: bool = False,
-        intra_op_threads: int | None = None,
-        allow_spinning: bool = False,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    ) -> None:
-        """Create the session (blocks: reads and optimises the graph). Raises ModelfabError
-        code "model_invalid" when the labels or the .onnx file are unusable.
-
-        `allow_spinning` lets ONNX Runtime's worker threads busy-wait between runs (its
-        default); off here because a replica decodes and preprocesses images on the same
-        cores, and spinning workers take those cycles (measured: up to 2x slower on a
-        loaded 2-core machine)."""
-        self.version_id = files.version_id
-        self.labels = files.labels
-        self.max_batch_size = max_batch_size
-        """Hint: the largest batch worth running through this model at once."""
-        self.size_bytes = estimate_bytes(files.onnx_path)
-        try:
-            self.classes: list[str] = [str(c) for c in files.labels["classes"]]
-            self.image_size = int(files.labels["image_size"])
-            self.resize = int(files.labels.get("resize", self.image_size * EVAL_RESIZE_RATIO))
-            mean = np.asarray(files.labels["mean"], dtype=np.float32).reshape(3)
-            std = np.asarray(files.labels["std"], dtype=np.float32).reshape(3)
-            self.input_name = str(files.labels.get("input", "images"))
-            self.output_name = str(files.labels.get("output", "logits"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _invalid(files, f"its labels.json is incomplete ({exc!r})") from exc
-        if self.resize < self.image_size:  # training would have padded; never exported so
-            raise _invalid(files, f"resize {self.resize} < image_size {self.image_size}")
-        # (x / 255 - mean) / std folded into one multiply-add per pixel.
-        self._scale = (1.0 / (255.0 * std)).astype(np.float32)
-        self._shift = (-mean / std).astype(np.float32)
-        self.session = _session(files, use_cuda, intra_op_threads, allow_spinning)
-        self.providers: list[str] = list(self.session.get_providers())
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """RGB PIL image -> float32 (3, image_size, image_size): resize the short side to
-        `resize` (Pillow bilinear, antialiased), centre-crop, scale to [0, 1], normalise."""
-        image = image.convert("RGB") if image.mode != "RGB" else image
-        w, h = image.size
-        # torchvision's rule: the short side becomes `resize`, the long side is truncated.
-        if w <= h:
-            size = (self.resize, int(self.resize * h / w))
-        else:
-            size = (int(self.resize * w / h), self.resize)
-        if size != (w, h):
-            image = image.resize(size, Image.Resampling.BILINEAR)
-        c = self.image_size
-        left = round((size[0] - c) / 2.0)
-        top = round((size[1] - c) / 2.0)
-        image = image.crop((left, top, left + c, top + c))
-        # HWC uint8 -> contiguous CHW float32, then in-place per-channel ops over long
-        # contiguous rows: ~2x faster than broadcasting over the 3-wide last axis.
-        chw = np.ascontiguousarray(np.asarray(image).astype(np.float32).transpose(2, 0, 1))
-        chw *= self._scale[:, None, None]
-        chw += self._shift[:, None, None]
-        return chw
-
-    def prepare(self, image: Image.Image) -> np.ndarray:
-        """`preprocess` as the one unit of the image: float32 (1, 3, S, S)."""
-        return self.preprocess(image)[None]
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (N, 3, H, W) -> softmax probabilities (N, classes), float32. Blocks."""
-        logits = self.session.run([self.output_name], {self.input_name: batch})[0]
-        return softmax(np.asarray(logits, dtype=np.float32))
-
-    def infer(self, items: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Probabilities (classes,) per prepared image (1, 3, S, S), `predict`ed at most
-        `max_batch_size` at a time. Blocks. Raises ValueError for an item of several units."""
-        if any(len(item) != 1 for item in items):
-            raise ValueError("a classifier's items are single images (1, 3, S, S)")
-        batch = np.concatenate(items)
-        step = self.max_batch_size
-        probs = [self.predict(batch[i : i + step]) for i in range(0, len(batch), step)]
-        return list(np.concatenate(probs))
-
-    def check_options(self, options: Mapping[str, str]) -> None:
-        """Raises InvalidRequest (param "top_k") unless top_k is absent or in [1, classes]."""
-        self._top_k(options)
-
-    def result(self, raw: np.ndarray, options: Mapping[str, str]) -> dict[str, Any]:
-        """The best label and score, and the `top_k` option's best classes (default 1)
-        with their scores. Raises InvalidRequest (param "top_k") for a bad top_k."""
-        best = np.argsort(-raw, kind="stable")[: self._top_k(options)]
-        ranked = [{"label": self.classes[j], "score": float(raw[j])} for j in best]
-        return {**ranked[0], "top_k": ranked}
-
-    def _top_k(self, options: Mapping[str, str]) -> int:
-        raw = options.get("top_k")
-        if raw is None:
-            return 1
-        if not raw.strip().isdigit() or int(raw) < 1:
-            raise InvalidRequest("top_k must be a positive integer", param="top_k")
-        if int(raw) > len(self.classes):
-            raise InvalidRequest(
-                f"top_k must be at most {len(self.classes)}, the number of classes",
-                param="top_k",
-            )
-        return int(raw)
-
-    def warm(self) -> None:
-        """Run one dummy image through the model, so the first request does not pay for
-        lazy initialisation (CUDA kernels, memory arenas)."""
-        self.predict(np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32))
-
-
-ServedModel = LoadedModel | AnomalyModel
-"""A model as a replica serves it; `task` tells which."""
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable for large logits."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    out: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
-    return out
-
-
-def _session(
-    files: ModelFiles, use_cuda: bool, intra_op_threads: int | None, allow_spinning: bool
-) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", str(int(allow_spinning)))
-    if intra_op_threads is not None:
-        options.intra_op_num_threads = intra_op_threads
-    try:
-        return ort.InferenceSession(
-            str(files.onnx_path), sess_options=options, providers=choose_providers(use_cuda)
-        )
-    except Exception as exc:  # ORT raises its own untyped errors for bad graphs
-        raise _invalid(files, f"ONNX Runtime cannot load it ({exc})") from exc
-
-
-def _invalid(files: ModelFiles, why: str) -> ModelfabError:
-    return ModelfabError(
-        f"model version {files.version_id} cannot be served: {why}; re-export or retrain it",
-        code="model_invalid",
-        param="version_id",
-    )
+    """The model of `files`, of the kind its task names (see `load_kind`)."""
+    options = LoadOptions(use_cuda, intra_op_threads, allow_spinning, max_batch_size)
+    return load_kind(files, options)
 
 
 @dataclass
@@ -277,8 +121,9 @@ class _Slot:
 
 
 class ModelCache:
-    """Loads models on first use and keeps them, least recently used first out, within
-    `budget_bytes` (estimated with `estimate_bytes`).
+    """Loads models (any `ServedModel` kind) on first use and keeps them, least recently
+    used first out, within `budget_bytes` (estimated with `ModelFiles.estimate_bytes`
+    before a load, the model's `size_bytes` after).
 
     Evictions happen when a model loads (to make room before its session is created, and
     again once it is in). The budget is a soft cap: models in use (leased) are never
@@ -302,12 +147,7 @@ class ModelCache:
         options are passed to `load_model` for every model."""
         self._loader = loader
         self.budget_bytes = budget_bytes
-        self._model_options: dict[str, Any] = {
-            "use_cuda": use_cuda,
-            "intra_op_threads": intra_op_threads,
-            "allow_spinning": allow_spinning,
-            "max_batch_size": max_batch_size,
-        }
+        self._options = LoadOptions(use_cuda, intra_op_threads, allow_spinning, max_batch_size)
         self._lock = threading.Lock()
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
 
@@ -369,8 +209,8 @@ class ModelCache:
         try:
             files = self._loader(version_id)
             with self._lock:  # make room first: the new session must fit, not just the old
-                self._evict(keep=slot, incoming=estimate_bytes(files.onnx_path))
-            model = load_model(files, **self._model_options)
+                self._evict(keep=slot, incoming=files.estimate_bytes())
+            model = load_kind(files, self._options)
         except BaseException as exc:
             with self._lock:
                 slot.users -= 1

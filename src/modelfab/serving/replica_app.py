@@ -2,11 +2,12 @@
 runs it with uvicorn in a background thread.
 
 A predict request flows: read the body (size-limited) -> split it into files -> get the
-model (loading it in a thread on first use) -> decode and `prepare` every image in the
-thread pool -> the model's `DynamicBatcher`, which runs `infer` on batches in its own thread
--> `result` per image (a classifier's top-k; a detector's score, verdict and heatmap, made
-in the pool). The event loop only parses and routes, so decoding, preprocessing and
-inference of different requests overlap.
+model (loading it in a thread on first use) -> decode (images, unless the kind
+`DecodesInput`) and `prepare` every item in the thread pool -> the model's
+`DynamicBatcher`, which runs `infer` on batches in its own thread -> `result` per item
+(inline, or in the pool for `SlowResults` kinds). The event loop only parses and routes,
+so decoding, preprocessing and inference of different requests overlap. The app knows
+models only through `serving.protocol`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,7 +33,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelfab.errors import InvalidRequest, ModelfabError
-from modelfab.serving.anomaly import AnomalyModel
 from modelfab.serving.batching import DynamicBatcher
 from modelfab.serving.inputs import (
     NamedBytes,
@@ -42,7 +41,15 @@ from modelfab.serving.inputs import (
     parse_images,
     read_body,
 )
-from modelfab.serving.models import ModelCache, ServedModel
+from modelfab.serving.models import ModelCache
+from modelfab.serving.protocol import (
+    ChecksOptions,
+    DecodesInput,
+    HasAnswerFields,
+    ServedModel,
+    SlowResults,
+    Warmable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +93,7 @@ class Replica:
         self.pool = ThreadPoolExecutor(
             max_workers=workers or os.cpu_count() or 2, thread_name_prefix="preprocess"
         )
-        self._batchers: dict[str, DynamicBatcher[np.ndarray, Any]] = {}
+        self._batchers: dict[str, DynamicBatcher[Any, Any]] = {}
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in the preprocessing pool."""
@@ -106,9 +113,9 @@ class Replica:
         model = self.cache.peek(version_id)  # the common case: no thread hop
         return model if model is not None else await self.in_thread(self.cache.get, version_id)
 
-    async def prepare(self, model: ServedModel, files: Sequence[NamedBytes]) -> list[np.ndarray]:
-        """Decode and prepare every file in the pool, in parallel: one (U, 3, S, S) array
-        each. Raises the first file's error (in request order) when any fails."""
+    async def prepare(self, model: ServedModel, files: Sequence[NamedBytes]) -> list[Any]:
+        """Decode and prepare every file in the pool, in parallel: what `model.prepare`
+        returns for each. Raises the first file's error (in request order) when any fails."""
         self.preparing += len(files)
         try:
             results = await asyncio.gather(
@@ -120,20 +127,20 @@ class Replica:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return results  # type: ignore[return-value]  # no exceptions left
+        return results  # no exceptions left
 
     async def results(
         self, model: ServedModel, raws: Sequence[Any], options: dict[str, str]
     ) -> list[dict[str, Any]]:
-        """`model.result` of every image: a detector's (maps stitched and smoothed, PNGs
-        encoded) in the pool, in parallel; a classifier's inline, as they are cheap."""
-        if not isinstance(model, AnomalyModel):
+        """`model.result` of every item: in the pool, in parallel, for `SlowResults` kinds
+        (a detector stitches maps and encodes PNGs); inline otherwise, as they are cheap."""
+        if not (isinstance(model, SlowResults) and model.slow_results):
             return [model.result(raw, options) for raw in raws]
         return list(
             await asyncio.gather(*(self.in_thread(model.result, raw, options) for raw in raws))
         )
 
-    def batcher(self, version_id: str) -> DynamicBatcher[np.ndarray, Any]:
+    def batcher(self, version_id: str) -> DynamicBatcher[Any, Any]:
         """The model's batcher, started on first use."""
         batcher = self._batchers.get(version_id)
         if batcher is None:
@@ -149,8 +156,8 @@ class Replica:
             self._batchers[version_id] = batcher
         return batcher
 
-    def _run_batch(self, version_id: str, items: list[np.ndarray]) -> list[Any]:
-        """The model's raw output per prepared image (`infer`); the model stays leased (not
+    def _run_batch(self, version_id: str, items: list[Any]) -> list[Any]:
+        """The model's raw output per prepared item (`infer`); the model stays leased (not
         evictable) while it runs. Blocks."""
         with self.cache.lease(version_id) as model:
             return model.infer(items)
@@ -161,8 +168,12 @@ class Replica:
         self.pool.shutdown(wait=False)
 
 
-def _prepare(model: ServedModel, name: str, data: bytes) -> np.ndarray:
-    return model.prepare(decode_image(name, data))
+def _prepare(model: ServedModel, name: str, data: bytes) -> Any:
+    """One file's bytes through the kind's decoding (images by default) and `prepare`."""
+    decoded = (
+        model.decode(name, data) if isinstance(model, DecodesInput) else decode_image(name, data)
+    )
+    return model.prepare(decoded)
 
 
 def create_replica_app(
@@ -238,11 +249,13 @@ async def _health(replica: Replica, _: Request) -> Response:
 
 
 async def _load(replica: Replica, request: Request) -> Response:
-    """Load and warm the model (one dummy inference) so its first request is fast."""
+    """Load and warm the model (one dummy inference, for `Warmable` kinds) so its first
+    request is fast."""
     version_id = request.path_params["version_id"]
     started = time.perf_counter()
     model = await replica.model(version_id)
-    await replica.in_thread(model.warm)
+    if isinstance(model, Warmable):
+        await replica.in_thread(model.warm)
     load_ms = (time.perf_counter() - started) * 1000
     return JSONResponse({"version_id": version_id, "loaded": True, "load_ms": round(load_ms, 3)})
 
@@ -262,7 +275,8 @@ async def _predict(replica: Replica, request: Request) -> Response:
         body = await read_body(request.stream(), max_body_bytes=limits.max_body_bytes)
         files = await replica.parse(request.headers.get("content-type"), body)
         model = await replica.model(version_id)
-        model.check_options(options)
+        if isinstance(model, ChecksOptions):
+            model.check_options(options)
         items = await replica.prepare(model, files)
         raws = await replica.batcher(version_id).submit(
             items,
@@ -281,14 +295,15 @@ def _answer(
     results: Sequence[dict[str, Any]],
     options: dict[str, str],
 ) -> Response:
-    """The list answer: the model's task (and a detector's threshold), one entry per image."""
+    """The list answer: the model's task (and its `HasAnswerFields`, e.g. a detector's
+    threshold), one entry per item."""
     body: dict[str, Any] = {
         "object": "list",
         "model_version": model.version_id,
         "task": model.task,
     }
-    if isinstance(model, AnomalyModel):
-        body["threshold"] = model.threshold_for(options)
+    if isinstance(model, HasAnswerFields):
+        body.update(model.answer_fields(options))
     body["data"] = [
         {"index": i, "name": name, **result}
         for i, ((name, _), result) in enumerate(zip(files, results, strict=True))

@@ -22,6 +22,7 @@ from modelfab.artifacts import verified_file
 from modelfab.compute.worker.api import TOKEN_ENV, URL_ENV, AttemptOver, WorkerAPI
 from modelfab.compute.worker.context import WorkerContext
 from modelfab.errors import ModelfabError
+from modelfab.plugins import load_env_plugins
 from modelfab.recipes.base import get_recipe
 
 logger = logging.getLogger("modelfab.worker")
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
+    load_env_plugins()  # the tasks and recipes plugins register, as in the control plane
     api = WorkerAPI(os.environ[URL_ENV], os.environ.pop(TOKEN_ENV), args.job_id)
     try:
         spec = api.spec()

@@ -31,8 +31,9 @@ from modelfab.recipes.anomaly.maps import gaussian_blur, upsample
 from modelfab.recipes.anomaly.patchcore import PatchCore
 from modelfab.recipes.vision.export import INPUT_NAME
 from modelfab.recipes.vision.export import export_onnx as export_graph
+from modelfab.tasks import ANOMALY_DETECTION
 
-TASK = "anomaly-detection"
+TASK = ANOMALY_DETECTION
 ONNX_NAME, LABELS_NAME = "model.onnx", "labels.json"
 OUTPUTS = ("scores", "maps")
 BANK_CHUNK = 4096

@@ -30,10 +30,11 @@ from modelfab.recipes.anomaly.patchcore import PatchCore, fit_mask
 from modelfab.recipes.anomaly_detection import Params
 from modelfab.recipes.base import RecipeContext
 from modelfab.reports.inspection import overlay
+from modelfab.tasks import ANOMALY_DETECTION
 
 logger = logging.getLogger(__name__)
 
-TASK = "anomaly-detection"
+TASK = ANOMALY_DETECTION
 PROGRESS_EVERY_S = 2.0
 CALIBRATION_TARGET = 20
 """Held-out good images "auto" aims for: fewer make the 0.99 quantile a guess."""

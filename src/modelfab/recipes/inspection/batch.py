@@ -124,7 +124,7 @@ def _load(
     onnx_path = verified_file(refs["onnx"])
     labels = json.loads(verified_file(refs["labels"]).read_text())
     files = ModelFiles(version_id=version_id, onnx_path=onnx_path, labels=labels)
-    model = load_model(
+    model: Any = load_model(  # a classifier or a detector: both warm
         files,
         use_cuda=use_cuda,
         intra_op_threads=None if use_cuda else threads,

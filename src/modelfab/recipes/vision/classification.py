@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from modelfab.data.validate import scan_dataset
 from modelfab.errors import InvalidRequest
 from modelfab.hub.catalog import get_entry
 from modelfab.hub.loading import HubEntryLike, create_model
@@ -37,10 +36,11 @@ from modelfab.recipes.vision.evaluate import (
 )
 from modelfab.recipes.vision.export import INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx
 from modelfab.recipes.vision.train import train_supervised
+from modelfab.tasks import IMAGE_CLASSIFICATION, get_task
 
 logger = logging.getLogger(__name__)
 
-TASK = "image-classification"
+TASK = IMAGE_CLASSIFICATION
 DEFAULT_BASE_MODEL = "efficientnet-lite0"
 CHECKPOINT_NAME = "checkpoint.pt"
 OUT_DIR = "out"
@@ -203,7 +203,7 @@ class _Data:
 def _prepare_data(root: Path, raw: dict[str, Any], reporter: Reporter) -> _Data:
     """Scan and split the dataset. Raises DatasetInvalid, or InvalidRequest when nothing
     can be held out for validation."""
-    scan = scan_dataset(root, TASK)
+    scan = get_task(TASK).scan(root)
     classes = sorted(scan.stats["classes"])
     relpaths = [f.relpath for f in scan.files]
     val_fraction = float(raw.get("val_fraction", 0.2))

@@ -10,10 +10,11 @@ from modelfab.errors import InvalidRequest, ModelfabError
 from modelfab.recipes.base import RecipeContext
 from modelfab.recipes.image_classification import Params
 from modelfab.recipes.vision.classification import TrainOutput, train_classifier
+from modelfab.tasks import IMAGE_CLASSIFICATION
 
 logger = logging.getLogger(__name__)
 
-TASK = "image-classification"
+TASK = IMAGE_CLASSIFICATION
 GATE_FIELDS = {"min_accuracy", "model_name"}
 
 

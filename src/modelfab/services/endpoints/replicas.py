@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.compute import lifecycle
 from modelfab.db.engine import transaction
-from modelfab.db.models import EndpointReplica, Model, ModelArtifact, ModelVersion
+from modelfab.db.models import EndpointReplica, Model, ModelVersion
 from modelfab.errors import InvalidRequest
 from modelfab.ids import now
 from modelfab.services import registry
@@ -47,12 +46,7 @@ class ReplicaCalls:
         return {"version_id": version_id, **files}
 
 
-def artifact_refs(session: Session, version_id: str) -> dict[str, dict[str, str]]:
-    rows = session.scalars(
-        select(ModelArtifact).where(
-            ModelArtifact.model_version_id == version_id,
-            ModelArtifact.name.in_([registry.ONNX_NAME, registry.LABELS_NAME]),
-        )
-    ).all()
-    by_name = {a.name: {"uri": a.uri, "sha256": a.sha256} for a in rows}
-    return {"onnx": by_name[registry.ONNX_NAME], "labels": by_name[registry.LABELS_NAME]}
+def artifact_refs(session: Session, version_id: str) -> dict[str, Any]:
+    """What a replica fetches to serve `version_id`: the artifacts its task's served-model
+    kind needs (`registry.serving_refs`)."""
+    return registry.serving_refs(session, version_id)

@@ -39,11 +39,11 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from modelfab.apps.inspection.samples import DEFECT_KINDS, draw_defect_with_mask, texture_surface
 from modelfab.client import Client
 from modelfab.recipes.anomaly.inputs import ImageFiles
 from modelfab.recipes.anomaly.job import patchcore_params
 from modelfab.recipes.anomaly.patchcore import PatchCore
-from modelfab.recipes.anomaly.synthetic import DEFECT_KINDS, draw_defect_with_mask, texture_surface
 from modelfab.recipes.anomaly_detection import Params
 
 console = Console()

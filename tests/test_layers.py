@@ -106,3 +106,16 @@ def test_forbidden_imports() -> None:
                 f"{module} imports {name}" for name in sorted(imported) if _package(name) in banned
             ]
     assert not offences, "\n".join(offences)
+
+
+def test_only_the_cli_imports_applications() -> None:
+    """Applications sit on top: the worker reaches one only through a recipe's entrypoint
+    string, and `cli` is their shell."""
+    offences = [
+        f"{module} imports {name}"
+        for module, imported in sorted(_module_imports().items())
+        if _package(module) not in ("apps", "cli")
+        for name in sorted(imported)
+        if _package(name) == "apps"
+    ]
+    assert not offences, "\n".join(offences)

@@ -1,18 +1,14 @@
-"""`modelfab inspect`: finding files, batching and error isolation in `score_images` with
-a fake predict function (fast, exact call records), the command's outputs through
-`main(argv)` with that fake behind the SDK, and the whole flow against a real platform
-serving a tiny ONNX anomaly detector and a tiny classifier on replica processes."""
+"""`modelfab inspect`: the command's outputs through `main(argv)` with a fake endpoint
+behind the SDK, and the whole flow against a real platform serving a tiny ONNX anomaly
+detector and a tiny classifier on replica processes. The scoring engine under it is tested
+in tests/apps/inspection/test_scoring.py."""
 
 from __future__ import annotations
 
-import base64
 import csv
-import io
 import json
 import random
 import re
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +16,20 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-import typer
 from onnx import TensorProto, helper
-from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelfab.apps.inspection.samples import draw_defect_with_mask, texture_surface
 from modelfab.cli import inspect as inspect_cli
-from modelfab.cli.inspect import find_images, score_images
 from modelfab.cli.main import EXIT_API_ERROR, EXIT_USAGE, main
 from modelfab.client import ApiError
 from modelfab.db.models import Tenant
-from modelfab.errors import ModelfabError
 from modelfab.recipes.anomaly.export import export_onnx
 from modelfab.recipes.anomaly.params import PatchCoreParams
 from modelfab.recipes.anomaly.patchcore import PatchCore
-from modelfab.recipes.anomaly.synthetic import draw_defect_with_mask, texture_surface
 from modelfab.server import Platform
+from tests.apps.inspection.factories import FakeEndpoint, parts, pixel, write_corrupt, write_image
 from tests.cli.conftest import RunCli
 from tests.cli.test_endpoints_cli import team_key
 from tests.e2e.test_serving import register_tiny
@@ -44,205 +37,7 @@ from tests.registry_factories import complete, insert_running_job, model_report
 
 pytestmark = pytest.mark.timeout(120)
 
-DARK, BRIGHT = 40, 255
 SIZE = 32  # the tiny detector's input size
-
-
-def write_image(path: Path, *, spot: bool = False, size: tuple[int, int] = (48, 40)) -> Path:
-    """A dark image; with `spot`, a bright square (the "defect") in its top-left quarter."""
-    pixels = np.full((size[1], size[0], 3), DARK, np.uint8)
-    if spot:
-        pixels[4:14, 6:16] = BRIGHT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-def pixel(path: Path, x: int, y: int) -> tuple[int, int, int]:
-    with Image.open(path) as img:
-        r, g, b = np.asarray(img.convert("RGB"))[y, x].tolist()
-    return r, g, b
-
-
-def write_corrupt(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n this is not the rest of a PNG")
-    return path
-
-
-def heatmap(grey: np.ndarray) -> dict[str, Any]:
-    buf = io.BytesIO()
-    Image.fromarray(grey).save(buf, format="PNG")
-    return {"format": "png", "encoding": "base64", "width": grey.shape[1],
-            "height": grey.shape[0], "scale": 1.0,
-            "data": base64.b64encode(buf.getvalue()).decode()}  # fmt: skip
-
-
-class FakeEndpoint:
-    """A predict function answering like an anomaly endpoint: score = brightest pixel / 255,
-    threshold 0.5, the heatmap the image's brightness. A file PIL cannot read makes the
-    whole call fail with 422 invalid_image naming it, as a replica does. Records calls and
-    the most calls in flight at once."""
-
-    def __init__(self, *, delay_s: float = 0.0, fail: ApiError | None = None) -> None:
-        self.delay_s, self.fail = delay_s, fail
-        self.calls: list[list[str]] = []
-        self.in_flight = self.peak = 0
-        self.lock = threading.Lock()
-
-    def __call__(self, paths: list[Path]) -> dict[str, Any]:
-        with self.lock:
-            self.calls.append([p.name for p in paths])
-            self.in_flight += 1
-            self.peak = max(self.peak, self.in_flight)
-        try:
-            time.sleep(self.delay_s)
-            if self.fail is not None and len(self.calls) > 1:
-                raise self.fail
-            data = [self.item(i, p) for i, p in enumerate(paths)]
-            return {"object": "list", "model_version": "mv_fake", "task": "anomaly-detection",
-                    "threshold": 0.5, "data": data[::-1]}  # fmt: skip  # order by "index"
-        finally:
-            with self.lock:
-                self.in_flight -= 1
-
-    def item(self, index: int, path: Path) -> dict[str, Any]:
-        try:
-            with Image.open(path) as img:
-                grey = np.asarray(img.convert("L").resize((16, 16)))
-        except Exception as exc:
-            raise ApiError(422, "invalid_image", f"{path.name} is not a readable image ({exc})",
-                           param=path.name) from exc  # fmt: skip
-        score = float(grey.max()) / 255
-        return {"index": index, "name": path.name, "score": score, "threshold": 0.5,
-                "is_anomaly": score >= 0.5, "label": "anomaly" if score >= 0.5 else "good",
-                "heatmap": heatmap(grey)}  # fmt: skip
-
-
-def parts(root: Path) -> list[Path]:
-    """Seven images in two folders, one corrupt, two with a spot."""
-    return [
-        write_image(root / "a" / "01.png"),
-        write_image(root / "a" / "02.png", spot=True),
-        write_image(root / "a" / "03.jpg"),
-        write_corrupt(root / "a" / "04.png"),
-        write_image(root / "b" / "05.png"),
-        write_image(root / "b" / "06.bmp", spot=True),
-        write_image(root / "b" / "07.png"),
-    ]
-
-
-# -- finding files ------------------------------------------------------------------------------
-def test_find_images_walks_folders_sorted_and_keeps_named_files(tmp_path: Path) -> None:
-    files = parts(tmp_path)
-    (tmp_path / "a" / "notes.txt").write_text("not an image")
-    (tmp_path / "b" / "deep").mkdir()
-    deep = write_image(tmp_path / "b" / "deep" / "08.PNG")
-    named = tmp_path / "a" / "notes.txt"
-    found = find_images([tmp_path / "b", named, tmp_path, files[4]])
-    assert found == [files[4], files[5], files[6], deep, named, *files[:4]]
-
-
-def test_find_images_names_missing_paths_and_empty_folders(tmp_path: Path) -> None:
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "x.txt").write_text("")
-    with pytest.raises(typer.BadParameter, match="no image files"):
-        find_images([tmp_path / "empty"])
-    with pytest.raises(typer.BadParameter, match=r"nope\.png does not exist"):
-        find_images([tmp_path / "nope.png"])
-
-
-# -- score_images -------------------------------------------------------------------------------
-def test_a_corrupt_file_is_retried_alone_and_becomes_an_error_row(tmp_path: Path) -> None:
-    files = parts(tmp_path)
-    fake, done = FakeEndpoint(), list[int]()
-    result = score_images(fake, files, batch_size=3, concurrency=1, on_done=done.append)
-    assert [r.path for r in result.rows] == [str(p) for p in files]
-    assert [r.verdict for r in result.rows] == ["good", "anomaly", "good", "error", "good",
-                                                "anomaly", "good"]  # fmt: skip
-    bad = result.rows[3]
-    assert bad.error and "04.png is not a readable image" in bad.error and bad.score is None
-    assert result.errors == [bad]
-    # The batch holding 04.png failed, was sent file by file; the others went once.
-    assert fake.calls == [["01.png", "02.png", "03.jpg"], ["04.png", "05.png", "06.bmp"],
-                          ["04.png"], ["05.png"], ["06.bmp"], ["07.png"]]  # fmt: skip
-    assert sum(done) == 7
-    assert result.model_version == "mv_fake" and result.threshold == 0.5
-    assert result.rows[1].score == 1.0 and result.rows[0].score == pytest.approx(DARK / 255)
-    assert (result.rows[0].width, result.rows[0].height) == (48, 40)
-
-
-def test_assets_hold_a_thumbnail_and_an_overlay_per_scored_image(tmp_path: Path) -> None:
-    files = parts(tmp_path / "in")
-    assets = tmp_path / "report_files"
-    assets.mkdir()
-    result = score_images(FakeEndpoint(), files, batch_size=2, concurrency=2, assets=assets)
-    for row in result.rows:
-        if row.error:
-            assert row.thumbnail is None and row.overlay is None
-            continue
-        assert row.thumbnail and row.overlay and row.overlay.startswith("report_files/")
-        assert (tmp_path / row.thumbnail).is_file() and (tmp_path / row.overlay).is_file()
-    spotted = result.rows[1]
-    assert spotted.overlay is not None
-    r, _, b = pixel(tmp_path / spotted.overlay, 10, 8)  # inside the spot: hot
-    assert r > b and r > 150
-    assert len(list(assets.iterdir())) == 2 * 6
-
-
-def test_calls_run_concurrently_up_to_the_limit(tmp_path: Path) -> None:
-    files = [write_image(tmp_path / f"{i:02d}.png") for i in range(16)]
-    fake = FakeEndpoint(delay_s=0.1)
-    result = score_images(fake, files, batch_size=2, concurrency=4)
-    assert len(fake.calls) == 8 and all(len(c) == 2 for c in fake.calls)
-    assert 2 <= fake.peak <= 4
-    assert [r.name for r in result.rows] == [f"{i:02d}.png" for i in range(16)]
-
-
-def test_other_api_errors_stop_the_run(tmp_path: Path) -> None:
-    files = [write_image(tmp_path / f"{i}.png") for i in range(12)]
-    fake = FakeEndpoint(fail=ApiError(503, "unavailable", "no ready replica"))
-    with pytest.raises(ApiError) as info:
-        score_images(fake, files, batch_size=1, concurrency=1)
-    assert info.value.status == 503
-    assert 2 <= len(fake.calls) <= 3  # the rest were cancelled (one may have started)
-
-
-def test_rate_limits_are_retried_and_bad_answers_named(tmp_path: Path) -> None:
-    files = [write_image(tmp_path / f"{i}.png") for i in range(2)]
-    refusals = [ApiError(429, "rate_limited", "slow down")]
-
-    def limited(paths: list[Path]) -> dict[str, Any]:
-        if refusals:
-            raise refusals.pop()
-        return FakeEndpoint()(paths)
-
-    assert [r.verdict for r in score_images(limited, files).rows] == ["good", "good"]
-
-    def short(paths: list[Path]) -> dict[str, Any]:
-        return {"object": "list", "data": []}
-
-    with pytest.raises(ModelfabError) as info:
-        score_images(short, files)
-    assert info.value.code == "bad_answer"
-
-
-def test_a_classifier_answer_gives_labels_and_thumbnails_without_overlays(tmp_path: Path) -> None:
-    files = [write_image(tmp_path / f"{i}.png") for i in range(3)]
-
-    def classify(paths: list[Path]) -> dict[str, Any]:
-        data: list[dict[str, Any]] = [
-            {"index": i, "name": p.name, "label": "cat" if i % 2 else "dog",
-             "score": 0.5 + i / 10, "top_k": []} for i, p in enumerate(paths)
-        ]  # fmt: skip
-        return {"object": "list", "model_version": "mv_cls", "data": data}
-
-    assets = tmp_path / "r_files"
-    assets.mkdir()
-    result = score_images(classify, files, batch_size=8, assets=assets)
-    assert [r.verdict for r in result.rows] == ["dog", "cat", "dog"]
-    assert all(r.is_anomaly is None and r.overlay is None and r.thumbnail for r in result.rows)
-    assert result.threshold is None and result.task is None
 
 
 # -- the command with the fake behind the SDK -------------------------------------------------

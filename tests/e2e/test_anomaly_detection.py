@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from modelfab.cli.main import main
-from modelfab.client import Client
-from modelfab.recipes.anomaly.job import EXAMPLE_SIDE
-from modelfab.recipes.anomaly.synthetic import (
+from modelfab.apps.inspection.samples import (
     make_inspection_set,
     texture_surface,
     write_anomaly_dataset,
 )
+from modelfab.cli.main import main
+from modelfab.client import Client
+from modelfab.recipes.anomaly.job import EXAMPLE_SIDE
 from modelfab.server import Platform
 from tests.e2e.helpers import wait_terminal
 

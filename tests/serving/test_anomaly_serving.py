@@ -30,13 +30,13 @@ from hypothesis import strategies as st
 from PIL import Image
 from starlette.testclient import TestClient
 
+from modelfab.apps.inspection.samples import draw_defect_with_mask, texture_surface
 from modelfab.client import Client
 from modelfab.errors import InvalidRequest, ModelfabError
 from modelfab.recipes.anomaly import maps as torch_maps
 from modelfab.recipes.anomaly.export import export_onnx
 from modelfab.recipes.anomaly.params import PatchCoreParams
 from modelfab.recipes.anomaly.patchcore import PatchCore
-from modelfab.recipes.anomaly.synthetic import draw_defect_with_mask, texture_surface
 from modelfab.serving.anomaly import (
     AnomalyModel,
     Units,

@@ -27,15 +27,15 @@ import numpy as np
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from modelfab.cli.output import console, table
-from modelfab.client import TERMINAL, Client, Unreachable
-from modelfab.compute.executors.local.process import find_workers, kill_tree
-from modelfab.data.samples import make_surface_dataset
-from modelfab.recipes.anomaly.synthetic import (
+from modelfab.apps.inspection.samples import (
     make_inspection_set,
+    make_surface_dataset,
     texture_surface,
     write_anomaly_dataset,
 )
+from modelfab.cli.output import console, table
+from modelfab.client import TERMINAL, Client, Unreachable
+from modelfab.compute.executors.local.process import find_workers, kill_tree
 
 MODEL = "surface-inspector"
 DETECTOR = "surface-detector"

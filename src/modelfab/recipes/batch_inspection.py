@@ -6,8 +6,9 @@ CSV, with heatmaps of anomalies, a summary and an HTML report of the top-scoring
         --param input=/archive --param output=/results [--gpus 1] --wait
 
 A run is resumable: rerun (or let the job retry) into the same output folder and finished
-images are skipped. This module is the light half the control plane imports; the work
-lives in `modelfab.recipes.inspection` (torch-free) and is imported by the worker only.
+images are skipped. This module is the light half the control plane imports; the work is
+the inspection application's (`modelfab.apps.inspection.batch`, torch-free), which only the
+worker imports, through the entrypoint string.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ RECIPE = RecipeSpec(
     description="Run a registered model over a folder of images; results to Parquet/CSV, "
     "heatmaps, summary and report; resumable.",
     params=Params,
-    entrypoint="modelfab.recipes.inspection.batch:run",
+    entrypoint="modelfab.apps.inspection.batch.job:run",
     needs_model=True,
     server_paths=("input", "output"),
 )

@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from modelfab.apps.inspection.samples import texture_surface
 from modelfab.errors import ModelfabError
 from modelfab.recipes.anomaly import export
 from modelfab.recipes.anomaly.params import PatchCoreParams
 from modelfab.recipes.anomaly.patchcore import PatchCore
-from modelfab.recipes.anomaly.synthetic import texture_surface
 
 TINY = PatchCoreParams(backbone="tiny-cnn", image_size=64, max_bank=300)
 

@@ -20,6 +20,13 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from modelfab.apps.inspection.samples import (
+    DEFECT_KINDS,
+    InspectionSet,
+    draw_defect_with_mask,
+    make_inspection_set,
+    texture_surface,
+)
 from modelfab.errors import InvalidRequest, ModelfabError
 from modelfab.recipes.anomaly.calibration import (
     best_f1_threshold,
@@ -31,13 +38,6 @@ from modelfab.recipes.anomaly.coreset import CoresetBuilder, greedy_coreset, nea
 from modelfab.recipes.anomaly.maps import stitch, tile_starts
 from modelfab.recipes.anomaly.params import PatchCoreParams
 from modelfab.recipes.anomaly.patchcore import PatchCore
-from modelfab.recipes.anomaly.synthetic import (
-    DEFECT_KINDS,
-    InspectionSet,
-    draw_defect_with_mask,
-    make_inspection_set,
-    texture_surface,
-)
 
 SIZE = 128
 needs_lite0 = pytest.mark.skipif(

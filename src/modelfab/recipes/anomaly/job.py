@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from modelfab.data.tasks import IMAGE_SUFFIXES
 from modelfab.data.validate import is_ignored
 from modelfab.errors import InvalidRequest, ModelfabError
+from modelfab.imaging import overlay
 from modelfab.recipes.anomaly import export
 from modelfab.recipes.anomaly.calibration import GOOD, Threshold, image_metrics, pixel_auroc
 from modelfab.recipes.anomaly.inputs import ImageFiles
@@ -29,7 +30,6 @@ from modelfab.recipes.anomaly.params import PatchCoreParams
 from modelfab.recipes.anomaly.patchcore import PatchCore, fit_mask
 from modelfab.recipes.anomaly_detection import Params
 from modelfab.recipes.base import RecipeContext
-from modelfab.reports.inspection import overlay
 from modelfab.tasks import ANOMALY_DETECTION
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from modelfab.recipes.inspection.decode import Decoded, decode
-from modelfab.recipes.inspection.journal import PartWriter, Row
+from modelfab.apps.inspection.batch.decode import Decoded, decode
+from modelfab.apps.inspection.batch.journal import PartWriter, Row
 from modelfab.serving.anomaly import ANOMALY_DETECTION
 
 HEATMAP_CHOICES = ("none", "anomalies", "all")

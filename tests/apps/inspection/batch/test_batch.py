@@ -15,14 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from modelfab.apps.inspection.batch.job import run
+from modelfab.apps.inspection.batch.journal import locked
+from modelfab.apps.inspection.batch.sources import open_source
 from modelfab.errors import Conflict, InvalidRequest
 from modelfab.recipes.base import get_recipe
 from modelfab.recipes.batch_inspection import Params
-from modelfab.recipes.inspection.batch import run
-from modelfab.recipes.inspection.journal import locked
-from modelfab.recipes.inspection.sources import open_source
 from modelfab.serving.models import load_model
-from tests.recipes.inspection.factories import (
+from tests.apps.inspection.batch.factories import (
     RecordingContext,
     image_folder,
     save,

@@ -1,4 +1,4 @@
-"""`python -m tests.recipes.inspection.runner CONFIG.json`: run batch-inspection in this
+"""`python -m tests.apps.inspection.batch.runner CONFIG.json`: run batch-inspection in this
 process, as a worker would, so a test can SIGKILL it mid-run.
 
 CONFIG: {"model_dir", "version_id", "params", "counter", "delay_s"}. Every ONNX run first
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelfab.apps.inspection.batch import job
 from modelfab.recipes.batch_inspection import Params
-from modelfab.recipes.inspection import batch
 from modelfab.serving.models import ModelFiles, load_model
-from tests.recipes.inspection.factories import RecordingContext
+from tests.apps.inspection.batch.factories import RecordingContext
 
 
 class CountingModel:
@@ -58,9 +58,9 @@ def main(config_path: str) -> None:
             load_model(files, **options), Path(config["counter"]), config["delay_s"]
         )
 
-    batch.load_model = slow_load  # type: ignore[assignment]  # the one seam a test needs here
+    job.load_model = slow_load  # type: ignore[assignment]  # the one seam a test needs here
     ctx = RecordingContext(model_dir.parent, {config["version_id"]: files})
-    result = batch.run(ctx, Params.model_validate(config["params"]))
+    result = job.run(ctx, Params.model_validate(config["params"]))
     print(json.dumps(result))
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from modelfab.recipes.inspection.journal import part_files
-from tests.recipes.inspection.factories import image_folder, wait_for, write_detector
+from modelfab.apps.inspection.batch.journal import part_files
+from tests.apps.inspection.batch.factories import image_folder, wait_for, write_detector
 
 pytestmark = pytest.mark.timeout(120)
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def start(tmp_path: Path, name: str, delay_s: float) -> subprocess.Popen[bytes]:
@@ -42,7 +42,7 @@ def start(tmp_path: Path, name: str, delay_s: float) -> subprocess.Popen[bytes]:
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(config))
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.recipes.inspection.runner", str(path)],
+        [sys.executable, "-m", "tests.apps.inspection.batch.runner", str(path)],
         cwd=REPO,
         stdout=subprocess.PIPE,
     )

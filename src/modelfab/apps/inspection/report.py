@@ -2,7 +2,8 @@
 one HTML report (inline CSS and SVG, images linked relatively from a folder beside it, no
 external resources, so it opens offline and stays small with thousands of rows) and a CSV.
 
-torch-free: PIL, numpy and the standard library only (replicas and batch jobs import it).
+torch-free: PIL, numpy and the standard library only (the CLI's inspection and batch
+inspection share it). The heatmap colouring itself is `modelfab.imaging.overlay`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from modelfab.errors import ModelfabError
-from modelfab.imaging import to_rgb
+from modelfab.imaging import overlay, to_rgb
 
 THUMB_SIDE = 256
 """Long side, in pixels, of the thumbnails of the originals."""
@@ -38,20 +39,6 @@ CSV_COLUMNS = (
     "path", "name", "verdict", "score", "threshold", "is_anomaly", "label",
     "width", "height", "overlay", "thumbnail", "error",
 )  # fmt: skip
-
-# A jet-like colour map: dark blue (cold) -> cyan -> yellow -> red (hot).
-_STOPS = (0.0, 0.11, 0.36, 0.62, 0.87, 1.0)
-_COLOURS = ((0, 0, 0.5), (0, 0, 1), (0, 1, 1), (1, 1, 0), (1, 0, 0), (0.8, 0, 0))
-
-
-def _jet_lut() -> np.ndarray:
-    x = np.linspace(0.0, 1.0, 256)
-    channels = [np.interp(x, _STOPS, [c[i] for c in _COLOURS]) for i in range(3)]
-    return (np.stack(channels, axis=1) * 255).astype(np.float32)
-
-
-JET_LUT = _jet_lut()
-"""(256, 3) float32 RGB in 0..255: row i is the colour of heat i/255."""
 
 
 @dataclass
@@ -113,28 +100,6 @@ def _bad_heatmap(why: str) -> ModelfabError:
         param="heatmap",
         code="invalid_heatmap",
     )
-
-
-def overlay(
-    image: Image.Image, heat: np.ndarray, *, alpha_min: float = 0.1, alpha_max: float = 0.65
-) -> Image.Image:
-    """`heat` (2-D, 0..1, any size: resized bilinearly to the image) coloured with `JET_LUT`
-    and blended onto `image` with an alpha growing from `alpha_min` (cold) to `alpha_max`
-    (hot), so good regions stay readable. Returns a new RGB image of `image`'s size.
-
-    Raises ValueError when `heat` is not 2-D. NaN counts as cold, values are clipped to 0..1.
-    """
-    rgb = to_rgb(image)
-    h = np.nan_to_num(np.asarray(heat, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    if h.ndim != 2:
-        raise ValueError(f"heat must be 2-D, not of shape {h.shape}")
-    if h.shape != (rgb.height, rgb.width):
-        h = np.asarray(Image.fromarray(h).resize(rgb.size, Image.Resampling.BILINEAR))
-    h = np.clip(h, 0.0, 1.0)
-    colour = JET_LUT[np.round(h * 255).astype(np.uint8)]
-    alpha = (alpha_min + (alpha_max - alpha_min) * h)[..., None]
-    out = np.asarray(rgb, dtype=np.float32) * (1.0 - alpha) + colour * alpha
-    return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
 
 
 def asset_base(index: int, name: str) -> str:

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from modelfab.recipes.inspection.decode import read_image
-from modelfab.recipes.inspection.journal import ResultStats, Row, write_json
-from modelfab.reports.inspection import InspectionRow, asset_base, save_images, write_report
+from modelfab.apps.inspection.batch.decode import read_image
+from modelfab.apps.inspection.batch.journal import ResultStats, Row, write_json
+from modelfab.apps.inspection.report import InspectionRow, asset_base, save_images, write_report
 from modelfab.serving.anomaly import ANOMALY_DETECTION
 
 REPORT_NAME = "report.html"

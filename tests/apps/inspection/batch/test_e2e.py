@@ -36,10 +36,10 @@ RunCli = Callable[..., tuple[int, str]]
 def detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model.onnx + labels.json of a real PatchCore (random-init tiny-cnn, 64 px) fitted on
     gravel crops and exported by the anomaly recipe's exporter."""
+    from modelfab.apps.inspection.samples import texture_surface
     from modelfab.recipes.anomaly.export import export_onnx  # torch: only when this runs
     from modelfab.recipes.anomaly.params import PatchCoreParams
     from modelfab.recipes.anomaly.patchcore import PatchCore
-    from modelfab.recipes.anomaly.synthetic import texture_surface
 
     rng = random.Random(1)
     train = [texture_surface(rng, 64, "gravel") for _ in range(8)]
@@ -97,7 +97,7 @@ def register_detector(
 
 def inspection_folder(root: Path, count: int) -> dict[str, bool]:
     """`count` gravel crops (every third with a drawn defect) in two sub-folders."""
-    from modelfab.recipes.anomaly.synthetic import draw_defect_with_mask, texture_surface
+    from modelfab.apps.inspection.samples import draw_defect_with_mask, texture_surface
 
     rng = random.Random(7)
     out = {}

@@ -16,20 +16,20 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from modelfab.artifacts import verified_file
-from modelfab.errors import InvalidRequest, ModelfabError
-from modelfab.recipes.base import RecipeContext
-from modelfab.recipes.batch_inspection import Params
-from modelfab.recipes.inspection.journal import (
+from modelfab.apps.inspection.batch.journal import (
     Finished,
     PartWriter,
     check_manifest,
     locked,
     merge_parts,
 )
-from modelfab.recipes.inspection.pipeline import Options, Progress, RowMaker, run_pipeline
-from modelfab.recipes.inspection.report import write_summary, write_top_report
-from modelfab.recipes.inspection.sources import InputSource, open_source
+from modelfab.apps.inspection.batch.pipeline import Options, Progress, RowMaker, run_pipeline
+from modelfab.apps.inspection.batch.sources import InputSource, open_source
+from modelfab.apps.inspection.batch.summary import write_summary, write_top_report
+from modelfab.artifacts import verified_file
+from modelfab.errors import InvalidRequest, ModelfabError
+from modelfab.recipes.base import RecipeContext
+from modelfab.recipes.batch_inspection import Params
 from modelfab.serving.models import ModelFiles, load_model
 
 

@@ -1,4 +1,4 @@
-"""`modelfab.reports.inspection`: heatmap decoding, overlays, thumbnails, the CSV and the
+"""`modelfab.apps.inspection.report`: heatmap decoding, overlays, thumbnails, the CSV and the
 HTML report, on real images written to disk."""
 
 from __future__ import annotations
@@ -14,19 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modelfab.errors import ModelfabError
-from modelfab.reports.inspection import (
+from modelfab.apps.inspection.report import (
     CSV_COLUMNS,
-    JET_LUT,
     InspectionRow,
     asset_base,
     decode_heatmap,
     histogram_svg,
-    overlay,
     save_images,
     write_csv,
     write_report,
 )
+from modelfab.errors import ModelfabError
 
 
 def heatmap_obj(grey: np.ndarray) -> dict[str, object]:
@@ -64,37 +62,6 @@ def test_decode_heatmap_refuses_what_is_not_a_png_heatmap(obj: object) -> None:
     with pytest.raises(ModelfabError) as info:
         decode_heatmap(obj)  # type: ignore[arg-type]
     assert info.value.code == "invalid_heatmap" and info.value.param == "heatmap"
-
-
-def test_overlay_keeps_the_size_and_colours_hot_pixels_red_and_leaves_cold_ones_readable() -> None:
-    image = grey_image((100, 60))
-    heat = np.zeros((8, 8), np.float32)
-    heat[:, 4:] = 1.0  # right half hot, resized to the image
-    out = np.asarray(overlay(image, heat)).astype(int)
-    assert out.shape == (60, 100, 3)
-    hot, cold = out[30, 95], out[30, 5]
-    assert hot[0] > cold[0] + 60  # redder
-    assert hot[0] - hot[2] > 60 and cold[2] > cold[0]  # red vs blue-ish
-    # Cold regions keep the image readable: only a light tint.
-    assert np.abs(out[:, :40] - 128).max() < 30
-    # Hot regions are strongly coloured.
-    assert np.abs(out[:, 70:] - 128).max() > 40
-
-
-def test_overlay_clips_and_ignores_nan_and_refuses_3d_heat() -> None:
-    image = grey_image((10, 10))
-    heat = np.full((10, 10), np.nan, np.float32)
-    heat[0, 0] = 7.0  # clipped to 1
-    out = np.asarray(overlay(image, heat)).astype(int)
-    assert out[0, 0, 0] > out[5, 5, 0]
-    with pytest.raises(ValueError):
-        overlay(image, np.zeros((2, 2, 2)))
-
-
-def test_the_colour_map_runs_from_blue_to_red() -> None:
-    assert JET_LUT.shape == (256, 3)
-    assert JET_LUT[0, 2] > JET_LUT[0, 0] and JET_LUT[255, 0] > JET_LUT[255, 2]
-    assert np.all(JET_LUT >= 0) and np.all(JET_LUT <= 255)
 
 
 def test_save_images_writes_a_small_thumbnail_and_an_overlay(tmp_path: Path) -> None:

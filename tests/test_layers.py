@@ -47,7 +47,8 @@ def _imports(path: Path) -> set[str]:
 
 def _package(module: str) -> str:
     """The top-level package (or module) of modelfab that `module` belongs to."""
-    return module.split(".")[1]
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
 
 
 def _module_imports() -> dict[str, set[str]]:

@@ -7,7 +7,6 @@ import logging
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -17,6 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelfab import httpd
 from modelfab.api.app import create_app
 from modelfab.api.context import AppContext
 from modelfab.artifacts import ArtifactStore
@@ -69,7 +69,8 @@ class Platform:
         """Migrate, register the node, re-adopt running work, build the app. Binds the port."""
         s = self.settings
         s.home.mkdir(parents=True, exist_ok=True)
-        self._sock = _bind(s.host, s.port)
+        self._sock = httpd.bind(s.host, s.port)
+        self._sock.set_inheritable(True)
         port = self._sock.getsockname()[1]
         self.settings = s = s.model_copy(update={"port": port})
         self.url = s.api_url
@@ -109,14 +110,8 @@ class Platform:
         started = self.setup()
         self._start_scheduler()
         self._server = self._make_server()
-        thread = threading.Thread(target=self._serve, name="api", daemon=True)
-        thread.start()
-        self._threads.append(thread)
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the API server did not start")
-            time.sleep(0.01)
+        assert self._sock is not None
+        self._threads.append(httpd.serve_in_thread(self._server, self._sock, name="api"))
         return started
 
     def serve_forever(self) -> None:
@@ -156,10 +151,7 @@ class Platform:
 
     def _make_server(self) -> uvicorn.Server:
         assert self.app is not None, "call setup() first"
-        config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, timeout_keep_alive=30
-        )
-        return uvicorn.Server(config)
+        return httpd.make_server(self.app)
 
     def _serve(self) -> None:
         assert self._server is not None and self._sock is not None
@@ -218,18 +210,3 @@ def build_context(
 
 def _exit_on_sigterm(*_: object) -> None:
     raise SystemExit(0)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(
-            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port"
-        ) from exc
-    sock.set_inheritable(True)
-    return sock

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -32,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from modelfab import httpd
 from modelfab.errors import InvalidRequest, ModelfabError
 from modelfab.serving.batching import DynamicBatcher
 from modelfab.serving.inputs import (
@@ -363,25 +363,12 @@ class ReplicaServer:
     def start(self, timeout_s: float = 30.0) -> str:
         """Bind (port 0 picks a free port), serve, and return the base URL once serving.
         Raises OSError when the address is taken, RuntimeError when serving fails."""
-        sock = _bind(self.host, self.port)
+        sock = httpd.bind(self.host, self.port)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            timeout_keep_alive=int(self.keep_alive_s),
+        self._server = httpd.make_server(self.app, keep_alive_s=self.keep_alive_s)
+        self._thread = httpd.serve_in_thread(
+            self._server, sock, name="replica-http", timeout_s=timeout_s
         )
-        server = self._server = uvicorn.Server(config)
-        thread = self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="replica-http", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                sock.close()
-                raise RuntimeError(f"the replica server did not start on {self.host}:{self.port}")
-            time.sleep(0.005)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{host}:{self.port}"
         return self.url
@@ -398,15 +385,3 @@ class ReplicaServer:
         if self._thread.is_alive():
             logger.warning("the replica server on %s did not stop within %.0f s", self.url, drain_s)
         self._server = self._thread = None
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock

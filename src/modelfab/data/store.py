@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelfab.artifacts import CHUNK_BYTES, hash_path
 from modelfab.data.validate import (
-    CHUNK_BYTES,
     DatasetKind,
     DatasetScan,
     FileEntry,
     content_address,
-    hash_file,
     scan_dataset,
 )
 from modelfab.errors import DatasetInvalid, ModelfabError, NotFound
@@ -187,7 +186,7 @@ class DatasetStore:
         path = self.path_for(sha256)
         rels = _stored_files(path, sha256)
         with ThreadPoolExecutor(_WORKERS, "modelfab-verify") as pool:
-            hashes = list(pool.map(lambda r: hash_file(path / r), rels))
+            hashes = list(pool.map(lambda r: hash_path(path / r), rels))
         entries = [
             FileEntry(r, digest, size) for r, (digest, size) in zip(rels, hashes, strict=True)
         ]

@@ -27,12 +27,12 @@ from typing import Any, Protocol, TypeVar
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from modelfab.artifacts import hash_path
 from modelfab.data.tasks import IMAGE_SUFFIXES
 from modelfab.errors import DatasetInvalid
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 2**20
 """Read size when hashing files."""
 
 _IGNORED_NAMES = frozenset({"thumbs.db", "__macosx"})
@@ -111,17 +111,6 @@ class ImageProbe:
 
 
 # --------------------------------------------------------------------------- hashing
-
-
-def hash_file(path: Path) -> tuple[str, int]:
-    """Return (hex sha256, size in bytes) of `path`, read in 1 MiB chunks. Raises OSError."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def content_address(entries: Iterable[FileEntry]) -> str:
@@ -284,7 +273,7 @@ def _probe(root: Path, rel: str) -> ImageProbe | str:
     """Hash and fully decode one file; return its probe, or the user-facing error message."""
     path = root / rel
     try:
-        digest, size = hash_file(path)
+        digest, size = hash_path(path)
     except OSError as exc:
         return f"{rel} could not be read ({exc.strerror or exc}); remove or replace it"
     try:
@@ -318,7 +307,7 @@ def hash_files(root: Path, rels: list[str]) -> dict[str, FileEntry]:
 
 def _hash_entry(root: Path, rel: str) -> FileEntry | str:
     try:
-        digest, size = hash_file(root / rel)
+        digest, size = hash_path(root / rel)
     except OSError as exc:
         return f"{rel} could not be read ({exc.strerror or exc}); remove or replace it"
     return FileEntry(relpath=rel, sha256=digest, size=size)

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab import metering
-from modelfab.api.schemas import WorkerEvents
+from modelfab.schemas.worker import WorkerEvents
 from modelfab.compute import lifecycle
 from modelfab.compute.executors.base import Executor, ExitInfo, LaunchSpec, LogChunk
 from modelfab.compute.pool import detect_node, register_node

@@ -294,7 +294,7 @@ def inspect(
         def predict(batch: list[Path]) -> dict[str, Any]:
             return c.predict(
                 endpoint, list(batch), top_k=1, threshold=threshold, heatmap=assets is not None
-            )
+            ).model_dump(mode="json")
 
         result = score_images(predict, files, batch_size=batch_size, concurrency=concurrency,
                               assets=assets, on_done=advance)  # fmt: skip

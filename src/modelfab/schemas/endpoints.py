@@ -105,13 +105,12 @@ class PredictionUsage(OpenModel):
 
 
 class Prediction(OpenModel):
-    """What a replica answers to predict, passed through by the gateway."""
+    """What a replica answers to predict, passed through by the gateway. An anomaly
+    detector's answer also carries `threshold`, the one its verdicts used (kept as an extra
+    field so that a classifier's answer reads back without it)."""
 
     object: Literal["list"] = "list"
     model_version: str = Field(description="Id of the model version that answered.")
     task: str
-    threshold: float | None = Field(
-        default=None, description="Anomaly detectors: the threshold the verdicts used."
-    )
     data: list[PredictionItem]
     usage: PredictionUsage

@@ -37,9 +37,7 @@ class JobCreate(WireModel):
     dataset: str | None = Field(default=None, description="NAME or NAME:VERSION.")
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(default=0, ge=limits.MIN_PRIORITY, le=limits.MAX_PRIORITY)
-    max_attempts: int = Field(
-        default=limits.DEFAULT_MAX_ATTEMPTS, ge=1, le=limits.MAX_ATTEMPTS
-    )
+    max_attempts: int = Field(default=limits.DEFAULT_MAX_ATTEMPTS, ge=1, le=limits.MAX_ATTEMPTS)
 
 
 class Job(OpenModel):

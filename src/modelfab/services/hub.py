@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
 from modelfab.errors import Forbidden, InvalidRequest, PayloadTooLarge
 from modelfab.hub.catalog import CATALOG, HubEntry, availability, get_entry, store_imported
 from modelfab.ids import now

@@ -26,7 +26,7 @@ def eventually(check: Callable[[], T | None], timeout_s: float = 30.0, what: str
 def wait_terminal(client: Client, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         job = client.get_job(job_id)
-        return job if job["status"] in TERMINAL else None
+        return job if job.status in TERMINAL else None
 
     return eventually(done, timeout_s, f"job {job_id} to end")
 
@@ -36,7 +36,7 @@ def wait_status(
 ) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         job = client.get_job(job_id)
-        return job if job["status"] == status else None
+        return job if job.status == status else None
 
     return eventually(reached, timeout_s, f"job {job_id} to be {status}")
 
@@ -44,6 +44,6 @@ def wait_status(
 def worker_started(client: Client, job_id: str) -> dict[str, Any] | None:
     """The worker's own 'Attempt N started' event, once it posted one."""
     for event in client.job_events(job_id):
-        if event["message"].startswith("Attempt") and " started " in event["message"]:
+        if event.message.startswith("Attempt") and " started " in event.message:
             return event
     return None

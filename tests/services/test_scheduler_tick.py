@@ -89,7 +89,7 @@ class World:
 
     def tenant(self, name: str, **quota: Any) -> Principal:
         t = create_tenant(self.factory, name=name, quota=Quota(**quota))
-        return Principal(tenant_id=t["id"], tenant_name=name, role="member", key_id="key_test")
+        return Principal(tenant_id=t.id, tenant_name=name, role="member", key_id="key_test")
 
     def submit(self, who: Principal, **request: Any) -> str:
         return str(self.jobs.create(who, JobRequest(recipe="sleep", **request))["id"])

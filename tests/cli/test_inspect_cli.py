@@ -36,6 +36,7 @@ from modelfab.recipes.anomaly.export import export_onnx
 from modelfab.recipes.anomaly.params import PatchCoreParams
 from modelfab.recipes.anomaly.patchcore import PatchCore
 from modelfab.recipes.anomaly.synthetic import draw_defect_with_mask, texture_surface
+from modelfab.schemas.endpoints import Prediction
 from modelfab.server import Platform
 from tests.cli.conftest import RunCli
 from tests.cli.test_endpoints_cli import team_key
@@ -256,11 +257,12 @@ class FakeClient:
     def __exit__(self, *_: object) -> None:
         pass
 
-    def predict(self, name: str, images: list[Path], **options: Any) -> dict[str, Any]:
+    def predict(self, name: str, images: list[Path], **options: Any) -> Prediction:
         self.seen.append({"name": name, **options})
         if name != "detector":
             raise ApiError(404, "not_found", f"no endpoint named {name!r}", param="name")
-        return self.endpoint(images)
+        answer = self.endpoint(images)  # as the SDK parses it
+        return Prediction.model_validate({**answer, "usage": {"items": len(images)}})
 
 
 @pytest.fixture

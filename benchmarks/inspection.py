@@ -112,7 +112,7 @@ def all_events(client: Client, job_id: str) -> list[Event]:
     """Every event of the job (the API pages them)."""
     events: list[Event] = []
     while page := client.job_events(job_id, after=events[-1]["id"] if events else 0):
-        events += page
+        events += [e.model_dump() for e in page]
     return events
 
 
@@ -158,9 +158,9 @@ def run_job(client: Client, recipe: str, cpus: float, **options: Any) -> JobRun:
     children = len(psutil.Process().children(recursive=True))
     watch = CpuWatch.start()
     job = client.create_job(recipe, cpus=cpus, max_attempts=1, **options)
-    done = client.wait_job(job["id"], timeout_s=JOB_TIMEOUT_S)
+    done = client.wait_job(job.id, timeout_s=JOB_TIMEOUT_S).model_dump()
     wait_reaped(children)
-    run = JobRun(done, all_events(client, job["id"]), watch.others())
+    run = JobRun(done, all_events(client, job.id), watch.others())
     if done["status"] != "succeeded":
         print_phases(f"{recipe} job {done['status']}", generic_marks(run))
         sys.exit(f"the {recipe} job {done['status']}: {done.get('error')}")
@@ -242,7 +242,7 @@ def to_detector(client: Client, train: Path, cpus: float) -> DetectorRun:
     client.create_dataset(DATASET, train, task=TASK)
     console.print(f"dataset uploaded in {time.perf_counter() - start:.1f} s (not counted)")
     run = run_job(client, TASK, cpus, dataset=DATASET, params={})
-    model = client.get_model(DATASET)
+    model = client.get_model(DATASET).model_dump()
     fit_info: dict[str, Any] = next(
         (e["data"] for e in run.current if starts("Memory bank:")(e)), {}
     )

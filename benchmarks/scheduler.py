@@ -143,7 +143,7 @@ def submit_jobs(client: Client, count: int, interval_s: float) -> list[Submitted
         job = client.create_job("sleep", params={"seconds": 0}, gpus=gpus, cpus=0.1)
         returned = time.monotonic()
         wall = wall0 + (returned - mono0)
-        submitted.append(Submitted(job["id"], job["created_at"], wall, returned - start))
+        submitted.append(Submitted(job.id, job.created_at, wall, returned - start))
     return submitted
 
 
@@ -151,7 +151,7 @@ def wait_all_ended(client: Client, ids: set[str], timeout_s: float) -> dict[str,
     """Poll until every job of `ids` is terminal; returns id -> status. Raises TimeoutError."""
     deadline = time.monotonic() + timeout_s
     while True:
-        jobs = {j["id"]: j["status"] for j in client.list_jobs(limit=1000) if j["id"] in ids}
+        jobs = {j.id: j.status for j in client.list_jobs(limit=1000) if j.id in ids}
         if len(jobs) == len(ids) and all(s in TERMINAL for s in jobs.values()):
             return jobs
         if time.monotonic() > deadline:
@@ -186,7 +186,8 @@ def collect(client: Client, submitted: list[Submitted], lat: Latencies) -> None:
     """Fill `lat` from each job's events."""
     for sub in submitted:
         lat.create_call.append(sub.call_s)
-        placed, running = first_attempt_times(client.job_events(sub.job_id))
+        events = [e.model_dump() for e in client.job_events(sub.job_id)]
+        placed, running = first_attempt_times(events)
         if placed is not None:
             lat.to_placed.append(placed - sub.returned_wall)
             lat.created_to_placed.append(placed - sub.created_at)
@@ -208,7 +209,7 @@ def run_platform_jobs(jobs: int, interval_s: float) -> Latencies:
             assert platform.node is not None
             admin_key = platform.settings.admin_key_path.read_text().strip()
             with Client(platform.url, admin_key) as admin:
-                key = admin.create_tenant("bench", weight=1.0)["api_key"]
+                key = admin.create_tenant("bench", weight=1.0).api_key
             with Client(platform.url, key) as client:
                 me0, kids0 = cpu_now()
                 submitted = submit_jobs(client, jobs, interval_s)

@@ -151,10 +151,10 @@ def train_model(client: Client, tmp: Path, cpus: float) -> ModelFiles:
     client.create_dataset("stripes", write_stripes(tmp / "stripes"), task=TASK)
     start = time.monotonic()
     job = client.create_job(TASK, dataset="stripes", params=JOB_PARAMS, cpus=cpus)
-    done = client.wait_job(job["id"], timeout_s=JOB_TIMEOUT_S)
+    done = client.wait_job(job.id, timeout_s=JOB_TIMEOUT_S).model_dump()
     if done["status"] != "succeeded":
         sys.exit(f"the training job {done['status']}: {done.get('error')}")
-    version = client.get_model(MODEL_NAME)
+    version = client.get_model(MODEL_NAME).model_dump()
     ref = f"{MODEL_NAME}:{version['version']}"
     folder = tmp / "model"
     folder.mkdir()
@@ -427,7 +427,7 @@ def modelfab_endpoint(
     )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while (endpoint := client.get_endpoint(ENDPOINT_NAME))["status"] != "ready":
+        while (endpoint := client.get_endpoint(ENDPOINT_NAME).model_dump())["status"] != "ready":
             if endpoint["status"] in ("failed", "error") or time.monotonic() > deadline:
                 sys.exit(f"endpoint {ENDPOINT_NAME} not ready: {endpoint}")
             time.sleep(0.5)
@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         with running_platform(tmp / "home", args.cpus) as platform:
             admin_key = platform.settings.admin_key_path.read_text().strip()
             with Client(platform.url, admin_key) as admin:
-                key = admin.create_tenant("bench")["api_key"]
+                key = admin.create_tenant("bench").api_key
             with Client(platform.url, key, timeout_s=120) as client:
                 results = measure_all(client, key, tmp, args)
     if args.json:

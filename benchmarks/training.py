@@ -372,7 +372,7 @@ def all_events(client: Client, job_id: str) -> list[dict[str, Any]]:
     """Every event of the job (the API pages them 500 at a time)."""
     events: list[dict[str, Any]] = []
     while page := client.job_events(job_id, after=events[-1]["id"] if events else 0):
-        events += page
+        events += [e.model_dump() for e in page]
     return events
 
 
@@ -405,17 +405,18 @@ def run_job(params: dict[str, Any], images_per_class: int, cpus: float) -> JobRu
         with running_platform(tmp / "home", cpus) as platform:
             admin_key = platform.settings.admin_key_path.read_text().strip()
             with Client(platform.url, admin_key) as admin:
-                key = admin.create_tenant("bench")["api_key"]
+                key = admin.create_tenant("bench").api_key
             with Client(platform.url, key, timeout_s=120) as client:
                 start = time.perf_counter()
                 client.create_dataset("digits", folder, task=TASK)
                 upload_s = time.perf_counter() - start
                 job = client.create_job(TASK, dataset="digits", params=params, cpus=cpus)
                 start = time.perf_counter()
-                done = client.wait_job(job["id"], timeout_s=JOB_TIMEOUT_S)
+                done = client.wait_job(job.id, timeout_s=JOB_TIMEOUT_S).model_dump()
                 wait_s = time.perf_counter() - start
-                events = all_events(client, job["id"])
-                model = client.get_model("digits") if done["status"] == "succeeded" else None
+                events = all_events(client, job.id)
+                ok = done["status"] == "succeeded"
+                model = client.get_model("digits").model_dump() if ok else None
                 return JobRun(done, events, model, upload_s, wait_s)
 
 

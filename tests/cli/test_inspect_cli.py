@@ -28,6 +28,7 @@ from modelfab.db.models import Tenant
 from modelfab.recipes.anomaly.export import export_onnx
 from modelfab.recipes.anomaly.params import PatchCoreParams
 from modelfab.recipes.anomaly.patchcore import PatchCore
+from modelfab.schemas.endpoints import Prediction
 from modelfab.server import Platform
 from tests.apps.inspection.factories import FakeEndpoint, parts, pixel, write_corrupt, write_image
 from tests.cli.conftest import RunCli
@@ -51,11 +52,12 @@ class FakeClient:
     def __exit__(self, *_: object) -> None:
         pass
 
-    def predict(self, name: str, images: list[Path], **options: Any) -> dict[str, Any]:
+    def predict(self, name: str, images: list[Path], **options: Any) -> Prediction:
         self.seen.append({"name": name, **options})
         if name != "detector":
             raise ApiError(404, "not_found", f"no endpoint named {name!r}", param="name")
-        return self.endpoint(images)
+        answer = self.endpoint(images)  # as the SDK parses it
+        return Prediction.model_validate({**answer, "usage": {"items": len(images)}})
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ def test_hub_list_and_import(cli: Any, member_key: str, tmp_path: Path, platform
     admin = platform.settings.admin_key_path.read_text().strip()
     with Client(platform.url, admin) as c:
         entry = c.hub_import("resnet18", weights)
-    assert entry["available"] is True
+    assert entry.available is True
     code, out, _ = cli("hub", "list", "-o", "json")
     assert {m["id"]: m["available"] for m in json.loads(out)["data"]}["resnet18"] is True
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from modelfab.client import TERMINAL, Client
+from modelfab.schemas.jobs import Job, JobEvent
 
 T = TypeVar("T")
 
@@ -23,27 +24,25 @@ def eventually(check: Callable[[], T | None], timeout_s: float = 30.0, what: str
         time.sleep(0.05)
 
 
-def wait_terminal(client: Client, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
+def wait_terminal(client: Client, job_id: str, timeout_s: float = 60.0) -> Job:
+    def done() -> Job | None:
         job = client.get_job(job_id)
-        return job if job["status"] in TERMINAL else None
+        return job if job.status in TERMINAL else None
 
     return eventually(done, timeout_s, f"job {job_id} to end")
 
 
-def wait_status(
-    client: Client, job_id: str, status: str, timeout_s: float = 30.0
-) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
+def wait_status(client: Client, job_id: str, status: str, timeout_s: float = 30.0) -> Job:
+    def reached() -> Job | None:
         job = client.get_job(job_id)
-        return job if job["status"] == status else None
+        return job if job.status == status else None
 
     return eventually(reached, timeout_s, f"job {job_id} to be {status}")
 
 
-def worker_started(client: Client, job_id: str) -> dict[str, Any] | None:
+def worker_started(client: Client, job_id: str) -> JobEvent | None:
     """The worker's own 'Attempt N started' event, once it posted one."""
     for event in client.job_events(job_id):
-        if event["message"].startswith("Attempt") and " started " in event["message"]:
+        if event.message.startswith("Attempt") and " started " in event.message:
             return event
     return None

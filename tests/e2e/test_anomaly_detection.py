@@ -39,7 +39,7 @@ def brick_dataset(root: Path, *, good: int = 24, test_good: int = 6, defective: 
 @pytest.fixture
 def team_key(platform: Platform) -> str:
     admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
-    return str(admin.create_tenant("quality")["api_key"])
+    return str(admin.create_tenant("quality").api_key)
 
 
 @pytest.fixture
@@ -50,20 +50,20 @@ def team(platform: Platform, team_key: str) -> Client:
 def registered_detector(team: Client, tmp_path: Path) -> None:
     """Runs the recipe on `castings` and checks the job, the version and its artifacts."""
     job = team.create_job("anomaly-detection", dataset="castings", params=FAST, cpus=1)
-    done = wait_terminal(team, job["id"], timeout_s=300)
-    assert done["status"] == "succeeded", done["error"]
-    result = done["result"]
+    done = wait_terminal(team, job.id, timeout_s=300)
+    assert done.status == "succeeded", done.error
+    result = done.result
     assert result["image_auroc"] >= 0.9
     assert result["threshold_source"] == "best_f1"  # test/ has defects
     assert result["bank_size"] <= result["patches_seen"]
 
-    events = team.job_events(job["id"])
-    assert any(e["type"] == "progress" for e in events)
-    assert any(e["message"].startswith("ONNX parity") for e in events)
+    events = team.job_events(job.id)
+    assert any(e.type == "progress" for e in events)
+    assert any(e.message.startswith("ONNX parity") for e in events)
 
     version = team.get_model("castings")
-    assert version["task"] == "anomaly-detection"
-    formats = {a["name"]: a["format"] for a in version["artifacts"]}
+    assert version.task == "anomaly-detection"
+    formats = {a.name: a.format for a in version.artifacts}
     assert formats == {
         "model.onnx": "onnx",
         "labels.json": "json",
@@ -71,7 +71,7 @@ def registered_detector(team: Client, tmp_path: Path) -> None:
         "memory_bank.npy": "numpy",
         "examples.png": "png",
     }
-    metrics = version["metrics"]
+    metrics = version.metrics
     assert metrics["n_good"] == 6 and metrics["n_defective"] == 8
     assert set(metrics["recall_by_defect"]) and metrics["pixel_auroc"] is not None
     assert metrics["onnx_parity"]["max_score_diff"] <= metrics["onnx_parity"]["allowed"]
@@ -98,15 +98,15 @@ def test_good_images_only_give_a_good_quantile_threshold_and_no_auroc(
         "anomaly-detection", dataset="plain", params={**FAST, "min_image_auroc": 0.9}, cpus=1
     )
     plain = team.create_job("anomaly-detection", dataset="plain", params=FAST, cpus=1)
-    failed = wait_terminal(team, gated["id"], timeout_s=300)
-    assert failed["status"] == "failed" and failed["error"]["code"] == "acceptance_failed"
-    assert "defective test images" in failed["error"]["message"]
-    done = wait_terminal(team, plain["id"], timeout_s=300)
-    assert done["status"] == "succeeded", done["error"]
-    assert done["result"]["threshold_source"] == "good_quantile"
-    assert done["result"]["image_auroc"] is None
-    assert done["result"]["calibration_images"] == 6  # auto: 20 / 20 images, capped at 30%
-    assert team.get_model("plain")["version"] == 1  # only the ungated job registered
+    failed = wait_terminal(team, gated.id, timeout_s=300)
+    assert failed.status == "failed" and failed.error["code"] == "acceptance_failed"
+    assert "defective test images" in failed.error["message"]
+    done = wait_terminal(team, plain.id, timeout_s=300)
+    assert done.status == "succeeded", done.error
+    assert done.result["threshold_source"] == "good_quantile"
+    assert done.result["image_auroc"] is None
+    assert done.result["calibration_images"] == 6  # auto: 20 / 20 images, capped at 30%
+    assert team.get_model("plain").version == 1  # only the ungated job registered
 
 
 def test_the_issue_story_train_deploy_inspect(

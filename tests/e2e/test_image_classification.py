@@ -42,7 +42,7 @@ def stripes(root: Path, *, per_class: int = 24, signal_strength: bool = True) ->
 @pytest.fixture
 def team(platform: Platform) -> Client:
     admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
-    return Client(platform.url, admin.create_tenant("vision")["api_key"])
+    return Client(platform.url, admin.create_tenant("vision").api_key)
 
 
 def test_trains_evaluates_exports_and_registers(team: Client, tmp_path: Path) -> None:
@@ -50,22 +50,22 @@ def test_trains_evaluates_exports_and_registers(team: Client, tmp_path: Path) ->
     job = team.create_job(
         "image-classification", dataset="stripes", params={**TINY, "epochs": 6}, cpus=1
     )
-    done = wait_terminal(team, job["id"], timeout_s=300)
-    assert done["status"] == "succeeded", done["error"]
-    assert done["result"]["accuracy"] >= 0.8
-    events = team.job_events(job["id"])
-    metrics = [e["data"] for e in events if e["type"] == "metrics"]
+    done = wait_terminal(team, job.id, timeout_s=300)
+    assert done.status == "succeeded", done.error
+    assert done.result["accuracy"] >= 0.8
+    events = team.job_events(job.id)
+    metrics = [e.data for e in events if e.type == "metrics"]
     assert any("loss" in m or "train_loss" in m for m in metrics)
-    assert any(e["type"] == "checkpoint" for e in events)
+    assert any(e.type == "checkpoint" for e in events)
 
     version = team.get_model("stripes")
-    assert version["version"] == 1 and version["metrics"]["accuracy"] == done["result"]["accuracy"]
-    formats = {a["name"]: a["format"] for a in version["artifacts"]}
+    assert version.version == 1 and version.metrics["accuracy"] == done.result["accuracy"]
+    formats = {a.name: a.format for a in version.artifacts}
     assert formats == {"weights.pt": "pytorch", "model.onnx": "onnx", "labels.json": "json"}
-    assert all(len(a["sha256"]) == 64 for a in version["artifacts"])
+    assert all(len(a.sha256) == 64 for a in version.artifacts)
     lineage = team.model_lineage("stripes:1")
-    assert lineage["job"]["id"] == job["id"]
-    assert lineage["dataset"]["sha256"] == team.get_dataset("stripes")["sha256"]
+    assert lineage.job.id == job.id
+    assert lineage.dataset.sha256 == team.get_dataset("stripes").sha256
     onnx = team.download_artifact("stripes:1", "model.onnx", tmp_path / "out" / "model.onnx")
     assert onnx.stat().st_size > 0
 
@@ -76,10 +76,10 @@ def test_acceptance_gate_fails_the_job_and_registers_nothing(team: Client, tmp_p
     )
     params = {**TINY, "epochs": 1, "min_accuracy": 0.99}
     job = team.create_job("image-classification", dataset="noise", params=params, cpus=1)
-    done = wait_terminal(team, job["id"], timeout_s=300)
-    assert done["status"] == "failed" and done["attempt"] == 1  # not retried: the user's to fix
-    assert done["error"]["code"] == "acceptance_failed"
-    assert "min_accuracy" in done["error"]["message"]
+    done = wait_terminal(team, job.id, timeout_s=300)
+    assert done.status == "failed" and done.attempt == 1  # not retried: the user's to fix
+    assert done.error["code"] == "acceptance_failed"
+    assert "min_accuracy" in done.error["message"]
     with pytest.raises(ApiError) as err:
         team.get_model("noise")
     assert err.value.status == 404
@@ -93,20 +93,20 @@ def test_killed_training_resumes_from_its_checkpoint(team: Client, tmp_path: Pat
     job = team.create_job("image-classification", dataset="stripes", params=params, cpus=1)
 
     def first_checkpoint() -> int | None:
-        events = team.job_events(job["id"])
-        if any(e["type"] == "checkpoint" and e["attempt"] == 1 for e in events):
-            started = [e for e in events if " started " in e["message"] and e["attempt"] == 1]
-            return int(started[0]["data"]["pid"])
+        events = team.job_events(job.id)
+        if any(e.type == "checkpoint" and e.attempt == 1 for e in events):
+            started = [e for e in events if " started " in e.message and e.attempt == 1]
+            return int(started[0].data["pid"])
         return None
 
     pid = eventually(first_checkpoint, timeout_s=180, what="the first checkpoint")
     os.kill(pid, signal.SIGKILL)
-    done = wait_terminal(team, job["id"], timeout_s=300)
-    assert done["status"] == "succeeded", done["error"]
-    assert done["attempt"] == 2 and done["failures"] == 1
-    result = done["result"]
+    done = wait_terminal(team, job.id, timeout_s=300)
+    assert done.status == "succeeded", done.error
+    assert done.attempt == 2 and done.failures == 1
+    result = done.result
     assert result["resumed_from_epoch"] >= 1
     # The retry ran only what was left: fewer epochs than the job did in all.
     assert 0 < result["epochs_run"] < result["epochs_done"]
     assert result["steps_run"] > 0
-    assert any("Resumed from checkpoint" in e["message"] for e in team.job_events(job["id"]))
+    assert any("Resumed from checkpoint" in e.message for e in team.job_events(job.id))

@@ -89,32 +89,32 @@ def up(tmp_path: Path, db_url: str, factory: object) -> Iterator[UpProcess]:
 
 def _team(up: UpProcess) -> Client:
     admin = Client(up.url, (up.home / "admin.key").read_text().strip())
-    return Client(up.url, admin.create_tenant("team-restart")["api_key"])
+    return Client(up.url, admin.create_tenant("team-restart").api_key)
 
 
 def test_sigkill_mid_job_loses_nothing_and_runs_nothing_twice(up: UpProcess, db_url: str) -> None:
     up.start()
     team = _team(up)
     running = team.create_job("sleep", params={"seconds": 6}, cpus=2)
-    eventually(lambda: worker_started(team, running["id"]), what="the worker to start")
+    eventually(lambda: worker_started(team, running.id), what="the worker to start")
     # Hold the remaining CPU slots so the next job stays queued across the crash.
     blocker = team.create_job("sleep", params={"seconds": 8}, cpus=2)
-    wait_status(team, blocker["id"], "running")
+    wait_status(team, blocker.id, "running")
     queued = team.create_job("sleep", params={"seconds": 0}, cpus=2)
-    assert team.get_job(queued["id"])["status"] == "queued"
+    assert team.get_job(queued.id).status == "queued"
 
     up.kill9()
     workers = find_workers(up.node_id())
-    assert {job for job, _ in workers} == {running["id"], blocker["id"]}  # they outlive it
+    assert {job for job, _ in workers} == {running.id, blocker.id}  # they outlive it
     up.start()
 
-    done = wait_terminal(team, running["id"])
-    assert done["status"] == "succeeded" and done["attempt"] == 1  # re-adopted, not re-run
-    assert any("re-adopted" in e["message"] for e in team.job_events(running["id"]))
-    assert wait_terminal(team, queued["id"])["status"] == "succeeded"
-    assert team.get_job(queued["id"])["attempt"] == 1
-    wait_terminal(team, blocker["id"])
-    _assert_metered_once(db_url, [running["id"], blocker["id"], queued["id"]])
+    done = wait_terminal(team, running.id)
+    assert done.status == "succeeded" and done.attempt == 1  # re-adopted, not re-run
+    assert any("re-adopted" in e.message for e in team.job_events(running.id))
+    assert wait_terminal(team, queued.id).status == "succeeded"
+    assert team.get_job(queued.id).attempt == 1
+    wait_terminal(team, blocker.id)
+    _assert_metered_once(db_url, [running.id, blocker.id, queued.id])
 
 
 def test_worker_lost_while_server_down_is_requeued_without_counting_a_failure(
@@ -123,21 +123,21 @@ def test_worker_lost_while_server_down_is_requeued_without_counting_a_failure(
     up.start()
     team = _team(up)
     job = team.create_job("sleep", params={"seconds": 30}, cpus=1, max_attempts=1)
-    started = eventually(lambda: worker_started(team, job["id"]), what="the worker to start")
+    started = eventually(lambda: worker_started(team, job.id), what="the worker to start")
     up.kill9()
-    os.kill(started["data"]["pid"], signal.SIGKILL)
-    eventually(lambda: not _alive(started["data"]["pid"]), what="the worker to die")
+    os.kill(started.data["pid"], signal.SIGKILL)
+    eventually(lambda: not _alive(started.data["pid"]), what="the worker to die")
     up.start()
 
     def second_attempt() -> bool:
-        return team.get_job(job["id"])["attempt"] == 2
+        return team.get_job(job.id).attempt == 2
 
     eventually(second_attempt, what="the job to run again")
-    after = team.get_job(job["id"])
-    assert after["failures"] == 0 and after["status"] == "running"  # max_attempts=1 still runs
-    assert any("control-plane restart" in e["message"] for e in team.job_events(job["id"]))
-    team.cancel_job(job["id"])
-    assert wait_terminal(team, job["id"])["status"] == "cancelled"
+    after = team.get_job(job.id)
+    assert after.failures == 0 and after.status == "running"  # max_attempts=1 still runs
+    assert any("control-plane restart" in e.message for e in team.job_events(job.id))
+    team.cancel_job(job.id)
+    assert wait_terminal(team, job.id).status == "cancelled"
 
 
 def _alive(pid: int) -> bool:
@@ -167,7 +167,7 @@ def test_request_usage_is_neither_lost_nor_doubled_across_a_sigkill(
     monkeypatch.setenv("MODELFAB_USAGE_FLUSH_S", "60")
     up.start()
     admin = Client(up.url, (up.home / "admin.key").read_text().strip())
-    key = admin.create_tenant("vision")["api_key"]
+    key = admin.create_tenant("vision").api_key
     team = Client(up.url, key)
     register_tiny(up.url, factory, tmp_path, "parts", seed=1)
     team.create_endpoint("parts", model="parts", cpus=0.5)

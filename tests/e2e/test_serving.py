@@ -38,7 +38,7 @@ pytestmark = pytest.mark.timeout(180)
 def team(platform: Platform) -> Client:
     admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
     tenant = admin.create_tenant("vision", rate_limit_rps=1000)
-    return Client(platform.url, tenant["api_key"])
+    return Client(platform.url, tenant.api_key)
 
 
 def register_tiny(
@@ -94,9 +94,9 @@ def test_endpoint_serves_the_registered_model_and_meters_every_request(
 ) -> None:
     files = register_tiny(platform, factory, tmp_path, "parts", seed=1)
     created = team.create_endpoint("parts", model="parts:1", cpus=1, max_batch_size=4)
-    assert created["status"] == "starting"
+    assert created.status == "starting"
     ready = team.wait_endpoint("parts", timeout_s=60)
-    assert ready["ready_replicas"] == 1 and ready["model"]["version"] == 1
+    assert ready.ready_replicas == 1 and ready.model.version == 1
 
     images = [image_bytes(seed=s) for s in range(5)]
     resp = predict(platform, team_key(team), "parts", images)
@@ -113,10 +113,10 @@ def test_endpoint_serves_the_registered_model_and_meters_every_request(
         json=body,
     )
     assert resp.status_code == 200 and resp.json()["data"][0]["label"] == data[0]["label"]
-    assert team.predict("parts", [("a.png", images[1])])["data"][0]["label"] == data[1]["label"]
+    assert team.predict("parts", [("a.png", images[1])]).data[0].label == data[1]["label"]
 
     def metered() -> dict[str, float] | None:
-        usage = {u["meter"]: u["quantity"] for u in team.usage(by="meter")}
+        usage = {u.meter: u.quantity for u in team.usage(by="meter")}
         return usage if usage.get("requests") == 3 else None
 
     usage = eventually(metered, timeout_s=10, what="requests to be metered")
@@ -143,7 +143,7 @@ def test_bad_requests_get_4xx_naming_the_problem(
 
     # Another tenant's key cannot see the endpoint.
     admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
-    other = admin.create_tenant("other")["api_key"]
+    other = admin.create_tenant("other").api_key
     assert predict(platform, other, "parts", [image_bytes()]).status_code == 404
     with pytest.raises(ApiError) as err:
         Client(platform.url, other).get_endpoint("parts")
@@ -158,7 +158,7 @@ def test_a_killed_replica_is_replaced_and_requests_are_retried(
     endpoint = team.wait_endpoint("parts", timeout_s=60)
     key = team_key(team)
     images = [image_bytes(seed=7)]
-    victim = endpoint["replica_jobs"][0]["job_id"]
+    victim = endpoint.replica_jobs[0].job_id
     pid = _pid_of(team, victim)
 
     results: list[int] = []
@@ -181,7 +181,7 @@ def test_a_killed_replica_is_replaced_and_requests_are_retried(
     assert len(results) > 20 and len(failed) <= 2, (len(results), failed)
     # The killed replica's job is retried and the endpoint gets back to two ready replicas.
     eventually(
-        lambda: (e := team.get_endpoint("parts"))["ready_replicas"] == 2 and e,
+        lambda: (e := team.get_endpoint("parts")).ready_replicas == 2 and e,
         timeout_s=60,
         what="the replica to be replaced",
     )
@@ -189,8 +189,8 @@ def test_a_killed_replica_is_replaced_and_requests_are_retried(
 
 def _pid_of(team: Client, job_id: str) -> int:
     for e in reversed(team.job_events(job_id)):
-        if e["data"] and "pid" in e["data"]:
-            return int(e["data"]["pid"])
+        if e.data and "pid" in e.data:
+            return int(e.data["pid"])
     raise AssertionError(f"no pid for {job_id}")
 
 
@@ -217,18 +217,19 @@ def test_update_rolls_to_a_new_version_without_failing_a_request_and_delete_drai
         updated = team.wait_endpoint("parts", timeout_s=30)  # the controller switched
         for f in futures:
             f.result()
-    assert answer["status"] == "updating" and answer["rollout"]["model"]["version"] == 2
-    assert updated["model"]["version"] == 2 and updated["rollout_error"] is None
+    assert answer.status == "updating"
+    assert answer.rollout is not None and answer.rollout.model.version == 2
+    assert updated.model.version == 2 and updated.rollout_error is None
     assert statuses and all(s == 200 for s in statuses), statuses
     label = predict(platform, key, "parts", images).json()["data"][0]["label"]
     assert label == expected_labels(v2, images)[0]
 
-    replica_job = team.get_endpoint("parts")["replica_jobs"][0]["job_id"]
+    replica_job = team.get_endpoint("parts").replica_jobs[0].job_id
     deleted = team.delete_endpoint("parts")
-    assert deleted["deleted"] is True
+    assert deleted.deleted is True
     assert predict(platform, key, "parts", images).status_code == 404
     eventually(
-        lambda: team.get_job(replica_job)["status"] == "cancelled",
+        lambda: team.get_job(replica_job).status == "cancelled",
         timeout_s=30,
         what="the replica to stop",
     )
@@ -238,7 +239,7 @@ def test_rate_limit_answers_429_with_retry_after(
     platform: Platform, factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
     admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
-    key = admin.create_tenant("vision", rate_limit_rps=2)["api_key"]
+    key = admin.create_tenant("vision", rate_limit_rps=2).api_key
     team = Client(platform.url, key)
     register_tiny(platform, factory, tmp_path, "parts", seed=1)
     team.create_endpoint("parts", model="parts", cpus=0.5)
@@ -268,8 +269,8 @@ def test_a_model_that_cannot_load_fails_the_endpoint_saying_why(
         team.wait_endpoint("broken", timeout_s=60)
     assert "failed" in err.value.message
     endpoint = team.get_endpoint("broken")
-    assert endpoint["status"] == "failed" and endpoint["ready_replicas"] == 0
-    assert endpoint["error"]["code"] == "model_load_failed"
+    assert endpoint.status == "failed" and endpoint.ready_replicas == 0
+    assert endpoint.error["code"] == "model_load_failed"
 
 
 def test_one_endpoint_serves_other_models_of_the_tenant_when_asked(
@@ -290,7 +291,7 @@ def test_one_endpoint_serves_other_models_of_the_tenant_when_asked(
     assert [d["label"] for d in data] == expected_labels(other, images)
     assert all(len(d["top_k"]) == 2 for d in data)
     # Both models now sit in the replica, each under its own version.
-    health = httpx.get(team.get_endpoint("shared")["replica_jobs"][0]["url"] + "/health")
+    health = httpx.get(team.get_endpoint("shared").replica_jobs[0].url + "/health")
     assert len(health.json()["models"]) == 2
 
     missing = httpx.post(url, headers=auth, files=files, params={"model": "nope"})

@@ -100,7 +100,7 @@ def test_replicas_that_keep_failing_fail_the_endpoint_with_the_reason() -> None:
 def test_replica_seconds_are_metered_in_windows_and_exactly_at_the_end(
     factory: sessionmaker[Session],
 ) -> None:
-    tenant_id = str(create_tenant(factory, name="vision", quota=Quota())["id"])
+    tenant_id = str(create_tenant(factory, name="vision", quota=Quota()).id)
     job_id, _ = insert_running_job(factory, tenant_id)
     started = 5_000.0
     with transaction(factory) as session:

@@ -37,7 +37,7 @@ def worker(factory: sessionmaker[Session], store: ArtifactStore) -> WorkerServic
 
 @pytest.fixture
 def tenant_id(factory: sessionmaker[Session]) -> str:
-    return str(create_tenant(factory, name="vision", quota=Quota())["id"])
+    return str(create_tenant(factory, name="vision", quota=Quota()).id)
 
 
 def upload(worker: WorkerService, job_id: str, token: str, content: bytes = WEIGHTS) -> Any:
@@ -114,7 +114,7 @@ def test_register_version_is_idempotent_per_job(
         assert job is not None
         first = register_version(session, job, verified, at=now())
         again = register_version(session, job, verified, at=now())
-    assert first["id"] == again["id"]
+    assert first.id == again.id
     assert counts(factory) == (1, 1, 1)
 
 

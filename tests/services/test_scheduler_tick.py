@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab import metering
-from modelfab.api.schemas import WorkerEvents
 from modelfab.compute import lifecycle
 from modelfab.compute.executors.base import Executor, ExitInfo, LaunchSpec, LogChunk
 from modelfab.compute.pool import detect_node, register_node
@@ -26,6 +25,7 @@ from modelfab.compute.scheduler.loop import Scheduler, SchedulerConfig
 from modelfab.db.engine import transaction
 from modelfab.db.models import Device, Job, JobAllocation, JobEvent, UsageRecord
 from modelfab.errors import Conflict, InvalidRequest, Unauthenticated
+from modelfab.schemas.worker import WorkerEvents
 from modelfab.services.common import Principal
 from modelfab.services.jobs import JobRequest, JobService
 from modelfab.services.tenants import Quota, create_tenant
@@ -89,7 +89,7 @@ class World:
 
     def tenant(self, name: str, **quota: Any) -> Principal:
         t = create_tenant(self.factory, name=name, quota=Quota(**quota))
-        return Principal(tenant_id=t["id"], tenant_name=name, role="member", key_id="key_test")
+        return Principal(tenant_id=t.id, tenant_name=name, role="member", key_id="key_test")
 
     def submit(self, who: Principal, **request: Any) -> str:
         return str(self.jobs.create(who, JobRequest(recipe="sleep", **request))["id"])

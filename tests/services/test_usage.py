@@ -17,7 +17,7 @@ GONE = "ep_0123456789abcdef"  # an endpoint id with no endpoint row (deleted sin
 
 def _tenant(factory: sessionmaker[Session], name: str) -> Principal:
     tenant = create_tenant(factory, name=name, quota=Quota())
-    return Principal(tenant["id"], name, "member", "key")
+    return Principal(tenant.id, name, "member", "key")
 
 
 def _record(
@@ -47,7 +47,7 @@ def test_by_endpoint_sums_endpoint_usage_only_and_shows_a_deleted_endpoint_by_id
 
     rows = usage.summary(factory, principal=team, since=None, by="endpoint")
 
-    assert rows == [
+    assert [r.model_dump() for r in rows] == [
         {"tenant": "team", "endpoint": GONE, "endpoint_id": GONE, "meter": "items",
          "quantity": 5, "records": 1},
         {"tenant": "team", "endpoint": GONE, "endpoint_id": GONE, "meter": "requests",
@@ -55,7 +55,7 @@ def test_by_endpoint_sums_endpoint_usage_only_and_shows_a_deleted_endpoint_by_id
     ]  # fmt: skip
     admin = Principal(team.tenant_id, "team", "admin", "key")
     everyone = usage.summary(factory, principal=admin, since=None, by="endpoint")
-    assert {(r["tenant"], r["meter"]) for r in everyone} == {
+    assert {(r.tenant, r.meter) for r in everyone} == {
         ("other", "requests"), ("team", "items"), ("team", "requests"),
     }  # fmt: skip
 

@@ -369,7 +369,8 @@ def test_the_client_sends_detector_options_only_when_set() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(dict(request.url.params))
-        return httpx.Response(200, json={"object": "list", "data": []})
+        body = {"model_version": "mv_1", "task": "anomaly-detection", "data": []}
+        return httpx.Response(200, json={**body, "usage": {"items": 0}})
 
     with Client("http://modelfab.test", "key", transport=httpx.MockTransport(handler)) as c:
         c.predict("parts", [("a.png", image_bytes())])

@@ -116,23 +116,23 @@ def test_a_model_without_its_kinds_artifacts_is_not_servable(toy: ModuleType) ->
 def test_toy_task_through_dataset_job_and_endpoint(platform: Platform, tmp_path: Path) -> None:
     admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
     tenant = admin.create_tenant("writers", rate_limit_rps=1000)
-    team = Client(platform.url, tenant["api_key"])
+    team = Client(platform.url, tenant.api_key)
 
     dataset = team.create_dataset("notes", write_texts(tmp_path / "notes"), task="toy-text")
-    assert dataset["stats"]["num_texts"] == 4 and dataset["task"] == "toy-text"
+    assert dataset.stats["num_texts"] == 4 and dataset.task == "toy-text"
 
     job = team.create_job("toy-text-train", dataset="notes", params={"model_name": "notes"})
-    done = wait_terminal(team, job["id"], timeout_s=60)
-    assert done["status"] == "succeeded", team.job_logs(job["id"])
+    done = wait_terminal(team, job.id, timeout_s=60)
+    assert done.status == "succeeded", team.job_logs(job.id)
     model = team.get_model("notes")
-    assert model["task"] == "toy-text"
+    assert model.task == "toy-text"
 
     team.create_endpoint("notes", model="notes:1", cpus=1)
     team.wait_endpoint("notes", timeout_s=90)
     texts = [("a.txt", b"wind and rain"), ("b.txt", b"one more goal")]
     resp = httpx.post(
         f"{platform.url}/v1/endpoints/notes/predict",
-        headers={"Authorization": f"Bearer {tenant['api_key']}"},
+        headers={"Authorization": f"Bearer {tenant.api_key}"},
         files=[("file", (name, data, "text/plain")) for name, data in texts],
         timeout=30,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -12,6 +11,7 @@ from modelfab import __version__
 from modelfab.api import errors
 from modelfab.api.context import AppContext
 from modelfab.api.routers import datasets, endpoints, hub, jobs, models, pool, tenants, worker
+from modelfab.schemas.common import Health
 
 
 def create_app(ctx: AppContext) -> FastAPI:
@@ -32,7 +32,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         app.include_router(module.router, prefix="/v1")
 
     @app.get("/v1/health", tags=["health"])
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__}
+    def health() -> Health:
+        return Health(version=__version__)
 
     return app

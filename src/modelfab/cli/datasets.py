@@ -35,8 +35,8 @@ def create(
     if output is Output.json:
         show(version, output)
         return
-    verb = "created" if version["created"] else "unchanged: same content as"
-    console.print(f"[green]{verb}[/green] {version['ref']}  sha256 {version['sha256'][:16]}")
+    verb = "created" if version.created else "unchanged: same content as"
+    console.print(f"[green]{verb}[/green] {version.ref}  sha256 {version.sha256[:16]}")
     show(version, output, ("file_count", "size_bytes", "stats"))
 
 
@@ -50,10 +50,7 @@ def list_(output: OutputOpt = Output.table) -> None:
     table(
         None,
         ("name", "task", "latest", "versions", "created"),
-        [
-            [r["name"], r["task"], r["latest_version"], r["versions"], when(r["created_at"])]
-            for r in rows
-        ],
+        [[r.name, r.task, r.latest_version, r.versions, when(r.created_at)] for r in rows],
     )
 
 

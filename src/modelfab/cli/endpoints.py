@@ -26,6 +26,7 @@ from modelfab.cli.output import (
     when,
 )
 from modelfab.client import Client
+from modelfab.schemas.endpoints import FAILED, READY, Endpoint
 
 app = typer.Typer(
     help="Endpoints: registered models served over HTTP by replica jobs.", no_args_is_help=True
@@ -135,7 +136,7 @@ def _options(
     return {k: v for k, v in given.items() if v is not None}
 
 
-def follow(c: Client, name: str, *, quiet: bool, timeout_s: float) -> dict[str, Any]:
+def follow(c: Client, name: str, *, quiet: bool, timeout_s: float) -> Endpoint:
     """Poll with a live status line until the endpoint is ready or failed, a rollout
     ended with an error, or `timeout_s` passed; returns the endpoint as last seen."""
     spinner = Spinner("dots", text="")
@@ -146,52 +147,49 @@ def follow(c: Client, name: str, *, quiet: bool, timeout_s: float) -> dict[str, 
             elapsed = time.monotonic() - start
             if _settled(endpoint) or elapsed > timeout_s:
                 return endpoint
-            status = f"{endpoint['status']}  {_progress(endpoint)}  {elapsed:5.1f}s"
+            status = f"{endpoint.status}  {_progress(endpoint)}  {elapsed:5.1f}s"
             spinner.update(text=Text(status))
             time.sleep(POLL_S)
 
 
-def _settled(e: dict[str, Any]) -> bool:
-    rolled_back = e["status"] != "updating" and e.get("rollout_error")
-    return e["status"] in ("ready", "failed") or bool(rolled_back)
+def _settled(e: Endpoint) -> bool:
+    rolled_back = e.status != "updating" and e.rollout_error
+    return e.status in (READY, FAILED) or bool(rolled_back)
 
 
-def _progress(e: dict[str, Any]) -> str:
-    rollout = e.get("rollout")
-    if rollout:
-        target = rollout["model"]
-        of = "?" if rollout["of"] is None else rollout["of"]
-        return (
-            f"rolling to {target['name']}:{target['version']}: "
-            f"replicas warmed {rollout['warmed']}/{of}"
-        )
-    jobs = ", ".join(j["status"] for j in e["replica_jobs"]) or "no replica jobs yet"
-    return f"{e['ready_replicas']}/{e['replicas']} replicas ready (jobs: {jobs})"
+def _progress(e: Endpoint) -> str:
+    if e.rollout is not None:
+        target = e.rollout.model
+        of = "?" if e.rollout.of is None else e.rollout.of
+        return f"rolling to {target.name}:{target.version}: replicas warmed {e.rollout.warmed}/{of}"
+    jobs = ", ".join(j.status for j in e.replica_jobs) or "no replica jobs yet"
+    return f"{e.ready_replicas}/{e.replicas} replicas ready (jobs: {jobs})"
 
 
-def _finish(endpoint: dict[str, Any], output: Output, waited: bool) -> None:
+def _finish(endpoint: Endpoint, output: Output, waited: bool) -> None:
     """Print the outcome; exit 1 when waited for and not ready."""
-    ready = endpoint["status"] == "ready"
+    ready = endpoint.status == READY
     if output is Output.json:
         emit_json(endpoint)
     else:
-        style = STATUS_STYLE.get(endpoint["status"], "cyan")
+        style = STATUS_STYLE.get(endpoint.status, "cyan")
         console.print(
-            f"endpoint [bold]{escape(endpoint['name'])}[/bold] "
-            f"[{style}]{endpoint['status']}[/{style}]: {_progress(endpoint)}, "
-            f"model {endpoint['model']['name']}:{endpoint['model']['version']}, "
-            f"POST {endpoint['path']}",
+            f"endpoint [bold]{escape(endpoint.name)}[/bold] "
+            f"[{style}]{endpoint.status}[/{style}]: {_progress(endpoint)}, "
+            f"model {endpoint.model.name}:{endpoint.model.version}, "
+            f"POST {endpoint.path}",
             highlight=False,
         )
-    if endpoint["error"]:
-        err_console.print(f"[red]error[/red]: {escape(endpoint['error']['message'])}")
-    elif waited and endpoint.get("rollout_error"):
-        err_console.print(f"[red]error[/red]: {escape(endpoint['rollout_error']['message'])}")
+    if endpoint.error:
+        err_console.print(f"[red]error[/red]: {escape(str(endpoint.error.get('message')))}")
+    elif waited and endpoint.rollout_error:
+        message = str(endpoint.rollout_error.get("message"))
+        err_console.print(f"[red]error[/red]: {escape(message)}")
         raise typer.Exit(1)
     elif waited and not ready:
         err_console.print(
             f"[red]not ready in time[/red]; follow it with "
-            f"`modelfab endpoints show {endpoint['name']}`"
+            f"`modelfab endpoints show {endpoint.name}`"
         )
     if waited and not ready:
         raise typer.Exit(1)
@@ -208,8 +206,8 @@ def list_(output: OutputOpt = Output.table) -> None:
         None,
         ("name", "model", "status", "ready", "gpus", "cpus", "batch", "created"),
         [
-            [e["name"], _model(e), e["status"], f"{e['ready_replicas']}/{e['replicas']}",
-             f"{e['gpus']:g}", f"{e['cpus']:g}", e["max_batch_size"], when(e["created_at"])]
+            [e.name, _model(e), e.status, f"{e.ready_replicas}/{e.replicas}", f"{e.gpus:g}",
+             f"{e.cpus:g}", e.max_batch_size, when(e.created_at)]
             for e in rows
         ],
     )  # fmt: skip
@@ -223,14 +221,14 @@ def show_(name: str, output: OutputOpt = Output.table) -> None:
     if output is Output.json:
         emit_json(endpoint)
         return
-    show({**endpoint, "model": _model(endpoint)}, output, SHOW_FIELDS)
+    show({**endpoint.model_dump(mode="json"), "model": _model(endpoint)}, output, SHOW_FIELDS)
     table(
         "replica jobs",
         ("job", "status", "attempt", "ready", "url", "gpus", "cpus"),
         [
-            [j["job_id"], j["status"], j["attempt"], "yes" if j["ready"] else "no", j["url"],
-             f"{j['gpus']:g}", f"{j['cpus']:g}"]
-            for j in endpoint["replica_jobs"]
+            [j.job_id, j.status, j.attempt, "yes" if j.ready else "no", j.url, f"{j.gpus:g}",
+             f"{j.cpus:g}"]
+            for j in endpoint.replica_jobs
         ],
     )  # fmt: skip
 
@@ -246,10 +244,10 @@ def delete(name: str, output: OutputOpt = Output.table) -> None:
     console.print(f"deleted endpoint [bold]{escape(name)}[/bold]")
 
 
-def _model(e: dict[str, Any]) -> str:
-    m = e["model"]
-    resolved = f"{m['name']}:{m['version']}"
-    return resolved if m["ref"] == resolved else f"{resolved} ({m['ref']})"
+def _model(e: Endpoint) -> str:
+    m = e.model
+    resolved = f"{m.name}:{m.version}"
+    return resolved if m.ref == resolved else f"{resolved} ({m.ref})"
 
 
 def predict(
@@ -268,8 +266,8 @@ def predict(
         emit_json(answer)
         return
     rows = []
-    for item in answer["data"]:
-        path = str(images[item["index"]])
-        for rank, guess in enumerate(item["top_k"]):
+    for item in answer.data:
+        path = str(images[item.index])
+        for rank, guess in enumerate(getattr(item, "top_k", None) or []):
             rows.append([path if rank == 0 else "", guess["label"], f"{guess['score']:.4f}"])
     table(None, ("file", "label", "score"), rows)

@@ -26,14 +26,14 @@ def list_(output: OutputOpt = Output.table) -> None:
         ("id", "task", "arch", "params", "input", "licence", "available", "how"),
         [
             [
-                r["id"],
-                r["task"],
-                r["arch"],
-                f"{r['params_m']:g}M",
-                r["input_size"],
-                r["licence"],
-                "yes" if r["available"] else "no",
-                r["how"],
+                r.id,
+                r.task,
+                r.arch,
+                f"{r.params_m:g}M",
+                r.input_size,
+                r.licence,
+                "yes" if r.available else "no",
+                r.how,
             ]
             for r in rows
         ],
@@ -52,4 +52,4 @@ def import_(
     if output is Output.json:
         show(entry, output)
         return
-    console.print(f"[green]imported[/green] {entry['id']}: {entry['how']}")
+    console.print(f"[green]imported[/green] {entry.id}: {entry.how}")

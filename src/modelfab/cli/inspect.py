@@ -94,8 +94,9 @@ def inspect(
     with client() as c, _progress(len(files)) as advance:
 
         def predict(batch: list[Path]) -> dict[str, Any]:
-            return c.predict(endpoint, list(batch), top_k=1, threshold=threshold,
-                             heatmap=outputs.assets is not None)  # fmt: skip
+            answer = c.predict(endpoint, list(batch), top_k=1, threshold=threshold,
+                               heatmap=outputs.assets is not None)  # fmt: skip
+            return answer.model_dump(mode="json")
 
         result = score_images(predict, files, batch_size=batch_size, concurrency=concurrency,
                               assets=outputs.assets, on_done=advance,

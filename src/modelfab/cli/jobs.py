@@ -4,7 +4,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.live import Live
@@ -13,7 +13,8 @@ from rich.text import Text
 
 from modelfab.cli.common import client, parse_params, parse_size
 from modelfab.cli.output import Output, OutputOpt, console, emit_json, show, table, when
-from modelfab.client import TERMINAL, Client
+from modelfab.client import Client
+from modelfab.schemas.jobs import TERMINAL, Job, JobEvent, JobStatus
 
 app = typer.Typer(help="Jobs: train, fine-tune, evaluate... on the pool.", no_args_is_help=True)
 
@@ -78,43 +79,42 @@ def create(
             max_attempts=max_attempts,
         )
         if output is Output.table:
-            console.print(f"created [bold]{job['id']}[/bold] ({job['status']})")
+            console.print(f"created [bold]{job.id}[/bold] ({job.status})")
         if wait:
-            job = follow(c, job["id"], quiet=output is Output.json)
+            job = follow(c, job.id, quiet=output is Output.json)
     if output is Output.json:
         emit_json(job)
-    if wait and job["status"] != "succeeded":
+    if wait and job.status != JobStatus.succeeded:
         raise typer.Exit(1)
 
 
-def follow(c: Client, job_id: str, *, quiet: bool = False) -> dict[str, Any]:
+def follow(c: Client, job_id: str, *, quiet: bool = False) -> Job:
     """Print events as they arrive, with a live status line; returns the final job."""
     spinner = Spinner("dots", text="")
     start = time.monotonic()
-    job: dict[str, Any] = {}
+    job = None
     live = Live(spinner, console=console, transient=True)
     with nullcontext() if quiet else live:
         for job, events in c.follow_events(job_id):
             for e in events:
                 if not quiet:
                     live.console.print(_event_line(e))
-            last = events[-1]["message"] if events else ""
+            last = events[-1].message if events else ""
             elapsed = time.monotonic() - start
-            spinner.update(text=Text(f"{job['status']}  {elapsed:5.1f}s  {last[:80]}"))
+            spinner.update(text=Text(f"{job.status}  {elapsed:5.1f}s  {last[:80]}"))
+    assert job is not None  # follow_events yields at least once
     if not quiet:
-        style = STATUS_STYLE.get(job["status"], "white")
-        console.print(f"job {job_id} [{style}]{job['status']}[/{style}]")
-        if job.get("error"):
-            console.print(f"[red]{job['error'].get('message')}[/red]")
+        style = STATUS_STYLE.get(job.status, "white")
+        console.print(f"job {job_id} [{style}]{job.status}[/{style}]")
+        if job.error:
+            console.print(f"[red]{job.error.get('message')}[/red]")
     return job
 
 
-def _event_line(e: dict[str, Any]) -> Text:
-    style = {"warning": "yellow", "error": "red"}.get(
-        e["level"], "dim" if e["type"] == "metrics" else ""
-    )
-    stamp = time.strftime("%H:%M:%S", time.localtime(e["created_at"]))
-    return Text(f"{stamp} [{e['type']}] {e['message']}", style=style)
+def _event_line(e: JobEvent) -> Text:
+    style = {"warning": "yellow", "error": "red"}.get(e.level, "dim" if e.type == "metrics" else "")
+    stamp = time.strftime("%H:%M:%S", time.localtime(e.created_at))
+    return Text(f"{stamp} [{e.type}] {e.message}", style=style)
 
 
 @app.command("list")
@@ -132,8 +132,8 @@ def list_(
         None,
         ("id", "recipe", "status", "gpus", "cpus", "prio", "attempt", "devices", "created"),
         [
-            [r["id"], r["recipe"], r["status"], r["resources"]["gpus"], r["resources"]["cpus"],
-             r["priority"], r["attempt"], r["cuda_visible_devices"], when(r["created_at"])]
+            [r.id, r.recipe, r.status, r.resources.gpus, r.resources.cpus, r.priority,
+             r.attempt, r.cuda_visible_devices, when(r.created_at)]
             for r in rows
         ],
     )  # fmt: skip
@@ -148,7 +148,7 @@ def show_(job_id: str, output: OutputOpt = Output.table) -> None:
             return
         show(job, output, SHOW_FIELDS)
         events = c.job_events(job_id)
-    rows = [[when(e["created_at"]), e["level"], e["type"], e["message"]] for e in events[-20:]]
+    rows = [[when(e.created_at), e.level, e.type, e.message] for e in events[-20:]]
     table("events", ("time", "level", "type", "message"), rows)
 
 
@@ -165,13 +165,13 @@ def logs(
     with client() as c:
         while True:
             chunk = c.job_logs(job_id, attempt=attempt, offset=offset)
-            sys.stdout.write(chunk["text"])
+            sys.stdout.write(chunk.text)
             sys.stdout.flush()
-            offset = chunk["next_offset"]
-            attempt = chunk["attempt"]
-            if not follow_ or chunk["eof"]:
+            offset = chunk.next_offset
+            attempt = chunk.attempt
+            if not follow_ or chunk.eof:
                 return
-            if not chunk["text"]:
+            if not chunk.text:
                 time.sleep(0.5)
 
 
@@ -185,10 +185,10 @@ def cancel(
     with client() as c:
         job = c.cancel_job(job_id)
         deadline = time.monotonic() + 60
-        while wait and job["status"] not in TERMINAL and time.monotonic() < deadline:
+        while wait and job.status not in TERMINAL and time.monotonic() < deadline:
             time.sleep(0.2)
             job = c.get_job(job_id)
     if output is Output.json:
         emit_json(job)
     else:
-        console.print(f"job {job_id}: {job['status']}")
+        console.print(f"job {job_id}: {job.status}")

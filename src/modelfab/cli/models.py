@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from modelfab.cli.common import client
 from modelfab.cli.output import Output, OutputOpt, console, show, table, when
+from modelfab.schemas.models import Artifact
 
 app = typer.Typer(
     help="Models: versions registered by the jobs that trained them.", no_args_is_help=True
@@ -40,12 +41,12 @@ def list_(output: OutputOpt = Output.table) -> None:
         ("name", "task", "latest", "versions", "aliases", "created"),
         [
             [
-                r["name"],
-                r["task"],
-                r["latest_version"],
-                r["versions"],
-                _aliases(r["aliases"]),
-                when(r["created_at"]),
+                r.name,
+                r.task,
+                r.latest_version,
+                r.versions,
+                _aliases(r.aliases),
+                when(r.created_at),
             ]
             for r in rows
         ],
@@ -60,7 +61,7 @@ def show_(
         version = c.get_model(ref)
     show(version, output, SHOW_FIELDS)
     if output is Output.table:
-        _artifact_table(version["artifacts"])
+        _artifact_table(version.artifacts)
 
 
 @app.command("alias")
@@ -78,7 +79,7 @@ def alias(
     if output is Output.json:
         show(version, output)
         return
-    console.print(f"[green]{model}@{name}[/green] -> {version['ref']}")
+    console.print(f"[green]{model}@{name}[/green] -> {version.ref}")
 
 
 @app.command("lineage")
@@ -106,21 +107,20 @@ def export(
     to.mkdir(parents=True, exist_ok=True)
     with client() as c:
         version = c.get_model(ref)
-        wanted = [
-            a for a in version["artifacts"] if a["format"] == format.value or a["name"] == LABELS
-        ]
-        if not any(a["format"] == format.value for a in wanted):
-            have = sorted({a["format"] for a in version["artifacts"]})
+        wanted = [a for a in version.artifacts if a.format == format.value or a.name == LABELS]
+        if not any(a.format == format.value for a in wanted):
+            have = sorted({a.format for a in version.artifacts})
             console.print(
-                f"[red]{version['ref']} has no {format.value} artifact[/red] "
+                f"[red]{version.ref} has no {format.value} artifact[/red] "
                 f"(it has: {', '.join(have) or 'none'})"
             )
             raise typer.Exit(1)
         written = [
-            {**a, "path": str(c.download_artifact(version["ref"], a["name"], to))} for a in wanted
+            {**a.model_dump(), "path": str(c.download_artifact(version.ref, a.name, to))}
+            for a in wanted
         ]
     if output is Output.json:
-        show({"object": "list", "model": version["ref"], "data": written}, output)
+        show({"object": "list", "model": version.ref, "data": written}, output)
         return
     for a in written:
         console.print(f"[green]wrote[/green] {a['path']}  sha256 {a['sha256'][:16]}")
@@ -130,9 +130,9 @@ def _aliases(aliases: dict[str, int]) -> str:
     return ", ".join(f"{a}->{n}" for a, n in aliases.items()) or "-"
 
 
-def _artifact_table(artifacts: list[dict[str, Any]]) -> None:
+def _artifact_table(artifacts: list[Artifact]) -> None:
     table(
         "artifacts",
         ("name", "format", "size_bytes", "sha256"),
-        [[a["name"], a["format"], a["size_bytes"], a["sha256"][:16]] for a in artifacts],
+        [[a.name, a.format, a.size_bytes, a.sha256[:16]] for a in artifacts],
     )

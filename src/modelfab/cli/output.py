@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -30,8 +31,19 @@ OutputOpt = Annotated[
 ]
 
 
+def plain(obj: Any) -> Any:
+    """Wire models (also inside lists and dicts) as the JSON the API answered."""
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    return obj
+
+
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(plain(obj), indent=2, default=str) + "\n")
 
 
 def when(ts: float | None) -> str:
@@ -49,12 +61,16 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     console.print(t)
 
 
-def show(obj: dict[str, Any], output: Output, fields: Sequence[str] | None = None) -> None:
+def show(
+    obj: BaseModel | dict[str, Any], output: Output, fields: Sequence[str] | None = None
+) -> None:
+    """One object: all of it as JSON, or `fields` (default: all) as aligned lines."""
     if output is Output.json:
         emit_json(obj)
         return
-    for key in fields or obj:
-        value = obj.get(key)
+    data: dict[str, Any] = plain(obj)
+    for key in fields or list(data):
+        value = data.get(key)
         if isinstance(value, dict | list):
             value = json.dumps(value, default=str)
         if key.endswith("_at") and isinstance(value, int | float):

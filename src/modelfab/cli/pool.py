@@ -3,12 +3,13 @@ from __future__ import annotations
 import csv
 import sys
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from modelfab.cli.common import client
 from modelfab.cli.output import Output, OutputOpt, console, emit_json, table
+from modelfab.schemas.pool import Allocation, Device, Holder
 
 
 def pool(output: OutputOpt = Output.table) -> None:
@@ -18,35 +19,35 @@ def pool(output: OutputOpt = Output.table) -> None:
     if output is Output.json:
         emit_json(view)
         return
-    for node in view["nodes"]:
-        gib = node["memory_bytes"] / 2**30
+    for node in view.nodes:
+        gib = node.memory_bytes / 2**30
         console.print(
-            f"[bold]{node['id']}[/bold] ({node['hostname']}, {node['executor']}): "
-            f"{node['cpus_free']:g}/{node['cpus']:g} CPU slots free, {gib:.0f} GiB, "
-            f"heartbeat {node['heartbeat_age_s']}s ago"
+            f"[bold]{node.id}[/bold] ({node.hostname}, {node.executor}): "
+            f"{node.cpus_free:g}/{node.cpus:g} CPU slots free, {gib:.0f} GiB, "
+            f"heartbeat {node.heartbeat_age_s}s ago"
         )
         table(
             None,
             ("device", "kind", "name", "free", "running"),
-            [_device_row(d) for d in node["devices"]],
+            [_device_row(d) for d in node.devices],
         )
-        if node["jobs"]:
-            console.print("  CPU-only: " + ", ".join(_who(j) for j in node["jobs"]))
-    t = view["totals"]
+        if node.jobs:
+            console.print("  CPU-only: " + ", ".join(_who(j) for j in node.jobs))
+    t = view.totals
     console.print(
-        f"GPUs free {t['gpus_free']:g}/{t['gpus']}, "
-        f"CPU slots free {t['cpus_free']:g}/{t['cpus']:g}, {view['queued_jobs']} jobs queued"
+        f"GPUs free {t.gpus_free:g}/{t.gpus}, "
+        f"CPU slots free {t.cpus_free:g}/{t.cpus:g}, {view.queued_jobs} jobs queued"
     )
 
 
-def _device_row(d: dict[str, Any]) -> list[Any]:
-    running = ", ".join(f"{_who(a)} ({a['fraction']:g})" for a in d["allocations"])
-    kind = d["kind"] if d["active"] else f"{d['kind']} (gone)"
-    return [d["index"], kind, d["name"], f"{d['free']:g}", running or "-"]
+def _device_row(d: Device) -> list[object]:
+    running = ", ".join(f"{_who(a)} ({a.fraction:g})" for a in d.allocations)
+    kind = d.kind if d.active else f"{d.kind} (gone)"
+    return [d.index, kind, d.name, f"{d.free:g}", running or "-"]
 
 
-def _who(a: dict[str, Any]) -> str:
-    return a["job_id"] or a["tenant"]
+def _who(a: Holder | Allocation) -> str:
+    return a.job_id or a.tenant
 
 
 class UsageBy(StrEnum):
@@ -90,8 +91,13 @@ def usage(
         writer = csv.writer(sys.stdout, lineterminator="\n")
         header = cols + CSV_EXTRA.get(by, ())
         writer.writerow(header)
-        writer.writerows([r[k] for k in header] for r in rows)
+        writer.writerows([getattr(r, k) for k in header] for r in rows)
     else:
         table(
-            None, cols, [[f"{r[k]:.2f}" if k == "quantity" else r[k] for k in cols] for r in rows]
+            None,
+            cols,
+            [
+                [f"{r.quantity:.2f}" if k == "quantity" else getattr(r, k) for k in cols]
+                for r in rows
+            ],
         )

@@ -34,8 +34,11 @@ from modelfab.apps.inspection.samples import (
     write_anomaly_dataset,
 )
 from modelfab.cli.output import console, table
-from modelfab.client import TERMINAL, Client, Unreachable
+from modelfab.client import Client, Unreachable
 from modelfab.compute.executors.local.process import find_workers, kill_tree
+from modelfab.schemas.endpoints import FAILED, READY
+from modelfab.schemas.jobs import TERMINAL, Job, JobStatus
+from modelfab.schemas.models import ModelVersion
 
 MODEL = "surface-inspector"
 DETECTOR = "surface-detector"
@@ -135,15 +138,15 @@ def _run(
     with Client(url, admin_key) as admin:
         team = admin.create_tenant("inspection", max_cpus=os.cpu_count() or 2)
     console.print("created tenant [bold]inspection[/bold] with its API key")
-    with Client(url, team["api_key"]) as c:
+    with Client(url, team.api_key) as c:
         with console.status("making a sample data set from real textures ..."):
             folder = make_surface_dataset(home / "surfaces", per_class=per_class, seed=0)
             holdout = make_surface_dataset(home / "holdout", per_class=n // 2, seed=1)
         version = c.create_dataset("surfaces", folder, task="image-classification")
-        console.print(f"dataset {version['ref']}: {version['stats']['classes']}")
+        console.print(f"dataset {version.ref}: {version.stats['classes']}")
         job = c.create_job(
             "image-classification",
-            dataset=version["ref"],
+            dataset=version.ref,
             params={
                 "base_model": "efficientnet-lite0",
                 "epochs": EPOCHS,
@@ -153,15 +156,15 @@ def _run(
             },
             cpus=float(os.cpu_count() or 2),
         )
-        job = _watch_training(c, job["id"])
-        if job["status"] != "succeeded":
-            console.print(f"[red]training {job['status']}: {job.get('error')}[/red]")
+        job = _watch_training(c, job.id)
+        if job.status != JobStatus.succeeded:
+            console.print(f"[red]training {job.status}: {job.error}[/red]")
             raise typer.Exit(1)
         model = c.get_model(f"{MODEL}:1")
         _deploy(c, MODEL)
-        result = _send(url, team["api_key"], holdout, concurrency)
+        result = _send(url, team.api_key, holdout, concurrency)
         _delete(c, MODEL)  # its CPU slots go to the detector's endpoint
-        detector = _inspection(c, url, team["api_key"], home)
+        detector = _inspection(c, url, team.api_key, home)
         if not keep:
             _delete(c, DETECTOR)
         usage = _wait_usage(c, result.total - result.errors)
@@ -170,7 +173,7 @@ def _run(
 
 def _delete(c: Client, name: str) -> None:
     """Delete an endpoint: it drains and meters its replica's last seconds."""
-    replica = c.get_endpoint(name)["replica_jobs"][0]["job_id"]
+    replica = c.get_endpoint(name).replica_jobs[0].job_id
     with console.status(f"deleting endpoint {name} (draining) ..."):
         c.delete_endpoint(name)
         _wait_job(c, replica)
@@ -187,17 +190,17 @@ def _inspection(c: Client, url: str, key: str, home: Path) -> dict[str, Any]:
     version = c.create_dataset("bricks", root, task="anomaly-detection")
     created = c.create_job(
         "anomaly-detection",
-        dataset=version["ref"],
+        dataset=version.ref,
         params={"model_name": DETECTOR},
         cpus=float(os.cpu_count() or 2),
     )
     with console.status("fitting an anomaly detector on good bricks only ...") as status:
-        for _, events in c.follow_events(created["id"]):
+        for _, events in c.follow_events(created.id):
             if events:
-                status.update(f"anomaly detector: {events[-1]['message'][:70]}")
-    job = c.get_job(created["id"])
-    if job["status"] != "succeeded":
-        console.print(f"[red]anomaly detection {job['status']}: {job.get('error')}[/red]")
+                status.update(f"anomaly detector: {events[-1].message[:70]}")
+    job = c.get_job(created.id)
+    if job.status != JobStatus.succeeded:
+        console.print(f"[red]anomaly detection {job.status}: {job.error}[/red]")
         raise typer.Exit(1)
     _deploy(c, DETECTOR)
     photos = home / "new-photos"
@@ -212,11 +215,11 @@ def _inspection(c: Client, url: str, key: str, home: Path) -> dict[str, Any]:
     console.rule(f"modelfab inspect {DETECTOR} new-photos/ --report {REPORT}")
     if subprocess.run(argv, env=env, check=False).returncode != 0:
         raise typer.Exit(1)
-    metrics: dict[str, Any] = c.get_model(f"{DETECTOR}:1")["metrics"]
+    metrics: dict[str, Any] = c.get_model(f"{DETECTOR}:1").metrics
     return metrics
 
 
-def _watch_training(c: Client, job_id: str) -> dict[str, Any]:
+def _watch_training(c: Client, job_id: str) -> Job:
     columns = (
         SpinnerColumn(),
         TextColumn("train efficientnet-lite0"),
@@ -228,16 +231,16 @@ def _watch_training(c: Client, job_id: str) -> dict[str, Any]:
         bar = progress.add_task("train", total=EPOCHS, note="queued")
         for job, events in c.follow_events(job_id):
             for e in events:
-                data = e.get("data") or {}
-                if e["type"] == "metrics" and "epoch" in data:
+                data = e.data or {}
+                if e.type == "metrics" and "epoch" in data:
                     note = f"epoch {data['epoch']:.1f}"
                     if "val_accuracy" in data:
                         note += f"  val accuracy {data['val_accuracy']:.3f}"
                     progress.update(bar, completed=min(EPOCHS, data["epoch"]), note=note)
-                elif e["type"] != "metrics":
-                    progress.update(bar, note=e["message"][:60])
-            if job["status"] in TERMINAL:
-                progress.update(bar, completed=EPOCHS, note=job["status"])
+                elif e.type != "metrics":
+                    progress.update(bar, note=e.message[:60])
+            if job.status in TERMINAL:
+                progress.update(bar, completed=EPOCHS, note=job.status)
                 return job
     return c.get_job(job_id)
 
@@ -246,11 +249,11 @@ def _deploy(c: Client, name: str) -> None:
     c.create_endpoint(name, model=f"{name}:1", cpus=float(os.cpu_count() or 2))
     with console.status(f"deploying endpoint {name} ...") as status:
         deadline = time.monotonic() + 120
-        while (e := c.get_endpoint(name))["status"] != "ready":
-            if e["status"] == "failed" or time.monotonic() > deadline:
-                console.print(f"[red]endpoint {e['status']}: {e.get('error')}[/red]")
+        while (e := c.get_endpoint(name)).status != READY:
+            if e.status == FAILED or time.monotonic() > deadline:
+                console.print(f"[red]endpoint {e.status}: {e.error}[/red]")
                 raise typer.Exit(1)
-            status.update(f"deploying {name} ... {e['ready_replicas']}/{e['replicas']} ready")
+            status.update(f"deploying {name} ... {e.ready_replicas}/{e.replicas} ready")
             time.sleep(0.25)
     console.print(f"endpoint [bold]{name}[/bold] ready")
 
@@ -289,7 +292,7 @@ def _send(url: str, key: str, folder: Path, concurrency: int) -> LoadResult:
 
 def _wait_job(c: Client, job_id: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while c.get_job(job_id)["status"] not in TERMINAL and time.monotonic() < deadline:
+    while c.get_job(job_id).status not in TERMINAL and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -297,7 +300,7 @@ def _wait_usage(c: Client, expected_requests: int) -> dict[str, float]:
     """Usage per meter, once the journal has written the requests just sent."""
     deadline = time.monotonic() + 10
     while True:
-        usage = {u["meter"]: u["quantity"] for u in c.usage(by="meter")}
+        usage = {u.meter: u.quantity for u in c.usage(by="meter")}
         if usage.get("requests", 0) >= expected_requests or time.monotonic() > deadline:
             return usage
         time.sleep(0.2)
@@ -305,13 +308,13 @@ def _wait_usage(c: Client, expected_requests: int) -> dict[str, float]:
 
 def _summary(
     url: str,
-    model: dict[str, Any],
+    model: ModelVersion,
     r: LoadResult,
     usage: dict[str, float],
     detector: dict[str, Any],
 ) -> None:
     lat = np.asarray(r.latencies_ms or [0.0])
-    metrics = model.get("metrics", {})
+    metrics = model.metrics
     rows = [
         ["validation accuracy (training job)", f"{metrics.get('accuracy', float('nan')):.3f}"],
         ["held-out accuracy (through the endpoint)", f"{r.correct / max(1, r.total):.3f}"],

@@ -42,7 +42,7 @@ def create(
         show(tenant, output)
         return
     show(tenant, output, COLUMNS)
-    console.print(f"\n[bold green]API key[/bold green] (shown once): {tenant['api_key']}")
+    console.print(f"\n[bold green]API key[/bold green] (shown once): {tenant.api_key}")
 
 
 @app.command("list")
@@ -52,7 +52,7 @@ def list_(output: OutputOpt = Output.table) -> None:
     if output is Output.json:
         show({"object": "list", "data": rows}, output)
         return
-    table(None, COLUMNS, [[r[k] for k in COLUMNS] for r in rows])
+    table(None, COLUMNS, [[getattr(r, k) for k in COLUMNS] for r in rows])
 
 
 @app.command("update")

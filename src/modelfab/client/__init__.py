@@ -1,5 +1,6 @@
-"""`modelfab.Client`: a thin wrapper of the REST API. Methods return the API's JSON objects
-and raise `ApiError` (a ModelfabError carrying the server's code, message and param)."""
+"""`modelfab.Client`: a thin wrapper of the REST API. Methods return the API's objects as
+the wire models of `modelfab.schemas` (the ones the server answers with) and raise
+`ApiError` (a ModelfabError carrying the server's code, message and param)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,26 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from modelfab.errors import ModelfabError
+from modelfab.schemas.common import List
+from modelfab.schemas.datasets import Dataset, DatasetCreated, DatasetVersionDetail
+from modelfab.schemas.endpoints import FAILED, READY, Endpoint, EndpointDeleted, Prediction
+from modelfab.schemas.hub import HubModel, HubModelImported
+from modelfab.schemas.jobs import TERMINAL, Job, JobEvent, JobLogs
+from modelfab.schemas.models import Lineage, Model, ModelVersion, ModelVersionDetail
+from modelfab.schemas.pool import Pool
+from modelfab.schemas.tenants import Me, Tenant, TenantCreated
+from modelfab.schemas.usage import AnyUsageRow
 from modelfab.settings import ClientSettings
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+__all__ = ["TERMINAL", "ApiError", "Client", "Unreachable"]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ApiError(ModelfabError):
@@ -74,21 +87,29 @@ class Client:
             raise _api_error(resp)
         return resp.json()
 
+    def call(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        """`request`, its answer parsed into `model` (pydantic ValidationError if it does
+        not fit, which means client and server disagree on the wire format)."""
+        return model.model_validate(self.request(method, path, **kwargs))
+
+    def _list(self, model: type[M], path: str, **kwargs: Any) -> list[M]:
+        return self.call(List[model], "GET", path, **kwargs).data  # type: ignore[valid-type]
+
     # -- tenants --------------------------------------------------------------------------
-    def me(self) -> dict[str, Any]:
-        return self.request("GET", "/me")
+    def me(self) -> Me:
+        return self.call(Me, "GET", "/me")
 
-    def create_tenant(self, name: str, **quota: Any) -> dict[str, Any]:
-        return self.request("POST", "/tenants", json={"name": name, **quota})
+    def create_tenant(self, name: str, **quota: Any) -> TenantCreated:
+        return self.call(TenantCreated, "POST", "/tenants", json={"name": name, **quota})
 
-    def list_tenants(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/tenants")["data"]
+    def list_tenants(self) -> list[Tenant]:
+        return self._list(Tenant, "/tenants")
 
-    def update_tenant(self, name: str, **changes: Any) -> dict[str, Any]:
-        return self.request("PATCH", f"/tenants/{name}", json=changes)
+    def update_tenant(self, name: str, **changes: Any) -> Tenant:
+        return self.call(Tenant, "PATCH", f"/tenants/{name}", json=changes)
 
     # -- datasets -------------------------------------------------------------------------
-    def create_dataset(self, name: str, path: str | Path, *, task: str) -> dict[str, Any]:
+    def create_dataset(self, name: str, path: str | Path, *, task: str) -> DatasetCreated:
         """Upload a local folder (packed as tar.gz on the fly) or an existing archive."""
         path = Path(path)
         if path.is_dir():
@@ -101,22 +122,21 @@ class Client:
             raise ModelfabError(f"{path} does not exist", param="path", code="not_found")
         return self._upload(name, task, path)
 
-    def _upload(self, name: str, task: str, archive: Path) -> dict[str, Any]:
+    def _upload(self, name: str, task: str, archive: Path) -> DatasetCreated:
         with open(archive, "rb") as fh:
             files = {"file": (archive.name, fh, "application/octet-stream")}
-            return self.request(
-                "POST", "/datasets/upload", data={"name": name, "task": task}, files=files
-            )
+            data = {"name": name, "task": task}
+            return self.call(DatasetCreated, "POST", "/datasets/upload", data=data, files=files)
 
-    def create_dataset_from_server_path(self, name: str, path: str, *, task: str) -> dict[str, Any]:
+    def create_dataset_from_server_path(self, name: str, path: str, *, task: str) -> DatasetCreated:
         body = {"name": name, "task": task, "path": path}
-        return self.request("POST", "/datasets", json=body)
+        return self.call(DatasetCreated, "POST", "/datasets", json=body)
 
-    def list_datasets(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/datasets")["data"]
+    def list_datasets(self) -> list[Dataset]:
+        return self._list(Dataset, "/datasets")
 
-    def get_dataset(self, ref: str) -> dict[str, Any]:
-        return self.request("GET", f"/datasets/{ref}")
+    def get_dataset(self, ref: str) -> DatasetVersionDetail:
+        return self.call(DatasetVersionDetail, "GET", f"/datasets/{ref}")
 
     # -- jobs -----------------------------------------------------------------------------
     def create_job(
@@ -130,7 +150,7 @@ class Client:
         memory_bytes: int = 0,
         priority: int = 0,
         max_attempts: int = 3,
-    ) -> dict[str, Any]:
+    ) -> Job:
         body = {
             "recipe": recipe,
             "params": params or {},
@@ -139,35 +159,32 @@ class Client:
             "priority": priority,
             "max_attempts": max_attempts,
         }
-        return self.request("POST", "/jobs", json=body)
+        return self.call(Job, "POST", "/jobs", json=body)
 
-    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[Job]:
         params: dict[str, Any] = {"limit": limit}
         if status:
             params["status"] = status
-        return self.request("GET", "/jobs", params=params)["data"]
+        return self._list(Job, "/jobs", params=params)
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/jobs/{job_id}")
+    def get_job(self, job_id: str) -> Job:
+        return self.call(Job, "GET", f"/jobs/{job_id}")
 
-    def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return self.request("POST", f"/jobs/{job_id}/cancel")
+    def cancel_job(self, job_id: str) -> Job:
+        return self.call(Job, "POST", f"/jobs/{job_id}/cancel")
 
-    def job_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
-        out = self.request("GET", f"/jobs/{job_id}/events", params={"after": after})
-        return out["data"]
+    def job_events(self, job_id: str, after: int = 0) -> list[JobEvent]:
+        return self._list(JobEvent, f"/jobs/{job_id}/events", params={"after": after})
 
-    def job_logs(
-        self, job_id: str, *, attempt: int | None = None, offset: int = 0
-    ) -> dict[str, Any]:
+    def job_logs(self, job_id: str, *, attempt: int | None = None, offset: int = 0) -> JobLogs:
         params: dict[str, Any] = {"offset": offset}
         if attempt:
             params["attempt"] = attempt
-        return self.request("GET", f"/jobs/{job_id}/logs", params=params)
+        return self.call(JobLogs, "GET", f"/jobs/{job_id}/logs", params=params)
 
     def follow_events(
         self, job_id: str, *, poll_s: float = 0.25, timeout_s: float | None = None
-    ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    ) -> Iterator[tuple[Job, list[JobEvent]]]:
         """Yield (job, new events) until the job ends; raises TimeoutError after `timeout_s`."""
         after = 0
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -175,12 +192,12 @@ class Client:
             job = self.get_job(job_id)
             events = self.job_events(job_id, after=after)
             if events:
-                after = events[-1]["id"]
+                after = events[-1].id
             yield job, events
-            if job["status"] in TERMINAL:
+            if job.status in TERMINAL:
                 return
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout_s}s")
             time.sleep(poll_s)
 
     def wait_job(
@@ -188,41 +205,43 @@ class Client:
         job_id: str,
         *,
         timeout_s: float | None = None,
-        on_update: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
-    ) -> dict[str, Any]:
-        job: dict[str, Any] = {}
+        on_update: Callable[[Job, list[JobEvent]], None] | None = None,
+    ) -> Job:
+        """Block until the job ends and return it; raises TimeoutError after `timeout_s`."""
+        job = None
         for job, events in self.follow_events(job_id, timeout_s=timeout_s):
             if on_update is not None:
                 on_update(job, events)
+        assert job is not None  # follow_events yields at least once
         return job
 
     # -- hub ------------------------------------------------------------------------------
-    def hub_list(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/hub")["data"]
+    def hub_list(self) -> list[HubModel]:
+        return self._list(HubModel, "/hub")
 
-    def hub_import(self, model_id: str, path: str | Path) -> dict[str, Any]:
+    def hub_import(self, model_id: str, path: str | Path) -> HubModelImported:
         """Upload a weights file (a torch state dict) for `model_id`; admin keys only."""
         path = Path(path)
         if not path.is_file():
             raise ModelfabError(f"{path} is not a file", param="path", code="not_found")
         with open(path, "rb") as fh:
             files = {"file": (path.name, fh, "application/octet-stream")}
-            return self.request("POST", f"/hub/{model_id}/import", files=files)
+            return self.call(HubModelImported, "POST", f"/hub/{model_id}/import", files=files)
 
     # -- models ---------------------------------------------------------------------------
-    def list_models(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/models")["data"]
+    def list_models(self) -> list[Model]:
+        return self._list(Model, "/models")
 
-    def get_model(self, ref: str) -> dict[str, Any]:
+    def get_model(self, ref: str) -> ModelVersionDetail:
         """`ref` is NAME (the latest version), NAME:VERSION or NAME@ALIAS."""
-        return self.request("GET", f"/models/{ref}")
+        return self.call(ModelVersionDetail, "GET", f"/models/{ref}")
 
-    def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
+    def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:
         body = {"alias": alias, "version": version}
-        return self.request("POST", f"/models/{name}/aliases", json=body)
+        return self.call(ModelVersion, "POST", f"/models/{name}/aliases", json=body)
 
-    def model_lineage(self, ref: str) -> dict[str, Any]:
-        return self.request("GET", f"/models/{ref}/lineage")
+    def model_lineage(self, ref: str) -> Lineage:
+        return self.call(Lineage, "GET", f"/models/{ref}/lineage")
 
     def download_artifact(self, ref: str, name: str, dest: Path) -> Path:
         """Stream artifact `name` of `ref` to `dest` (a file, or a folder to put `name` in).
@@ -266,41 +285,40 @@ class Client:
         return resp.headers.get("x-sha256", ""), digest.hexdigest()
 
     # -- endpoints --------------------------------------------------------------------------
-    def create_endpoint(self, name: str, *, model: str, **options: Any) -> dict[str, Any]:
+    def create_endpoint(self, name: str, *, model: str, **options: Any) -> Endpoint:
         """`options`: replicas, gpus, cpus, memory_bytes, max_batch_size, max_wait_ms."""
-        return self.request("POST", "/endpoints", json={"name": name, "model": model, **options})
+        body = {"name": name, "model": model, **options}
+        return self.call(Endpoint, "POST", "/endpoints", json=body)
 
-    def list_endpoints(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/endpoints")["data"]
+    def list_endpoints(self) -> list[Endpoint]:
+        return self._list(Endpoint, "/endpoints")
 
-    def get_endpoint(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/endpoints/{name}")
+    def get_endpoint(self, name: str) -> Endpoint:
+        return self.call(Endpoint, "GET", f"/endpoints/{name}")
 
-    def update_endpoint(self, name: str, **changes: Any) -> dict[str, Any]:
-        return self.request("PATCH", f"/endpoints/{name}", json=changes)
+    def update_endpoint(self, name: str, **changes: Any) -> Endpoint:
+        return self.call(Endpoint, "PATCH", f"/endpoints/{name}", json=changes)
 
-    def delete_endpoint(self, name: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/endpoints/{name}")
+    def delete_endpoint(self, name: str) -> EndpointDeleted:
+        return self.call(EndpointDeleted, "DELETE", f"/endpoints/{name}")
 
     def wait_endpoint(
         self, name: str, *, timeout_s: float = 300.0, poll_s: float = 0.25
-    ) -> dict[str, Any]:
+    ) -> Endpoint:
         """Block until every replica is ready; raises ModelfabError when the endpoint
         failed or `timeout_s` passed."""
         deadline = time.monotonic() + timeout_s
         while True:
             endpoint = self.get_endpoint(name)
-            if endpoint["status"] == "ready":
+            if endpoint.status == READY:
                 return endpoint
-            if endpoint["status"] == "failed":
-                raise ModelfabError(
-                    f"endpoint {name!r} failed: {endpoint['error']['message']}",
-                    code="endpoint_failed",
-                )
+            if endpoint.status == FAILED:
+                why = (endpoint.error or {}).get("message", "no reason given")
+                raise ModelfabError(f"endpoint {name!r} failed: {why}", code="endpoint_failed")
             if time.monotonic() > deadline:
                 raise ModelfabError(
                     f"endpoint {name!r} not ready after {timeout_s:g}s "
-                    f"({endpoint['ready_replicas']}/{endpoint['replicas']} replicas)",
+                    f"({endpoint.ready_replicas}/{endpoint.replicas} replicas)",
                     code="timeout",
                 )
             time.sleep(poll_s)
@@ -313,7 +331,7 @@ class Client:
         top_k: int = 1,
         threshold: float | None = None,
         heatmap: bool | None = None,
-    ) -> dict[str, Any]:
+    ) -> Prediction:
         """Run endpoint `name` on images (paths, or (name, bytes) pairs). A classifier
         answers labels (`top_k` best); an anomaly detector answers score, verdict and
         heatmap, judged at `threshold` when given (else its stored one), without the
@@ -329,17 +347,19 @@ class Client:
             params["threshold"] = repr(float(threshold))
         if heatmap is not None:
             params["heatmap"] = "true" if heatmap else "false"
-        return self.request("POST", f"/endpoints/{name}/predict", files=files, params=params)
+        path = f"/endpoints/{name}/predict"
+        return self.call(Prediction, "POST", path, files=files, params=params)
 
     # -- pool and usage -------------------------------------------------------------------
-    def pool(self) -> dict[str, Any]:
-        return self.request("GET", "/pool")
+    def pool(self) -> Pool:
+        return self.call(Pool, "GET", "/pool")
 
-    def usage(self, *, since: float | None = None, by: str = "meter") -> list[dict[str, Any]]:
+    def usage(self, *, since: float | None = None, by: str = "meter") -> list[AnyUsageRow]:
+        """Rows per tenant and meter; `by` job or endpoint adds their columns."""
         params: dict[str, Any] = {"by": by}
         if since is not None:
             params["since"] = since
-        return self.request("GET", "/usage", params=params)["data"]
+        return self.call(List[AnyUsageRow], "GET", "/usage", params=params).data
 
 
 def _image_type(name: str) -> str:

@@ -19,7 +19,6 @@ from modelfab.services.common import Principal
 logger = logging.getLogger(__name__)
 
 ADMIN_TENANT = "admin"
-ROLES = ("admin", "member")
 
 
 def generate_key() -> str:

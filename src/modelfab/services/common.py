@@ -6,8 +6,9 @@ import re
 from dataclasses import dataclass
 
 from modelfab.errors import InvalidRequest
+from modelfab.schemas.limits import NAME_PATTERN
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+NAME_RE = re.compile(NAME_PATTERN)
 
 
 def check_name(name: str, param: str = "name") -> str:

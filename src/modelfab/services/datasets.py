@@ -17,6 +17,7 @@ from modelfab.db.engine import transaction
 from modelfab.db.models import Dataset, DatasetVersion
 from modelfab.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from modelfab.ids import new_id, now
+from modelfab.schemas import datasets as wire
 from modelfab.services.common import Principal, check_name
 from modelfab.tasks import get_task
 
@@ -49,21 +50,25 @@ def resolve_version(session: Session, tenant_id: str, ref: str) -> tuple[Dataset
     return ds, version
 
 
+def version_view(ds: Dataset, v: DatasetVersion) -> wire.DatasetVersion:
+    return wire.DatasetVersion(
+        id=v.id,
+        name=ds.name,
+        ref=f"{ds.name}:{v.version}",
+        task=ds.task,
+        version=v.version,
+        sha256=v.sha256,
+        uri=v.uri,
+        file_count=v.file_count,
+        size_bytes=v.size_bytes,
+        stats=v.stats,
+        created_at=v.created_at,
+    )
+
+
 def version_dict(ds: Dataset, v: DatasetVersion) -> dict[str, Any]:
-    return {
-        "id": v.id,
-        "object": "dataset.version",
-        "name": ds.name,
-        "ref": f"{ds.name}:{v.version}",
-        "task": ds.task,
-        "version": v.version,
-        "sha256": v.sha256,
-        "uri": v.uri,
-        "file_count": v.file_count,
-        "size_bytes": v.size_bytes,
-        "stats": v.stats,
-        "created_at": v.created_at,
-    }
+    """`version_view` as a dict, for the services that still answer dicts (jobs, worker)."""
+    return version_view(ds, v).model_dump(mode="json")
 
 
 def version_by_id(session: Session, version_id: str) -> dict[str, Any] | None:
@@ -83,7 +88,7 @@ class DatasetService:
 
     def create_from_path(
         self, principal: Principal, *, name: str, task: str, path: Path
-    ) -> dict[str, Any]:
+    ) -> wire.DatasetCreated:
         """Import a folder on the server's disk. Admin only: a path could name anyone's files."""
         if not principal.is_admin:
             raise Forbidden(
@@ -98,7 +103,7 @@ class DatasetService:
 
     def create_from_archive(
         self, principal: Principal, *, name: str, task: str, archive: Path
-    ) -> dict[str, Any]:
+    ) -> wire.DatasetCreated:
         """Import an uploaded .zip/.tar/.tar.gz; validated before anything is registered."""
         check_name(name)
         spec = get_task(task)
@@ -113,7 +118,7 @@ class DatasetService:
 
     def _register(
         self, principal: Principal, name: str, task: str, stored: StoredDataset
-    ) -> dict[str, Any]:
+    ) -> wire.DatasetCreated:
         """Add a version for `stored`, or return the existing one with the same content."""
         for _ in range(3):  # a concurrent create of the same name may win the insert race
             try:
@@ -125,7 +130,7 @@ class DatasetService:
 
     def _register_once(
         self, session: Session, principal: Principal, name: str, task: str, stored: StoredDataset
-    ) -> dict[str, Any]:
+    ) -> wire.DatasetCreated:
         ds = session.scalar(
             select(Dataset).where(Dataset.tenant_id == principal.tenant_id, Dataset.name == name)
         )
@@ -145,7 +150,7 @@ class DatasetService:
             )
         )
         if existing is not None:
-            return {**version_dict(ds, existing), "created": False}
+            return _created(ds, existing, created=False)
         number = (
             session.scalar(
                 select(func.max(DatasetVersion.version)).where(DatasetVersion.dataset_id == ds.id)
@@ -165,9 +170,9 @@ class DatasetService:
         )
         session.add(version)
         session.flush()
-        return {**version_dict(ds, version), "created": True}
+        return _created(ds, version, created=True)
 
-    def list_datasets(self, principal: Principal) -> list[dict[str, Any]]:
+    def list_datasets(self, principal: Principal) -> list[wire.Dataset]:
         with self.factory() as session:
             rows = session.execute(
                 select(Dataset, func.max(DatasetVersion.version), func.count(DatasetVersion.id))
@@ -177,19 +182,18 @@ class DatasetService:
                 .order_by(Dataset.name)
             ).all()
         return [
-            {
-                "id": ds.id,
-                "object": "dataset",
-                "name": ds.name,
-                "task": ds.task,
-                "latest_version": latest,
-                "versions": count,
-                "created_at": ds.created_at,
-            }
+            wire.Dataset(
+                id=ds.id,
+                name=ds.name,
+                task=ds.task,
+                latest_version=latest,
+                versions=count,
+                created_at=ds.created_at,
+            )
             for ds, latest, count in rows
         ]
 
-    def get(self, principal: Principal, ref: str) -> dict[str, Any]:
+    def get(self, principal: Principal, ref: str) -> wire.DatasetVersionDetail:
         with self.factory() as session:
             ds, version = resolve_version(session, principal.tenant_id, ref)
             versions = session.scalars(
@@ -197,4 +201,9 @@ class DatasetService:
                 .where(DatasetVersion.dataset_id == ds.id)
                 .order_by(DatasetVersion.version)
             ).all()
-            return {**version_dict(ds, version), "versions": list(versions)}
+            view = version_view(ds, version).model_dump()
+            return wire.DatasetVersionDetail(**view, versions=list(versions))
+
+
+def _created(ds: Dataset, v: DatasetVersion, *, created: bool) -> wire.DatasetCreated:
+    return wire.DatasetCreated(**version_view(ds, v).model_dump(), created=created)

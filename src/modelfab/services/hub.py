@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from modelfab.errors import Forbidden, InvalidRequest, PayloadTooLarge
 from modelfab.hub.catalog import CATALOG, HubEntry, availability, get_entry, store_imported
 from modelfab.ids import now
+from modelfab.schemas.hub import HubModel, HubModelImported, ImportedWeights
 from modelfab.services.common import Principal
 
 logger = logging.getLogger(__name__)
@@ -23,26 +23,25 @@ MAX_IMPORT_BYTES = 2 * 2**30
 IMPORTABLE = ("import", "package")
 
 
-def _entry_dict(entry: HubEntry, hub_dir: Path) -> dict[str, Any]:
+def _entry_view(entry: HubEntry, hub_dir: Path) -> HubModel:
     available, how = availability(entry, hub_dir)
-    return {
-        "id": entry.id,
-        "object": "hub.model",
-        "task": entry.task,
-        "arch": entry.arch,
-        "source": entry.source,
-        "licence": entry.licence,
-        "params_m": entry.params_m,
-        "input_size": entry.input_size,
-        "description": entry.description,
-        "available": available,
-        "how": how,
-    }
+    return HubModel(
+        id=entry.id,
+        task=entry.task,
+        arch=entry.arch,
+        source=entry.source,
+        licence=entry.licence,
+        params_m=entry.params_m,
+        input_size=entry.input_size,
+        description=entry.description,
+        available=available,
+        how=how,
+    )
 
 
-def list_models(hub_dir: Path) -> list[dict[str, Any]]:
+def list_models(hub_dir: Path) -> list[HubModel]:
     """Every catalog entry, with whether it is usable offline here and how (or what to run)."""
-    return [_entry_dict(e, hub_dir) for e in CATALOG]
+    return [_entry_view(e, hub_dir) for e in CATALOG]
 
 
 def import_weights(
@@ -52,7 +51,7 @@ def import_weights(
     upload_path: Path,
     *,
     original_filename: str | None = None,
-) -> dict[str, Any]:
+) -> HubModelImported:
     """Keep `upload_path` as the weights of `model_id`, replacing earlier ones (blocks).
 
     Raises Forbidden for non-admins, NotFound for an unknown id, InvalidRequest for a model
@@ -82,4 +81,5 @@ def import_weights(
         at=now(),
     )
     logger.info("imported weights for %s (sha256 %s)", model_id, meta["sha256"][:12])
-    return {**_entry_dict(entry, hub_dir), "imported": meta}
+    view = _entry_view(entry, hub_dir).model_dump()
+    return HubModelImported(**view, imported=ImportedWeights.model_validate(meta))

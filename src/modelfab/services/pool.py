@@ -4,7 +4,7 @@ Members see their own jobs by id; others' work shows as "other tenant"."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from collections.abc import Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,10 +12,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelfab.compute.lifecycle import QUEUED, RUNNING
 from modelfab.db.models import Device, Job, JobAllocation, Node, Tenant
 from modelfab.ids import now
+from modelfab.schemas import pool as wire
 from modelfab.services.common import Principal
 
 
-def pool_view(factory: sessionmaker[Session], principal: Principal) -> dict[str, Any]:
+def pool_view(factory: sessionmaker[Session], principal: Principal) -> wire.Pool:
     with factory() as session:
         nodes = session.scalars(select(Node).order_by(Node.id)).all()
         running = session.execute(
@@ -31,59 +32,59 @@ def pool_view(factory: sessionmaker[Session], principal: Principal) -> dict[str,
             select(func.count()).select_from(Job).where(Job.status == QUEUED)
         )
     jobs = {job.id: (job, tenant) for job, tenant in running}
-    by_device: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    by_device: dict[int, list[wire.Allocation]] = defaultdict(list)
     for device_id, job_id, fraction in allocs:
         if job_id in jobs:
-            by_device[device_id].append({**_who(principal, *jobs[job_id]), "fraction": fraction})
+            who = _who(principal, *jobs[job_id])
+            by_device[device_id].append(wire.Allocation(**who.model_dump(), fraction=fraction))
     out_nodes = [_node(n, devices, by_device, jobs, principal) for n in nodes]
-    return {
-        "object": "pool",
-        "nodes": out_nodes,
-        "queued_jobs": queued_count,
-        "totals": {
-            "gpus": sum(len(n["devices"]) for n in out_nodes),
-            "gpus_free": round(sum(d["free"] for n in out_nodes for d in n["devices"]), 4),
-            "cpus": sum(n["cpus"] for n in out_nodes),
-            "cpus_free": sum(n["cpus_free"] for n in out_nodes),
-        },
-    }
+    return wire.Pool(
+        nodes=out_nodes,
+        queued_jobs=queued_count or 0,
+        totals=wire.Totals(
+            gpus=sum(len(n.devices) for n in out_nodes),
+            gpus_free=round(sum(d.free for n in out_nodes for d in n.devices), 4),
+            cpus=sum(n.cpus for n in out_nodes),
+            cpus_free=sum(n.cpus_free for n in out_nodes),
+        ),
+    )
 
 
-def _who(principal: Principal, job: Job, tenant: str) -> dict[str, Any]:
+def _who(principal: Principal, job: Job, tenant: str) -> wire.Holder:
     if principal.is_admin or job.tenant_id == principal.tenant_id:
-        return {"job_id": job.id, "tenant": tenant}
-    return {"job_id": None, "tenant": "other tenant"}
+        return wire.Holder(job_id=job.id, tenant=tenant)
+    return wire.Holder(job_id=None, tenant="other tenant")
 
 
 def _node(
     n: Node,
-    devices: Any,
-    by_device: dict[int, list[dict[str, Any]]],
+    devices: Sequence[Device],
+    by_device: dict[int, list[wire.Allocation]],
     jobs: dict[str, tuple[Job, str]],
     principal: Principal,
-) -> dict[str, Any]:
+) -> wire.Node:
     here = [j for j, _ in jobs.values() if j.node_id == n.id]
     cpus_used = sum(j.cpus for j in here)
-    return {
-        "id": n.id,
-        "hostname": n.hostname,
-        "executor": n.executor,
-        "cpus": n.cpus,
-        "cpus_free": n.cpus - cpus_used,
-        "memory_bytes": n.memory_bytes,
-        "heartbeat_age_s": round(now() - n.heartbeat_at, 1),
-        "devices": [
-            {
-                "index": d.index,
-                "kind": d.kind,
-                "name": d.name,
-                "memory_bytes": d.memory_bytes,
-                "active": d.active,
-                "free": round(max(0.0, 1 - sum(a["fraction"] for a in by_device[d.id])), 4),
-                "allocations": by_device[d.id],
-            }
+    return wire.Node(
+        id=n.id,
+        hostname=n.hostname,
+        executor=n.executor,
+        cpus=n.cpus,
+        cpus_free=n.cpus - cpus_used,
+        memory_bytes=n.memory_bytes,
+        heartbeat_age_s=round(now() - n.heartbeat_at, 1),
+        devices=[
+            wire.Device(
+                index=d.index,
+                kind=d.kind,
+                name=d.name,
+                memory_bytes=d.memory_bytes,
+                active=d.active,
+                free=round(max(0.0, 1 - sum(a.fraction for a in by_device[d.id])), 4),
+                allocations=by_device[d.id],
+            )
             for d in devices
             if d.node_id == n.id
         ],
-        "jobs": [_who(principal, *jobs[j.id]) for j in here if not j.gpus],
-    }
+        jobs=[_who(principal, *jobs[j.id]) for j in here if not j.gpus],
+    )

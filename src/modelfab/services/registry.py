@@ -34,6 +34,7 @@ from modelfab.errors import Conflict, InvalidRequest, ModelfabError, NotFound
 from modelfab.hub.catalog import CATALOG
 from modelfab.ids import new_id, now
 from modelfab.recipes.base import get_recipe
+from modelfab.schemas import models as wire
 from modelfab.services.common import Principal, check_name
 from modelfab.tasks import get_task, task_names
 
@@ -136,7 +137,7 @@ def _verify_artifact(store: ArtifactStore, a: dict[str, Any]) -> dict[str, Any]:
 
 def register_version(
     session: Session, job: Job, model: VerifiedModel, *, at: float
-) -> dict[str, Any]:
+) -> wire.ModelVersion:
     """Add the next version of `model.name` for the job's tenant, in the caller's transaction.
 
     Idempotent per job: a second call for the same job returns the version it made. Checks
@@ -148,7 +149,7 @@ def register_version(
     if existing is not None:
         owner = session.get(Model, existing.model_id)
         assert owner is not None
-        return _version_dict(session, owner, existing)
+        return _version_view(session, owner, existing)
     # The row lock serialises version numbering of one model across writers (PostgreSQL).
     row = session.scalar(
         select(Model)
@@ -193,7 +194,7 @@ def register_version(
         session.add(ModelArtifact(model_version_id=version.id, **a))
     session.flush()
     logger.info("registered %s:%d from job %s", row.name, number, job.id)
-    return _version_dict(session, row, version)
+    return _version_view(session, row, version)
 
 
 def _recipe_version(recipe: str) -> str:
@@ -351,40 +352,41 @@ def _artifacts(session: Session, version_id: str) -> list[ModelArtifact]:
     )
 
 
-def _version_dict(session: Session, model: Model, v: ModelVersion) -> dict[str, Any]:
+def _version_view(session: Session, model: Model, v: ModelVersion) -> wire.ModelVersion:
     aliases = [a for a, n in _aliases(session, model.id).items() if n == v.version]
-    return {
-        "id": v.id,
-        "object": "model.version",
-        "name": model.name,
-        "ref": f"{model.name}:{v.version}",
-        "task": model.task,
-        "version": v.version,
-        "aliases": aliases,
-        "job_id": v.job_id,
-        "dataset_version_id": v.dataset_version_id,
-        "recipe": v.recipe,
-        "recipe_version": v.recipe_version,
-        "base_model": v.base_model,
-        "params": v.params,
-        "metrics": v.metrics,
-        "extra": v.extra,
-        "artifacts": [
-            {"name": a.name, "format": a.format, "sha256": a.sha256, "size_bytes": a.size_bytes}
-            for a in _artifacts(session, v.id)
-        ],
-        "lineage": v.lineage,
-        "created_at": v.created_at,
-    }
+    return wire.ModelVersion(
+        id=v.id,
+        name=model.name,
+        ref=f"{model.name}:{v.version}",
+        task=model.task,
+        version=v.version,
+        aliases=aliases,
+        job_id=v.job_id,
+        dataset_version_id=v.dataset_version_id,
+        recipe=v.recipe,
+        recipe_version=v.recipe_version,
+        base_model=v.base_model,
+        params=v.params,
+        metrics=v.metrics,
+        extra=v.extra,
+        artifacts=[_artifact_view(a) for a in _artifacts(session, v.id)],
+        lineage=v.lineage,
+        created_at=v.created_at,
+    )
 
 
-def _base_model(model_id: str | None) -> dict[str, Any] | None:
+def _artifact_view(a: ModelArtifact) -> wire.Artifact:
+    return wire.Artifact(name=a.name, format=a.format, sha256=a.sha256, size_bytes=a.size_bytes)
+
+
+def _base_model(model_id: str | None) -> wire.BaseModelRef | None:
+    """The hub entry a version started from (only its id once it left the catalog)."""
     if model_id is None:
         return None
     for e in CATALOG:
         if e.id == model_id:
-            return {"id": e.id, "arch": e.arch, "source": e.source, "licence": e.licence}
-    return {"id": model_id}
+            return wire.BaseModelRef(id=e.id, arch=e.arch, source=e.source, licence=e.licence)
+    return wire.BaseModelRef(id=model_id)
 
 
 # --------------------------------------------------------------------------- service
@@ -397,7 +399,7 @@ class RegistryService:
         self.factory = factory
         self.store = store
 
-    def list_models(self, principal: Principal) -> list[dict[str, Any]]:
+    def list_models(self, principal: Principal) -> list[wire.Model]:
         with self.factory() as session:
             rows = session.execute(
                 select(Model, func.max(ModelVersion.version), func.count(ModelVersion.id))
@@ -407,20 +409,19 @@ class RegistryService:
                 .order_by(Model.name)
             ).all()
             return [
-                {
-                    "id": m.id,
-                    "object": "model",
-                    "name": m.name,
-                    "task": m.task,
-                    "latest_version": latest,
-                    "versions": count,
-                    "aliases": _aliases(session, m.id),
-                    "created_at": m.created_at,
-                }
+                wire.Model(
+                    id=m.id,
+                    name=m.name,
+                    task=m.task,
+                    latest_version=latest,
+                    versions=count,
+                    aliases=_aliases(session, m.id),
+                    created_at=m.created_at,
+                )
                 for m, latest, count in rows
             ]
 
-    def get(self, principal: Principal, ref: str) -> dict[str, Any]:
+    def get(self, principal: Principal, ref: str) -> wire.ModelVersionDetail:
         with self.factory() as session:
             model, version = resolve(session, principal.tenant_id, ref)
             versions = session.scalars(
@@ -428,11 +429,12 @@ class RegistryService:
                 .where(ModelVersion.model_id == model.id)
                 .order_by(ModelVersion.version)
             ).all()
-            return {**_version_dict(session, model, version), "versions": list(versions)}
+            view = _version_view(session, model, version).model_dump()
+            return wire.ModelVersionDetail(**view, versions=list(versions))
 
     def set_alias(
         self, principal: Principal, name: str, *, alias: str, version: int
-    ) -> dict[str, Any]:
+    ) -> wire.ModelVersion:
         """Point `alias` of `name` at `version`, creating or moving it; answers the version."""
         check_name(alias, param="alias")
         for _ in range(3):  # a concurrent first set of the same alias may win the insert
@@ -445,7 +447,7 @@ class RegistryService:
 
     def _set_alias_once(
         self, session: Session, principal: Principal, name: str, alias: str, number: int
-    ) -> dict[str, Any]:
+    ) -> wire.ModelVersion:
         model = _model_named(session, principal.tenant_id, name)
         version = session.scalar(
             select(ModelVersion).where(
@@ -464,45 +466,44 @@ class RegistryService:
             session.add(row)
         row.model_version_id, row.updated_at = version.id, now()
         session.flush()
-        return _version_dict(session, model, version)
+        return _version_view(session, model, version)
 
-    def lineage(self, principal: Principal, ref: str) -> dict[str, Any]:
+    def lineage(self, principal: Principal, ref: str) -> wire.Lineage:
         with self.factory() as session:
             model, v = resolve(session, principal.tenant_id, ref)
             job = session.get(Job, v.job_id) if v.job_id else None
             lin = v.lineage
             dataset = None
             if lin.get("dataset_version_id"):
-                dataset = {
-                    "id": lin["dataset_version_id"],
-                    "ref": lin.get("dataset_ref"),
-                    "sha256": lin.get("dataset_sha256"),
-                }
-            return {
-                "object": "model.lineage",
-                "model_version": {
-                    "id": v.id,
-                    "ref": f"{model.name}:{v.version}",
-                    "name": model.name,
-                    "version": v.version,
-                    "task": model.task,
-                    "created_at": v.created_at,
-                },
-                "dataset": dataset,
-                "job": {
-                    "id": lin.get("job_id"),
-                    "recipe": lin.get("recipe"),
-                    "recipe_version": lin.get("recipe_version"),
-                    "attempt": lin.get("attempt"),
-                    "status": job.status if job is not None else None,
-                },
-                "base_model": _base_model(v.base_model),
-                "params": lin.get("params"),
-                "code_version": lin.get("code_version"),
-                "endpoints": [],
-            }
+                dataset = wire.LineageDataset(
+                    id=lin["dataset_version_id"],
+                    ref=lin.get("dataset_ref"),
+                    sha256=lin.get("dataset_sha256"),
+                )
+            return wire.Lineage(
+                model_version=wire.LineageVersion(
+                    id=v.id,
+                    ref=f"{model.name}:{v.version}",
+                    name=model.name,
+                    version=v.version,
+                    task=model.task,
+                    created_at=v.created_at,
+                ),
+                dataset=dataset,
+                job=wire.LineageJob(
+                    id=lin.get("job_id"),
+                    recipe=lin.get("recipe"),
+                    recipe_version=lin.get("recipe_version"),
+                    attempt=lin.get("attempt"),
+                    status=job.status if job is not None else None,
+                ),
+                base_model=_base_model(v.base_model),
+                params=lin.get("params"),
+                code_version=lin.get("code_version"),
+                endpoints=[],
+            )
 
-    def artifact(self, principal: Principal, ref: str, name: str) -> tuple[Path, dict[str, Any]]:
+    def artifact(self, principal: Principal, ref: str, name: str) -> tuple[Path, wire.Artifact]:
         """The verified path of artifact `name` of `ref` and its record (blocks: re-hashes).
 
         Raises NotFound, or ArtifactCorrupt (409) when the stored file was changed.
@@ -518,11 +519,6 @@ class RegistryService:
                 raise NotFound(
                     f"model {model.name}:{v.version} has no artifact {name[:200]!r}", param="name"
                 )
-            record: dict[str, Any] = {
-                "name": row.name,
-                "format": row.format,
-                "sha256": row.sha256,
-                "size_bytes": row.size_bytes,
-            }
+            record = _artifact_view(row)
             uri, sha256 = row.uri, row.sha256
         return self.store.open_verified(uri, sha256), record

@@ -13,7 +13,9 @@ from modelfab.db.engine import transaction
 from modelfab.db.models import Tenant
 from modelfab.errors import Conflict, InvalidRequest, NotFound
 from modelfab.ids import new_id, now
-from modelfab.services.auth import ROLES, add_key
+from modelfab.schemas import tenants as wire
+from modelfab.schemas.tenants import ROLES
+from modelfab.services.auth import add_key
 from modelfab.services.common import check_name
 
 
@@ -38,23 +40,22 @@ class Quota:
             raise InvalidRequest(f"weight must be > 0, got {self.weight}", param="weight")
 
 
-def tenant_dict(t: Tenant) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "object": "tenant",
-        "name": t.name,
-        "max_gpus": t.max_gpus,
-        "max_cpus": t.max_cpus,
-        "gpu_hours_budget": t.gpu_hours_budget,
-        "weight": t.weight,
-        "rate_limit_rps": t.rate_limit_rps,
-        "created_at": t.created_at,
-    }
+def tenant_view(t: Tenant) -> wire.Tenant:
+    return wire.Tenant(
+        id=t.id,
+        name=t.name,
+        max_gpus=t.max_gpus,
+        max_cpus=t.max_cpus,
+        gpu_hours_budget=t.gpu_hours_budget,
+        weight=t.weight,
+        rate_limit_rps=t.rate_limit_rps,
+        created_at=t.created_at,
+    )
 
 
 def create_tenant(
     factory: sessionmaker[Session], *, name: str, quota: Quota, role: str = "member"
-) -> dict[str, Any]:
+) -> wire.TenantCreated:
     """Create a tenant with its first key; the key appears in the answer and nowhere else."""
     check_name(name)
     quota.check()
@@ -68,22 +69,22 @@ def create_tenant(
             key = add_key(session, tenant.id, role)
     except IntegrityError as exc:
         raise Conflict(f"tenant {name!r} exists already", param="name") from exc
-    return {**tenant_dict(tenant), "api_key": key}
+    return wire.TenantCreated(**tenant_view(tenant).model_dump(), api_key=key)
 
 
-def list_tenants(factory: sessionmaker[Session]) -> list[dict[str, Any]]:
+def list_tenants(factory: sessionmaker[Session]) -> list[wire.Tenant]:
     with factory() as session:
-        return [tenant_dict(t) for t in session.scalars(select(Tenant).order_by(Tenant.name))]
+        return [tenant_view(t) for t in session.scalars(select(Tenant).order_by(Tenant.name))]
 
 
-def get_tenant(factory: sessionmaker[Session], *, name: str) -> dict[str, Any]:
+def get_tenant(factory: sessionmaker[Session], *, name: str) -> wire.Tenant:
     with factory() as session:
-        return tenant_dict(_load(session, name))
+        return tenant_view(_load(session, name))
 
 
 def update_quota(
     factory: sessionmaker[Session], *, name: str, changes: dict[str, Any]
-) -> dict[str, Any]:
+) -> wire.Tenant:
     with transaction(factory) as session:
         tenant = _load(session, name)
         merged = {k: getattr(tenant, k) for k in Quota.__dataclass_fields__}
@@ -91,15 +92,15 @@ def update_quota(
         Quota(**merged).check()
         for key, value in changes.items():
             setattr(tenant, key, value)
-        return tenant_dict(tenant)
+        return tenant_view(tenant)
 
 
-def create_key(factory: sessionmaker[Session], *, name: str, role: str) -> dict[str, Any]:
+def create_key(factory: sessionmaker[Session], *, name: str, role: str) -> wire.ApiKey:
     if role not in ROLES:
         raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
     with transaction(factory) as session:
         tenant = _load(session, name)
-        return {"tenant": tenant.name, "role": role, "api_key": add_key(session, tenant.id, role)}
+        return wire.ApiKey(tenant=tenant.name, role=role, api_key=add_key(session, tenant.id, role))
 
 
 def _load(session: Session, name: str) -> Tenant:

@@ -9,9 +9,15 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from modelfab.db.models import Endpoint, Tenant, UsageRecord
 from modelfab.errors import InvalidRequest
+from modelfab.schemas.usage import (
+    GROUPINGS,
+    AnyUsageRow,
+    EndpointUsageRow,
+    JobUsageRow,
+    UsageRow,
+)
 from modelfab.services.common import Principal
 
-GROUPINGS = ("meter", "job", "tenant", "endpoint")
 ENDPOINT_REF = "endpoint"  # the ref_type of endpoint usage (requests, items, replica_seconds)
 Column = InstrumentedAttribute[Any] | ColumnElement[Any]
 
@@ -23,7 +29,7 @@ def summary(
     since: float | None,
     by: str,
     tenant: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[AnyUsageRow]:
     """Totals per tenant and meter, split further `by` job (any ref) or endpoint (endpoint
     usage only) when asked. Members see their own tenant's. Raises InvalidRequest for an
     unknown `by`."""
@@ -65,18 +71,19 @@ def _grouped(by: str) -> Select[Any]:
     return stmt
 
 
-def _row(by: str, r: Any) -> dict[str, Any]:
+def _row(by: str, r: Any) -> AnyUsageRow:
     if by == "endpoint":
         tenant, name, endpoint_id, meter = r[:4]
-        return {
-            "tenant": tenant,
-            "endpoint": name or endpoint_id,
-            "endpoint_id": endpoint_id,
-            "meter": meter,
-            "quantity": r[-2],
-            "records": r[-1],
-        }
-    out = {"tenant": r[0], "meter": r[1], "quantity": r[-2], "records": r[-1]}
+        return EndpointUsageRow(
+            tenant=tenant,
+            endpoint=name or endpoint_id,
+            endpoint_id=endpoint_id,
+            meter=meter,
+            quantity=r[-2],
+            records=r[-1],
+        )
     if by == "job":
-        out.update(ref_type=r[2], ref_id=r[3])
-    return out
+        return JobUsageRow(
+            tenant=r[0], meter=r[1], ref_type=r[2], ref_id=r[3], quantity=r[-2], records=r[-1]
+        )
+    return UsageRow(tenant=r[0], meter=r[1], quantity=r[-2], records=r[-1])

@@ -177,7 +177,7 @@ class WorkerService:
             try:
                 with session.begin_nested():
                     version = registry.register_version(session, job, model, at=at)
-                result = {**(result or {}), "model": version["ref"]}
+                result = {**(result or {}), "model": version.ref}
             except ModelfabError as exc:
                 problem = exc
         if problem is not None:

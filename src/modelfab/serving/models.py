@@ -68,7 +68,7 @@ def fetch_files(version_id: str, refs: Mapping[str, Any]) -> ModelFiles:
     none. Blocks (reads, maybe downloads). Raises ModelfabError for a corrupt artifact."""
     named: dict[str, Any] = dict(refs.get("artifacts") or {})
     for key, name in (("onnx", ONNX_NAME), ("labels", LABELS_NAME)):
-        if key in refs:
+        if refs.get(key) is not None:
             named.setdefault(name, refs[key])
     paths = {name: verified_file(ref) for name, ref in named.items()}
     labels_path = paths.get(LABELS_NAME)

@@ -7,26 +7,33 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from modelfab.api.deps import Caller, Ctx
-from modelfab.api.schemas import DatasetFromPath
 from modelfab.errors import PayloadTooLarge
+from modelfab.schemas.common import ERRORS, List
+from modelfab.schemas.datasets import (
+    Dataset,
+    DatasetCreated,
+    DatasetFromPath,
+    DatasetVersionDetail,
+)
 
-router = APIRouter(tags=["datasets"])
+router = APIRouter(tags=["datasets"], responses=ERRORS)
 
 CHUNK = 1 << 20
 
 
-@router.post("/datasets", status_code=201)
+@router.post("/datasets", status_code=201, responses={200: {"model": DatasetCreated}})
 def create_from_path(
     body: DatasetFromPath, ctx: Ctx, principal: Caller, response: Response
-) -> dict[str, Any]:
+) -> DatasetCreated:
+    """201 with a new version; 200 with the existing one when the content is the same."""
     out = ctx.datasets.create_from_path(
         principal, name=body.name, task=body.task, path=Path(body.path)
     )
-    response.status_code = 201 if out["created"] else 200
+    response.status_code = 201 if out.created else 200
     return out
 
 
-@router.post("/datasets/upload", status_code=201)
+@router.post("/datasets/upload", status_code=201, responses={200: {"model": DatasetCreated}})
 def upload(
     ctx: Ctx,
     principal: Caller,
@@ -34,7 +41,7 @@ def upload(
     name: Annotated[str, Form()],
     task: Annotated[str, Form()],
     file: Annotated[UploadFile, File(description=".zip, .tar or .tar.gz of the dataset folder")],
-) -> dict[str, Any]:
+) -> DatasetCreated:
     scratch = ctx.settings.home / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     suffix = "".join(Path(file.filename or "upload.tar.gz").suffixes[-2:])
@@ -44,7 +51,7 @@ def upload(
         out = ctx.datasets.create_from_archive(
             principal, name=name, task=task, archive=Path(tmp.name)
         )
-    response.status_code = 201 if out["created"] else 200
+    response.status_code = 201 if out.created else 200
     return out
 
 
@@ -58,10 +65,10 @@ def _copy_limited(src: UploadFile, dst: Any, limit: int) -> None:
 
 
 @router.get("/datasets")
-def list_datasets(ctx: Ctx, principal: Caller) -> dict[str, Any]:
-    return {"object": "list", "data": ctx.datasets.list_datasets(principal)}
+def list_datasets(ctx: Ctx, principal: Caller) -> List[Dataset]:
+    return List(data=ctx.datasets.list_datasets(principal))
 
 
 @router.get("/datasets/{ref}")
-def get_dataset(ref: str, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+def get_dataset(ref: str, ctx: Ctx, principal: Caller) -> DatasetVersionDetail:
     return ctx.datasets.get(principal, ref)

@@ -8,28 +8,35 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from modelfab.api.deps import Caller, Ctx, get_ctx
-from modelfab.api.schemas import EndpointCreate, EndpointUpdate
+from modelfab.schemas.common import ERRORS, ErrorResponse, List
+from modelfab.schemas.endpoints import (
+    Endpoint,
+    EndpointCreate,
+    EndpointDeleted,
+    EndpointUpdate,
+    Prediction,
+)
 from modelfab.services.endpoints import EndpointSpec
 
-router = APIRouter(tags=["endpoints"])
+router = APIRouter(tags=["endpoints"], responses=ERRORS)
 
 
-@router.post("/endpoints", status_code=201)
+@router.post("/endpoints", status_code=201, response_model=Endpoint)
 def create_endpoint(body: EndpointCreate, ctx: Ctx, principal: Caller) -> dict[str, Any]:
     return ctx.endpoints.create(principal, EndpointSpec(**body.model_dump()))
 
 
-@router.get("/endpoints")
+@router.get("/endpoints", response_model=List[Endpoint])
 def list_endpoints(ctx: Ctx, principal: Caller) -> dict[str, Any]:
     return {"object": "list", "data": ctx.endpoints.list_endpoints(principal)}
 
 
-@router.get("/endpoints/{name}")
+@router.get("/endpoints/{name}", response_model=Endpoint)
 def get_endpoint(name: str, ctx: Ctx, principal: Caller) -> dict[str, Any]:
     return ctx.endpoints.get(principal, name)
 
 
-@router.patch("/endpoints/{name}")
+@router.patch("/endpoints/{name}", response_model=Endpoint)
 def update_endpoint(name: str, body: EndpointUpdate, ctx: Ctx, principal: Caller) -> dict[str, Any]:
     """Answers at once. A new model is rolled out by the controller (status "updating",
     progress in `rollout`): loaded on every ready replica, then switched to; if a replica
@@ -38,7 +45,7 @@ def update_endpoint(name: str, body: EndpointUpdate, ctx: Ctx, principal: Caller
     return ctx.endpoints.update(principal, name, changes)
 
 
-@router.delete("/endpoints/{name}")
+@router.delete("/endpoints/{name}", response_model=EndpointDeleted)
 async def delete_endpoint(name: str, ctx: Ctx, principal: Caller) -> dict[str, Any]:
     """Stops routing to the endpoint, waits for its in-flight requests, then stops its
     replicas."""
@@ -47,6 +54,10 @@ async def delete_endpoint(name: str, ctx: Ctx, principal: Caller) -> dict[str, A
 
 @router.post(
     "/endpoints/{name}/predict",
+    responses={
+        200: {"model": Prediction, "description": "One result per image, in order."},
+        503: {"model": ErrorResponse, "description": "No ready replica; retry after a while"},
+    },
     openapi_extra={
         "requestBody": {
             "content": {

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 
 from modelfab.api.deps import Caller, Ctx
 from modelfab.errors import PayloadTooLarge
+from modelfab.schemas.common import ERRORS, List
+from modelfab.schemas.hub import HubModel, HubModelImported
 from modelfab.services import hub
 from modelfab.services.hub import MAX_IMPORT_BYTES
 
-router = APIRouter(tags=["hub"])
+router = APIRouter(tags=["hub"], responses=ERRORS)
 
 CHUNK = 1 << 20
 
 
 @router.get("/hub")
-def list_hub(ctx: Ctx, _: Caller) -> dict[str, Any]:
-    return {"object": "list", "data": hub.list_models(ctx.settings.hub_dir)}
+def list_hub(ctx: Ctx, _: Caller) -> List[HubModel]:
+    return List(data=hub.list_models(ctx.settings.hub_dir))
 
 
 @router.post("/hub/{model_id}/import", status_code=201)
@@ -29,7 +31,7 @@ def import_weights(
     ctx: Ctx,
     principal: Caller,
     file: Annotated[UploadFile, File(description="A torch state dict (.pth) of the model.")],
-) -> dict[str, Any]:
+) -> HubModelImported:
     scratch = ctx.settings.home / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=scratch, suffix=".pth") as tmp:

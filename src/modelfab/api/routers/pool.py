@@ -1,18 +1,19 @@
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from modelfab.api.deps import Caller, Ctx
+from modelfab.schemas.common import ERRORS, List
+from modelfab.schemas.pool import Pool
+from modelfab.schemas.usage import AnyUsageRow
 from modelfab.services import usage
 from modelfab.services.pool import pool_view
 
-router = APIRouter(tags=["pool"])
+router = APIRouter(tags=["pool"], responses=ERRORS)
 
 
 @router.get("/pool")
-def pool(ctx: Ctx, principal: Caller) -> dict[str, Any]:
+def pool(ctx: Ctx, principal: Caller) -> Pool:
     return pool_view(ctx.factory, principal)
 
 
@@ -23,6 +24,8 @@ def usage_summary(
     since: float | None = None,
     by: str = "meter",
     tenant: str | None = None,
-) -> dict[str, Any]:
+) -> List[AnyUsageRow]:
+    """Rows of `UsageRow`, with ref_type and ref_id for `by=job`, and endpoint and
+    endpoint_id for `by=endpoint`."""
     rows = usage.summary(ctx.factory, principal=principal, since=since, by=by, tenant=tenant)
-    return {"object": "list", "data": rows}
+    return List(data=rows)

@@ -1,24 +1,31 @@
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from modelfab.api.deps import Admin, Caller, Ctx
-from modelfab.api.schemas import KeyCreate, TenantCreate, TenantUpdate
+from modelfab.schemas.common import ERRORS, List
+from modelfab.schemas.tenants import (
+    ApiKey,
+    KeyCreate,
+    Me,
+    Tenant,
+    TenantCreate,
+    TenantCreated,
+    TenantUpdate,
+)
 from modelfab.services import tenants
 from modelfab.services.tenants import Quota
 
-router = APIRouter(tags=["tenants"])
+router = APIRouter(tags=["tenants"], responses=ERRORS)
 
 
 @router.get("/me")
-def me(principal: Caller) -> dict[str, Any]:
-    return {"object": "principal", "tenant": principal.tenant_name, "role": principal.role}
+def me(principal: Caller) -> Me:
+    return Me(tenant=principal.tenant_name, role=principal.role)
 
 
 @router.post("/tenants", status_code=201)
-def create_tenant(body: TenantCreate, ctx: Ctx, _: Admin) -> dict[str, Any]:
+def create_tenant(body: TenantCreate, ctx: Ctx, _: Admin) -> TenantCreated:
     quota = Quota(
         body.max_gpus, body.max_cpus, body.gpu_hours_budget, body.weight, body.rate_limit_rps
     )
@@ -26,21 +33,21 @@ def create_tenant(body: TenantCreate, ctx: Ctx, _: Admin) -> dict[str, Any]:
 
 
 @router.get("/tenants")
-def list_tenants(ctx: Ctx, _: Admin) -> dict[str, Any]:
-    return {"object": "list", "data": tenants.list_tenants(ctx.factory)}
+def list_tenants(ctx: Ctx, _: Admin) -> List[Tenant]:
+    return List(data=tenants.list_tenants(ctx.factory))
 
 
 @router.get("/tenants/{name}")
-def get_tenant(name: str, ctx: Ctx, _: Admin) -> dict[str, Any]:
+def get_tenant(name: str, ctx: Ctx, _: Admin) -> Tenant:
     return tenants.get_tenant(ctx.factory, name=name)
 
 
 @router.patch("/tenants/{name}")
-def update_tenant(name: str, body: TenantUpdate, ctx: Ctx, _: Admin) -> dict[str, Any]:
+def update_tenant(name: str, body: TenantUpdate, ctx: Ctx, _: Admin) -> Tenant:
     changes = body.model_dump(include=body.model_fields_set)
     return tenants.update_quota(ctx.factory, name=name, changes=changes)
 
 
 @router.post("/tenants/{name}/keys", status_code=201)
-def create_key(name: str, body: KeyCreate, ctx: Ctx, _: Admin) -> dict[str, Any]:
+def create_key(name: str, body: KeyCreate, ctx: Ctx, _: Admin) -> ApiKey:
     return tenants.create_key(ctx.factory, name=name, role=body.role)

@@ -7,27 +7,38 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, UploadFile
 
 from modelfab.api.deps import Ctx, JobToken
-from modelfab.api.schemas import ServingAnnounce, WorkerComplete, WorkerEvents
+from modelfab.schemas.common import ERRORS
+from modelfab.schemas.worker import (
+    ArtifactStored,
+    AttemptEnded,
+    EventsAccepted,
+    JobSpec,
+    ModelFiles,
+    ReplicaAnnounced,
+    ServingAnnounce,
+    WorkerComplete,
+    WorkerEvents,
+)
 
-router = APIRouter(prefix="/worker/jobs/{job_id}", tags=["worker"])
+router = APIRouter(prefix="/worker/jobs/{job_id}", tags=["worker"], responses=ERRORS)
 
 
-@router.get("/spec")
+@router.get("/spec", response_model=JobSpec)
 def spec(job_id: str, ctx: Ctx, token: JobToken) -> dict[str, Any]:
     return ctx.worker.spec(job_id, token)
 
 
-@router.post("/events")
+@router.post("/events", response_model=EventsAccepted)
 def events(job_id: str, body: WorkerEvents, ctx: Ctx, token: JobToken) -> dict[str, Any]:
     return ctx.worker.add_events(job_id, token, [e.model_dump() for e in body.events])
 
 
-@router.post("/complete")
+@router.post("/complete", response_model=AttemptEnded)
 def complete(job_id: str, body: WorkerComplete, ctx: Ctx, token: JobToken) -> dict[str, Any]:
     return ctx.worker.complete(job_id, token, body.model_dump())
 
 
-@router.post("/artifacts", status_code=201)
+@router.post("/artifacts", status_code=201, response_model=ArtifactStored)
 def upload_artifact(
     job_id: str,
     ctx: Ctx,
@@ -42,7 +53,7 @@ def upload_artifact(
     )
 
 
-@router.post("/serving")
+@router.post("/serving", response_model=ReplicaAnnounced)
 def announce_serving(
     job_id: str, body: ServingAnnounce, ctx: Ctx, token: JobToken
 ) -> dict[str, Any]:
@@ -50,7 +61,7 @@ def announce_serving(
     return ctx.endpoints.announce(job_id, token, body.url)
 
 
-@router.get("/models/{version_id}")
+@router.get("/models/{version_id}", response_model=ModelFiles)
 def model_files(job_id: str, version_id: str, ctx: Ctx, token: JobToken) -> dict[str, Any]:
     """Where a model version of the replica's tenant keeps its ONNX model and labels."""
     return ctx.endpoints.model_files(job_id, token, version_id)

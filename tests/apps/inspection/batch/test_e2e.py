@@ -59,7 +59,7 @@ def settings(settings: ServerSettings, tmp_path: Path) -> ServerSettings:
 def team(platform: Platform) -> Client:
     admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
     tenant = admin.create_tenant("vision", max_cpus=4, max_gpus=2)
-    return Client(platform.url, tenant["api_key"])
+    return Client(platform.url, tenant.api_key)
 
 
 @pytest.fixture
@@ -132,10 +132,10 @@ def test_a_registered_detector_inspects_a_folder_as_a_job(
         "--input", str(data / "archive"), "--output", str(data / "results"),
         "--param", "part_rows=10", "--gpus", "1", "--cpus", "2", "--wait",
     )  # fmt: skip
-    (job,) = [j for j in team.list_jobs() if j["recipe"] == "batch-inspection"]
-    assert code == 0 and job["status"] == "succeeded", (out, job)
-    assert job["id"] in out and job["params"]["output"] == str(data / "results")
-    assert job["params"]["model_version_id"].startswith("mv")  # pinned at create
+    (job,) = [j for j in team.list_jobs() if j.recipe == "batch-inspection"]
+    assert code == 0 and job.status == "succeeded", (out, job)
+    assert job.id in out and job.params["output"] == str(data / "results")
+    assert job.params["model_version_id"].startswith("mv")  # pinned at create
 
     rows = pq.read_table(data / "results" / "results.parquet").to_pylist()
     assert sorted(r["path"] for r in rows) == sorted([*images, str(corrupt)])
@@ -147,12 +147,12 @@ def test_a_registered_detector_inspects_a_folder_as_a_job(
         assert (r["heatmap"] is not None) == r["is_anomaly"]
     summary = json.loads((data / "results" / "summary.json").read_text())
     assert summary["images"] == 40 and summary["errors"] == 1
-    assert summary["model"]["version_id"] == job["params"]["model_version_id"]
+    assert summary["model"]["version_id"] == job.params["model_version_id"]
     assert (data / "results" / "report.html").stat().st_size > 0
-    assert job["result"]["images"] == 40
+    assert job.result["images"] == 40
 
-    events = team.job_events(job["id"])
-    progress = [e["data"] for e in events if e["type"] == "progress"]
+    events = team.job_events(job.id)
+    progress = [e.data for e in events if e.type == "progress"]
     assert progress and progress[-1]["done"] == progress[-1]["total"] == 40
 
 
@@ -169,9 +169,9 @@ def test_a_rerun_into_the_output_of_another_version_fails_naming_it(
     inspection_folder(data / "archive", 3)
     params = {"input": str(data / "archive"), "output": str(data / "results")}
     first = team.create_job("batch-inspection", params={"model": "castings:1", **params})
-    assert team.wait_job(first["id"], timeout_s=120)["status"] == "succeeded"
+    assert team.wait_job(first.id, timeout_s=120).status == "succeeded"
 
     second = team.create_job("batch-inspection", params={"model": "castings:2", **params})
-    done = team.wait_job(second["id"], timeout_s=120)
-    assert done["status"] == "failed" and done["error"]["code"] == "output_mismatch"
-    assert str(data / "results") in done["error"]["message"]
+    done = team.wait_job(second.id, timeout_s=120)
+    assert done.status == "failed" and done.error["code"] == "output_mismatch"
+    assert str(data / "results") in done.error["message"]

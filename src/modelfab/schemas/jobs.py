@@ -1,0 +1,90 @@
+"""Jobs, their events and logs, and the recipes they run."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field
+
+from modelfab.schemas import limits
+from modelfab.schemas.common import OpenModel, WireModel
+from modelfab.schemas.datasets import DatasetVersion
+
+
+class JobStatus(StrEnum):
+    validating = "validating"
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+"""Statuses a job never leaves."""
+
+
+class Resources(WireModel):
+    gpus: float = Field(default=0.0, ge=0, description="0, a fraction below 1, or a whole number.")
+    cpus: float = Field(default=1.0, gt=0, description="CPU slots.")
+    memory_bytes: int = Field(default=0, ge=0, description="0 means no memory request.")
+
+
+class JobCreate(WireModel):
+    recipe: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    dataset: str | None = Field(default=None, description="NAME or NAME:VERSION.")
+    resources: Resources = Field(default_factory=Resources)
+    priority: int = Field(default=0, ge=limits.MIN_PRIORITY, le=limits.MAX_PRIORITY)
+    max_attempts: int = Field(default=limits.DEFAULT_MAX_ATTEMPTS, ge=1, le=limits.MAX_ATTEMPTS)
+
+
+class Job(OpenModel):
+    id: str
+    object: Literal["job"] = "job"
+    recipe: str
+    params: dict[str, Any]
+    dataset: DatasetVersion | None
+    status: JobStatus
+    resources: Resources
+    priority: int
+    attempt: int
+    max_attempts: int
+    failures: int
+    cancel_requested: bool
+    node: str | None
+    cuda_visible_devices: str | None
+    error: dict[str, Any] | None = Field(description="code, message, param when it failed.")
+    result: dict[str, Any] | None = Field(description="What the recipe returned.")
+    created_at: float
+    queued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+
+
+class JobEvent(OpenModel):
+    id: int = Field(description="Increasing; pass the last one as `after` to page.")
+    object: Literal["job.event"] = "job.event"
+    attempt: int
+    created_at: float
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None
+
+
+class JobLogs(OpenModel):
+    attempt: int
+    text: str
+    offset: int
+    next_offset: int = Field(description="Pass it as `offset` to read on.")
+    eof: bool = Field(description="The attempt is over and everything was read.")
+
+
+class Recipe(WireModel):
+    name: str
+    version: str
+    description: str
+    needs_dataset: bool
+    params: dict[str, Any] = Field(description="The params' JSON schema.")

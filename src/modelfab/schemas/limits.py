@@ -1,0 +1,28 @@
+"""Limits of the API, declared once: the request models' `Field` bounds and the services'
+checks both read them, and the SDK and CLI import them instead of repeating numbers."""
+
+from __future__ import annotations
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+"""Tenant, dataset, model, alias and endpoint names: lower-case slugs safe in URLs, paths
+and shells (1-63 characters)."""
+
+# jobs
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+MAX_ATTEMPTS = 100
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_LIST_JOBS = 1000
+MAX_EVENTS_PAGE = 5000
+DEFAULT_EVENTS_PAGE = 500
+MAX_LOG_CHUNK = 1 << 20
+"""Bytes of a job log one call answers at most."""
+DEFAULT_LOG_CHUNK = 65536
+MAX_EVENT_MESSAGE = 4000
+"""Characters of one worker event's message."""
+
+# endpoints
+MAX_REPLICAS = 32
+MAX_BATCH_SIZE = 1024
+MAX_WAIT_MS = 1000.0
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_MAX_WAIT_MS = 5.0

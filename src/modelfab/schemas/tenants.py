@@ -1,0 +1,75 @@
+"""Tenants, their quotas and keys, and who is calling."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic.json_schema import JsonDict
+
+from modelfab.schemas.common import WireModel
+from modelfab.schemas.limits import NAME_PATTERN
+
+ROLES = ("admin", "member")
+
+_NAME: JsonDict = {"pattern": NAME_PATTERN}  # documented; the service checks it, naming the param
+
+
+class TenantCreate(WireModel):
+    name: str = Field(description="Lower-case slug, unique.", json_schema_extra=_NAME)
+    max_gpus: float | None = Field(
+        default=None, ge=0, description="Concurrent GPUs (sum of fractions)."
+    )
+    max_cpus: float | None = Field(default=None, ge=0, description="Concurrent CPU slots.")
+    gpu_hours_budget: float | None = Field(
+        default=None, ge=0, description="GPU hours; new GPU jobs are refused (429) once spent."
+    )
+    weight: float = Field(default=1.0, gt=0, description="Fair-share weight.")
+    rate_limit_rps: float | None = Field(
+        default=None, gt=0, description="Endpoint requests per second per key (429 beyond)."
+    )
+    role: str = Field(default="member", description="Role of the first key: admin or member.")
+
+
+class TenantUpdate(WireModel):
+    max_gpus: float | None = Field(default=None, ge=0)
+    max_cpus: float | None = Field(default=None, ge=0)
+    gpu_hours_budget: float | None = Field(default=None, ge=0)
+    weight: float | None = Field(default=None, gt=0)
+    rate_limit_rps: float | None = Field(default=None, gt=0)
+
+
+class KeyCreate(WireModel):
+    role: str = Field(default="member", description="admin or member.")
+
+
+class Tenant(WireModel):
+    id: str
+    object: Literal["tenant"] = "tenant"
+    name: str
+    max_gpus: float | None
+    max_cpus: float | None
+    gpu_hours_budget: float | None
+    weight: float
+    rate_limit_rps: float | None
+    created_at: float = Field(description="UNIX seconds.")
+
+
+class TenantCreated(Tenant):
+    api_key: str = Field(description="The first key; shown in this answer and never again.")
+
+
+class ApiKey(WireModel):
+    """A new key of a tenant; the plaintext is shown in this answer and never again."""
+
+    tenant: str
+    role: str
+    api_key: str
+
+
+class Me(WireModel):
+    """Who the key belongs to."""
+
+    object: Literal["principal"] = "principal"
+    tenant: str
+    role: str

@@ -1,0 +1,117 @@
+"""What a running attempt sends and is answered (`/v1/worker/jobs/{id}/...`, job token)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from modelfab.schemas import limits
+from modelfab.schemas.common import OpenModel, WireModel
+from modelfab.schemas.datasets import DatasetVersion
+from modelfab.schemas.jobs import Resources
+
+
+class WorkerEvent(WireModel):
+    message: str = Field(default="", max_length=limits.MAX_EVENT_MESSAGE)
+    type: str = "message"
+    level: str = "info"
+    data: dict[str, Any] | None = None
+    at: float | None = Field(default=None, description="UNIX time the worker saw it.")
+
+
+class WorkerEvents(WireModel):
+    events: list[WorkerEvent]
+
+
+class ArtifactRecord(WireModel):
+    """An artifact as the artifacts upload answered it."""
+
+    name: str
+    format: str = Field(description="pytorch, onnx or json.")
+    uri: str
+    sha256: str
+    size_bytes: int = Field(ge=0)
+
+
+class ModelReport(WireModel):
+    """The model a succeeded attempt registers, in the transaction that ends it."""
+
+    name: str = Field(description="Registry name (lower-case slug); versions count per name.")
+    task: str
+    artifacts: list[ArtifactRecord] = Field(default_factory=list)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    base_model: str | None = Field(default=None, description="Hub model id it started from.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="What serving needs: labels, input size, mean/std."
+    )
+
+
+class WorkerComplete(WireModel):
+    attempt: int | None = None
+    status: str
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    retryable: bool = False
+    model: ModelReport | None = None
+
+
+class ServingAnnounce(WireModel):
+    url: str = Field(description="Where the replica's server answers, http://host:port.")
+
+
+class BaseWeights(OpenModel):
+    model_id: str
+    uri: str = Field(description="file:// URL of the imported weights.")
+    sha256: str
+
+
+class JobSpec(OpenModel):
+    """Everything the worker needs to run the attempt."""
+
+    job_id: str
+    attempt: int
+    recipe: str
+    params: dict[str, Any]
+    dataset: DatasetVersion | None
+    resources: Resources
+    cuda_visible_devices: str | None
+    base_weights: BaseWeights | None
+
+
+class EventsAccepted(OpenModel):
+    accepted: int
+    cancel_requested: bool = Field(description="Stop soon: the job is being cancelled.")
+
+
+class ArtifactStored(OpenModel, ArtifactRecord):
+    object: Literal["artifact"] = "artifact"
+
+
+class AttemptEnded(OpenModel):
+    status: str = Field(description="The job's status after this attempt.")
+
+
+class ReplicaAnnounced(OpenModel):
+    object: Literal["replica"] = "replica"
+    job_id: str
+    url: str
+    ready: bool
+
+
+class FileRef(OpenModel):
+    uri: str
+    sha256: str
+
+
+class ModelFiles(OpenModel):
+    """Where a model version keeps what a replica loads: every serving artifact its task's
+    served-model kind needs, and for the ONNX kinds the two by role."""
+
+    version_id: str
+    task: str | None = Field(default=None, description="The model's task.")
+    artifacts: dict[str, FileRef] = Field(
+        default_factory=dict, description="Serving artifacts by file name."
+    )
+    onnx: FileRef | None = Field(default=None, description="model.onnx, for ONNX kinds.")
+    labels: FileRef | None = Field(default=None, description="labels.json, for ONNX kinds.")

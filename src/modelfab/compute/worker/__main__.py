@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from modelfab.artifacts import verified_file
+from modelfab.compute.status import JobStatus
 from modelfab.compute.worker.api import TOKEN_ENV, URL_ENV, AttemptOver, WorkerAPI
 from modelfab.compute.worker.context import WorkerContext
 from modelfab.errors import ModelfabError
@@ -48,12 +49,16 @@ def run_recipe(ctx: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]:
         traceback.print_exc()
         return _failed("recipe_error", f"{type(exc).__name__}: {exc}", retryable=True)
     if ctx.cancelled():
-        return {"status": "cancelled", "result": result}
-    return {"status": "succeeded", "result": result, "model": ctx.model}
+        return {"status": JobStatus.CANCELLED, "result": result}
+    return {"status": JobStatus.SUCCEEDED, "result": result, "model": ctx.model}
 
 
 def _failed(code: str, message: str, *, retryable: bool) -> dict[str, Any]:
-    return {"status": "failed", "error": {"code": code, "message": message}, "retryable": retryable}
+    return {
+        "status": JobStatus.FAILED,
+        "error": {"code": code, "message": message},
+        "retryable": retryable,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     ctx.event(
         f"Attempt {args.attempt} started on {socket.gethostname()} (pid {os.getpid()})",
-        data={"pid": os.getpid(), "cuda_visible_devices": devices, "status": "running"},
+        data={"pid": os.getpid(), "cuda_visible_devices": devices, "status": JobStatus.RUNNING},
     )
     print(
         f"modelfab worker: job {args.job_id} attempt {args.attempt} devices={devices!r}", flush=True
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         api.complete({"attempt": args.attempt, **payload})
     except AttemptOver:
         return 2
-    return 0 if payload["status"] == "succeeded" else 1
+    return 0 if payload["status"] == JobStatus.SUCCEEDED else 1
 
 
 if __name__ == "__main__":

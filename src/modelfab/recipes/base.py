@@ -9,10 +9,10 @@ entrypoint, so heavy libraries (torch) stay out of the control plane.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -29,8 +29,35 @@ CATALOG: dict[str, str] = {
 }
 
 
-class RecipeContext(Protocol):
-    """What a running recipe gets from the worker."""
+class Reporter(Protocol):
+    """Where a recipe's progress goes: the part of a `RecipeContext` the shared training
+    loop and the recipes' pure halves need."""
+
+    def event(
+        self,
+        message: str,
+        *,
+        type: str = "message",
+        level: str = "info",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Record `message` (type: message, metrics, checkpoint or progress). Never blocks."""
+        ...
+
+    def metrics(self, step: int | None = None, **values: float) -> None:
+        """A metrics event of `values` at optimizer step `step`."""
+        ...
+
+    def cancelled(self) -> bool:
+        """True once the job should stop (a cancel, or the attempt is over); the recipe
+        returns what it has, soon."""
+        ...
+
+
+class RecipeContext(Reporter, Protocol):
+    """What a running recipe gets, from the worker (`compute.worker.context.WorkerContext`)
+    or in-process (`recipes.local.LocalContext`). Recipes that need more ask for an opt-in
+    capability below with `isinstance`."""
 
     job_id: str
     attempt: int
@@ -40,26 +67,33 @@ class RecipeContext(Protocol):
     resources: dict[str, Any]  # what the job asked for: gpus, cpus, memory_bytes
     workdir: Path
 
-    def event(
-        self,
-        message: str,
-        *,
-        type: str = "message",
-        level: str = "info",
-        data: dict[str, Any] | None = None,
-    ) -> None: ...
+    def upload_artifact(self, path: Path, *, name: str, format: str) -> dict[str, Any]:
+        """Store `path`; returns {object, name, format, uri, sha256, size_bytes}. Blocks."""
+        ...
 
-    def metrics(self, step: int | None = None, **values: float) -> None: ...
-
-    def cancelled(self) -> bool: ...
-
-    def upload_artifact(self, path: Path, *, name: str, format: str) -> dict[str, Any]: ...
-
-    def register_model(self, model: dict[str, Any]) -> None: ...
+    def register_model(self, model: dict[str, Any]) -> None:
+        """Register `model` (name, task, artifacts, metrics, ...) if the job succeeds."""
+        ...
 
     def flush(self) -> None:
         """Block until buffered events reached the control plane (or it stays unreachable)."""
         ...
+
+
+@runtime_checkable
+class FetchesModels(Protocol):
+    """Capability: the files of a registered model version of the job's tenant."""
+
+    def model_files(self, version_id: str) -> dict[str, Any]:
+        """{version_id, onnx, labels}, each file a `{uri, sha256}` reference."""
+        ...
+
+
+@runtime_checkable
+class AnnouncesServing(Protocol):
+    """Capability: tell the platform this job (an endpoint replica) answers at a URL."""
+
+    def announce_serving(self, url: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -107,6 +141,20 @@ def get_recipe(name: str) -> RecipeSpec:
         )
     spec: RecipeSpec = importlib.import_module(CATALOG[name]).RECIPE
     return spec
+
+
+def run_recipe(
+    recipe: str | RecipeSpec, params: Mapping[str, Any] | BaseModel, ctx: RecipeContext
+) -> dict[str, Any]:
+    """Validate `params` through the recipe's spec and run its entrypoint with `ctx`, in
+    this process (blocks for the run). Returns the recipe's result ({} for None).
+
+    Raises NotFound for an unknown recipe, InvalidRequest naming a bad param, and whatever
+    the recipe raises."""
+    spec = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    raw = params.model_dump(mode="json") if isinstance(params, BaseModel) else dict(params)
+    typed = spec.params.model_validate(spec.validate_params(raw))
+    return spec.load_entrypoint()(ctx, typed) or {}
 
 
 def list_recipes() -> list[RecipeSpec]:

@@ -23,7 +23,7 @@ from modelfab.compute.status import JobStatus
 from modelfab.compute.worker.api import TOKEN_ENV, URL_ENV, AttemptOver, WorkerAPI
 from modelfab.compute.worker.context import WorkerContext
 from modelfab.errors import ModelfabError
-from modelfab.recipes.base import get_recipe
+from modelfab.recipes.base import run_recipe
 
 logger = logging.getLogger("modelfab.worker")
 
@@ -37,12 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_recipe(ctx: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]:
+def run_attempt(ctx: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]:
     """Run the recipe and return the completion payload for the control plane."""
     try:
-        recipe = get_recipe(spec["recipe"])
-        params = recipe.params.model_validate(spec["params"])
-        result = recipe.load_entrypoint()(ctx, params) or {}
+        result = run_recipe(spec["recipe"], spec["params"], ctx)
     except ModelfabError as exc:  # the user's to fix: retrying would not help
         return _failed(exc.code, exc.message, retryable=False)
     except Exception as exc:
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"modelfab worker: job {args.job_id} attempt {args.attempt} devices={devices!r}", flush=True
     )
-    payload = run_recipe(ctx, spec)
+    payload = run_attempt(ctx, spec)
     ctx.close()
     try:
         api.complete({"attempt": args.attempt, **payload})

@@ -1,9 +1,17 @@
 """The recipe interface and catalog.
 
 A recipe module defines a pydantic `Params` model (defaults strong, a docstring per field)
-and a `RECIPE` spec whose `entrypoint` names the function that does the work. The control
-plane imports only the spec, to validate params at `jobs create`; the worker imports the
-entrypoint, so heavy libraries (torch) stay out of the control plane.
+and a `RECIPE` spec whose `entrypoint` names the function that does the work.
+
+Two halves, two layers. The light catalogue -- this module and the modules `CATALOG`
+names (`sleep`, `image_classification`, `anomaly_detection`, `serve`, `batch_inspection`:
+names, params, specs) -- sits below `services`, which import it to validate params at
+`jobs create`. The heavy halves (`recipes.vision`, `recipes.anomaly`, `recipes.training`:
+torch) are loaded only through an `entrypoint`, in a worker or by `run_recipe`; the
+control plane never imports them (tests/recipes/test_local.py checks it).
+
+A recipe runs against a `RecipeContext`: the worker's, or `recipes.local.LocalContext`
+in-process.
 """
 
 from __future__ import annotations

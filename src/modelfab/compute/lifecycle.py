@@ -267,7 +267,12 @@ def requeue_lost(session: Session, job: Job, at: float) -> JobStatus:
 
 
 def request_cancel(
-    session: Session, job: Job, at: float, *, message: str = "Cancel requested"
+    session: Session,
+    job: Job,
+    at: float,
+    *,
+    message: str = "Cancel requested",
+    level: str = "warning",
 ) -> None:
     """A running job: flag it (its status changes when its process ends, via
     `end_attempt`). Does nothing when a cancel was already requested."""
@@ -275,7 +280,7 @@ def request_cancel(
         raise IllegalTransition(f"a {job.status} job has no attempt to cancel", param="status")
     if not job.cancel_requested:
         job.cancel_requested = True
-        add_event(session, job, message, level="warning", at=at)
+        add_event(session, job, message, level=level, at=at)
 
 
 def cancel_queued(session: Session, job: Job, at: float) -> None:

@@ -38,6 +38,7 @@ from sklearn.svm import SVC
 from modelfab.cli.common import parse_params
 from modelfab.errors import ModelfabError
 from modelfab.recipes.image_classification import Params
+from modelfab.recipes.local import LocalContext
 from modelfab.recipes.vision.classification import train_classifier
 from modelfab.recipes.vision.data import Item, split_dataset
 from modelfab.tasks import IMAGE_CLASSIFICATION, get_task
@@ -105,62 +106,65 @@ class Score:
     """Seconds to fit (sklearn) or of the whole `train_classifier` call (modelfab)."""
 
 
-class PrintReporter:
-    """A `Reporter` that prints the recipe's messages and keeps what the table needs: the
-    resolved config, the split, one row per epoch, and whether training stopped early."""
+@dataclass
+class RunLog:
+    """What the table needs of a run's events: the resolved config, the split, one row per
+    epoch, and whether training stopped early."""
 
-    def __init__(self, name: str) -> None:
-        self.name, self.start = name, time.monotonic()
-        self.config: dict[str, Any] = {}
-        self.split: dict[str, int] = {}
-        self.epochs: list[dict[str, float]] = []
-        self.stopped_early = False
+    config: dict[str, Any]
+    split: dict[str, int]
+    epochs: list[dict[str, Any]]
+    stopped_early: bool
 
-    def event(
-        self,
-        message: str,
-        *,
-        type: str = "message",
-        level: str = "info",
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        data = data or {}
-        self.config = data.get("config", self.config)
-        if "train" in data and "val" in data:
-            self.split = {"train": data["train"], "val": data["val"]}
-        self.stopped_early = self.stopped_early or message.startswith("Early stopping")
-        console.print(f"  [dim]{self.name} {time.monotonic() - self.start:6.1f} s  {message}[/]")
+    @classmethod
+    def of(cls, ctx: LocalContext) -> RunLog:
+        config: dict[str, Any] = {}
+        split: dict[str, int] = {}
+        for e in (e for e in ctx.events if e["type"] != "metrics"):
+            data = e["data"] or {}
+            config = data.get("config", config)
+            if "train" in data and "val" in data:
+                split = {"train": data["train"], "val": data["val"]}
+        epochs = [row for row in ctx.metric_rows if "epoch_s" in row]
+        stopped = any(e["message"].startswith("Early stopping") for e in ctx.events)
+        return cls(config, split, epochs, stopped)
 
-    def metrics(self, step: int | None = None, **values: float) -> None:
-        if "epoch_s" in values:
-            self.epochs.append(values)
 
-    def cancelled(self) -> bool:
-        return False
+def printing_context(name: str, workdir: Path) -> LocalContext:
+    """A LocalContext that prints the recipe's messages as they come."""
+    start = time.monotonic()
+
+    def show(item: dict[str, Any]) -> None:
+        if item["type"] != "metrics":
+            elapsed = time.monotonic() - start
+            console.print(f"  [dim]{name} {elapsed:6.1f} s  {item['message']}[/]")
+
+    return LocalContext(workdir, on_event=show)
 
 
 @dataclass
 class Ours:
     score: Score
-    log: PrintReporter
+    log: RunLog
     error: str | None = None
     """The error code when `train_classifier` raised after training (then the accuracy is
     the best epoch's val_accuracy and there is no macro-F1)."""
 
 
 def run_modelfab(root: Path, name: str, params: dict[str, Any]) -> Ours:
-    log = PrintReporter(name)
     with tempfile.TemporaryDirectory(prefix="modelfab-bench-work-") as work:
+        ctx = printing_context(name, Path(work))
         start = time.perf_counter()
         try:
-            out = train_classifier(root, params, workdir=Path(work), reporter=log)
+            out = train_classifier(root, params, workdir=Path(work), reporter=ctx)
         except ModelfabError as exc:  # e.g. export_parity_failed: training did finish
             console.print(f"  [red]{name}: train_classifier raised {exc.code}: {exc.message}[/]")
+            log = RunLog.of(ctx)
             best = max((row["val_accuracy"] for row in log.epochs), default=float("nan"))
             score = Score(best, float("nan"), time.perf_counter() - start)
             return Ours(score, log, error=exc.code)
         total = time.perf_counter() - start
-    return Ours(Score(out.metrics["accuracy"], out.metrics["macro_f1"], total), log)
+    return Ours(Score(out.metrics["accuracy"], out.metrics["macro_f1"], total), RunLog.of(ctx))
 
 
 def run_sklearn(

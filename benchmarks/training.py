@@ -44,6 +44,7 @@ from modelfab.client import Client
 from modelfab.hub.catalog import get_entry
 from modelfab.hub.loading import create_model
 from modelfab.recipes.image_classification import Params
+from modelfab.recipes.local import LocalContext
 from modelfab.recipes.training.loop import MAX_METRICS_PER_EPOCH
 from modelfab.recipes.vision.classification import DEFAULT_BASE_MODEL, auto_lr
 from modelfab.recipes.vision.data import Item, auto_num_workers, make_loaders
@@ -106,28 +107,17 @@ def stamp() -> Stamp:
 
 @dataclass
 class StepClock:
-    """A `Reporter` that stamps each step-metrics event. `fit` reports every
-    ceil(steps_per_epoch / 50) steps, right after a `.item()` that syncs the device."""
+    """Stamps taken as `fit` reports each step's metrics (every ceil(steps_per_epoch / 50)
+    steps, right after a `.item()` that syncs the device)."""
 
     stamps: dict[int, Stamp] = field(default_factory=dict)
     fit_images_per_s: float = 0.0
 
-    def event(
-        self,
-        message: str,
-        *,
-        type: str = "message",
-        level: str = "info",
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        pass
-
-    def metrics(self, step: int | None = None, **values: float) -> None:
-        if step is not None and "images_per_s" in values:
-            self.stamps[step] = stamp()
-
-    def cancelled(self) -> bool:
-        return False
+    def on_event(self, item: dict[str, Any]) -> None:
+        """A `LocalContext` hook: stamp step-metrics events as they are reported."""
+        data = item["data"] or {}
+        if item["type"] == "metrics" and "step" in data and "images_per_s" in data:
+            self.stamps[data["step"]] = stamp()
 
 
 @dataclass(frozen=True)
@@ -166,7 +156,7 @@ def run_modelfab(setup: Setup, loaders: tuple[Loader, Loader], tmp: Path, n: int
         channels_last=setup.cuda,
         patience=Params().patience,
         checkpoint_path=checkpoint,
-        reporter=clock,
+        reporter=LocalContext(tmp, on_event=clock.on_event),
     )
     clock.fit_images_per_s = result.train_images_per_s
     checkpoint.unlink(missing_ok=True)

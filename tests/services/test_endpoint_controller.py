@@ -136,7 +136,7 @@ def replica_seconds(factory: sessionmaker[Session]) -> float:
 def serving_endpoint(factory: sessionmaker[Session], replicas: int) -> tuple[str, list[str]]:
     """A tenant with versions 1 and 2 of `parts` and an endpoint serving version 1 on
     `replicas` ready replicas (rows only). Returns (endpoint id, version ids)."""
-    tenant_id = str(create_tenant(factory, name="vision", quota=Quota())["id"])
+    tenant_id = str(create_tenant(factory, name="vision", quota=Quota()).id)
     jobs = [insert_running_job(factory, tenant_id)[0] for _ in range(replicas)]
     at = now()
     with transaction(factory) as session:

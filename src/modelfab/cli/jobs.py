@@ -84,7 +84,7 @@ def create(
             job = follow(c, job.id, quiet=output is Output.json)
     if output is Output.json:
         emit_json(job)
-    if wait and job.status != JobStatus.succeeded:
+    if wait and job.status != JobStatus.SUCCEEDED:
         raise typer.Exit(1)
 
 

@@ -157,7 +157,7 @@ def _run(
             cpus=float(os.cpu_count() or 2),
         )
         job = _watch_training(c, job.id)
-        if job.status != JobStatus.succeeded:
+        if job.status != JobStatus.SUCCEEDED:
             console.print(f"[red]training {job.status}: {job.error}[/red]")
             raise typer.Exit(1)
         model = c.get_model(f"{MODEL}:1")
@@ -199,7 +199,7 @@ def _inspection(c: Client, url: str, key: str, home: Path) -> dict[str, Any]:
             if events:
                 status.update(f"anomaly detector: {events[-1].message[:70]}")
     job = c.get_job(created.id)
-    if job.status != JobStatus.succeeded:
+    if job.status != JobStatus.SUCCEEDED:
         console.print(f"[red]anomaly detection {job.status}: {job.error}[/red]")
         raise typer.Exit(1)
     _deploy(c, DETECTOR)

@@ -1,18 +1,26 @@
 """The recipe interface and catalog.
 
 A recipe module defines a pydantic `Params` model (defaults strong, a docstring per field)
-and a `RECIPE` spec whose `entrypoint` names the function that does the work. The control
-plane imports only the spec, to validate params at `jobs create`; the worker imports the
-entrypoint, so heavy libraries (torch) stay out of the control plane.
+and a `RECIPE` spec whose `entrypoint` names the function that does the work.
+
+Two halves, two layers. The light catalogue -- this module and the modules `CATALOG`
+names (`sleep`, `image_classification`, `anomaly_detection`, `serve`, `batch_inspection`:
+names, params, specs) -- sits below `services`, which import it to validate params at
+`jobs create`. The heavy halves (`recipes.vision`, `recipes.anomaly`, `recipes.training`:
+torch) are loaded only through an `entrypoint`, in a worker or by `run_recipe`; the
+control plane never imports them (tests/recipes/test_local.py checks it).
+
+A recipe runs against a `RecipeContext`: the worker's, or `recipes.local.LocalContext`
+in-process.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -39,8 +47,35 @@ def register_recipe(name: str, module: str) -> None:
     CATALOG[name] = module
 
 
-class RecipeContext(Protocol):
-    """What a running recipe gets from the worker."""
+class Reporter(Protocol):
+    """Where a recipe's progress goes: the part of a `RecipeContext` the shared training
+    loop and the recipes' pure halves need."""
+
+    def event(
+        self,
+        message: str,
+        *,
+        type: str = "message",
+        level: str = "info",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Record `message` (type: message, metrics, checkpoint or progress). Never blocks."""
+        ...
+
+    def metrics(self, step: int | None = None, **values: float) -> None:
+        """A metrics event of `values` at optimizer step `step`."""
+        ...
+
+    def cancelled(self) -> bool:
+        """True once the job should stop (a cancel, or the attempt is over); the recipe
+        returns what it has, soon."""
+        ...
+
+
+class RecipeContext(Reporter, Protocol):
+    """What a running recipe gets, from the worker (`compute.worker.context.WorkerContext`)
+    or in-process (`recipes.local.LocalContext`). Recipes that need more ask for an opt-in
+    capability below with `isinstance`."""
 
     job_id: str
     attempt: int
@@ -50,26 +85,33 @@ class RecipeContext(Protocol):
     resources: dict[str, Any]  # what the job asked for: gpus, cpus, memory_bytes
     workdir: Path
 
-    def event(
-        self,
-        message: str,
-        *,
-        type: str = "message",
-        level: str = "info",
-        data: dict[str, Any] | None = None,
-    ) -> None: ...
+    def upload_artifact(self, path: Path, *, name: str, format: str) -> dict[str, Any]:
+        """Store `path`; returns {object, name, format, uri, sha256, size_bytes}. Blocks."""
+        ...
 
-    def metrics(self, step: int | None = None, **values: float) -> None: ...
-
-    def cancelled(self) -> bool: ...
-
-    def upload_artifact(self, path: Path, *, name: str, format: str) -> dict[str, Any]: ...
-
-    def register_model(self, model: dict[str, Any]) -> None: ...
+    def register_model(self, model: dict[str, Any]) -> None:
+        """Register `model` (name, task, artifacts, metrics, ...) if the job succeeds."""
+        ...
 
     def flush(self) -> None:
         """Block until buffered events reached the control plane (or it stays unreachable)."""
         ...
+
+
+@runtime_checkable
+class FetchesModels(Protocol):
+    """Capability: the files of a registered model version of the job's tenant."""
+
+    def model_files(self, version_id: str) -> dict[str, Any]:
+        """{version_id, onnx, labels}, each file a `{uri, sha256}` reference."""
+        ...
+
+
+@runtime_checkable
+class AnnouncesServing(Protocol):
+    """Capability: tell the platform this job (an endpoint replica) answers at a URL."""
+
+    def announce_serving(self, url: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -117,6 +159,20 @@ def get_recipe(name: str) -> RecipeSpec:
         )
     spec: RecipeSpec = importlib.import_module(CATALOG[name]).RECIPE
     return spec
+
+
+def run_recipe(
+    recipe: str | RecipeSpec, params: Mapping[str, Any] | BaseModel, ctx: RecipeContext
+) -> dict[str, Any]:
+    """Validate `params` through the recipe's spec and run its entrypoint with `ctx`, in
+    this process (blocks for the run). Returns the recipe's result ({} for None).
+
+    Raises NotFound for an unknown recipe, InvalidRequest naming a bad param, and whatever
+    the recipe raises."""
+    spec = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    raw = params.model_dump(mode="json") if isinstance(params, BaseModel) else dict(params)
+    typed = spec.params.model_validate(spec.validate_params(raw))
+    return spec.load_entrypoint()(ctx, typed) or {}
 
 
 def list_recipes() -> list[RecipeSpec]:

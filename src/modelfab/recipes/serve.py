@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from modelfab.errors import ModelfabError
-from modelfab.recipes.base import RecipeContext, RecipeSpec
+from modelfab.recipes.base import AnnouncesServing, FetchesModels, RecipeContext, RecipeSpec
 from modelfab.serving.models import ModelCache, ModelFiles, fetch_files
 from modelfab.serving.replica_app import ReplicaServer, create_replica_app
 
@@ -39,18 +39,11 @@ class Params(BaseModel):
     drain_s: float = Field(default=10.0, ge=0, description="In-flight requests get this long.")
 
 
-@runtime_checkable
-class ServingContext(Protocol):
-    """What a replica needs beyond a RecipeContext (the worker's context has both)."""
-
-    def announce_serving(self, url: str) -> None: ...
-
-    def model_files(self, version_id: str) -> dict[str, Any]: ...
-
-
 def run(ctx: RecipeContext, params: Params) -> dict[str, Any]:
-    if not isinstance(ctx, ServingContext):
-        raise ModelfabError("the serve recipe needs a worker context that can announce a URL")
+    if not isinstance(ctx, AnnouncesServing) or not isinstance(ctx, FetchesModels):
+        raise ModelfabError(
+            "the serve recipe needs a context that can announce a URL and fetch models"
+        )
     cache = ModelCache(
         _loader(ctx),
         budget_bytes=params.memory_budget_bytes,
@@ -77,7 +70,7 @@ def run(ctx: RecipeContext, params: Params) -> dict[str, Any]:
     return {"url": url, "served_s": round(time.monotonic() - started, 3)}
 
 
-def _loader(ctx: ServingContext) -> Any:
+def _loader(ctx: FetchesModels) -> Any:
     def load(version_id: str) -> ModelFiles:
         return fetch_files(version_id, ctx.model_files(version_id))
 

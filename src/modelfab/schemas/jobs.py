@@ -13,16 +13,31 @@ from modelfab.schemas.datasets import DatasetVersion
 
 
 class JobStatus(StrEnum):
-    validating = "validating"
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
+    """A job's status; the values are what the database and the API hold."""
+
+    VALIDATING = "validating"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+_S = JobStatus
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    _S.VALIDATING: frozenset({_S.QUEUED, _S.CANCELLED}),
+    _S.QUEUED: frozenset({_S.RUNNING, _S.CANCELLED}),
+    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.QUEUED}),
+    _S.SUCCEEDED: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.CANCELLED: frozenset(),
+}
+"""status -> the statuses it may move to (`compute.lifecycle` applies every move). A status
+with no way out is terminal."""
+
+TERMINAL = frozenset(s for s, out in TRANSITIONS.items() if not out)
 """Statuses a job never leaves."""
+ACTIVE = frozenset(s for s, out in TRANSITIONS.items() if out)
 
 
 class Resources(WireModel):

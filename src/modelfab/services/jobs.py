@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.compute import lifecycle
 from modelfab.compute.executors.base import Executor
-from modelfab.compute.lifecycle import QUEUED, RUNNING, STATUSES, TERMINAL, VALIDATING
+from modelfab.compute.lifecycle import STATUSES, TERMINAL, JobStatus
 from modelfab.compute.scheduler.policy import (
     PendingJob,
     TenantState,
@@ -144,16 +144,17 @@ class JobService:
             memory_bytes=request.memory_bytes,
             priority=request.priority,
             max_attempts=request.max_attempts,
-            status=VALIDATING,
+            status=JobStatus.VALIDATING,
             attempt=0,
             failures=0,
             cancel_requested=False,
             created_at=at,
         )
         session.add(job)
-        lifecycle.add_event(session, job, "Validating job", at=at, data={"status": VALIDATING})
-        job.status, job.queued_at = QUEUED, at
-        lifecycle.add_event(session, job, "Job queued", at=at, data={"status": QUEUED})
+        lifecycle.add_event(
+            session, job, "Validating job", at=at, data={"status": JobStatus.VALIDATING}
+        )
+        lifecycle.admit(session, job, at)
         return job
 
     def check_fits(self, session: Session, tenant_id: str, request: JobRequest) -> None:
@@ -193,11 +194,10 @@ class JobService:
         the grace period) and end as `cancelled` when their process is gone."""
         with transaction(self.factory) as session:
             job = _own(session, principal, job_id, lock=True)
-            if job.status in (VALIDATING, QUEUED):
+            if job.status in (JobStatus.VALIDATING, JobStatus.QUEUED):
                 lifecycle.cancel_queued(session, job, now())
-            elif job.status == RUNNING and not job.cancel_requested:
-                job.cancel_requested = True
-                lifecycle.add_event(session, job, "Cancel requested", level="warning", at=now())
+            elif job.status == JobStatus.RUNNING:
+                lifecycle.request_cancel(session, job, now())
             out = job_dict(job)
         self.on_change()
         return out

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.artifacts import ArtifactStore
 from modelfab.compute import lifecycle
-from modelfab.compute.lifecycle import CANCELLED, FAILED, RUNNING, SUCCEEDED
+from modelfab.compute.status import JobStatus
 from modelfab.db.engine import transaction
 from modelfab.db.models import Job
 from modelfab.errors import Conflict, InvalidRequest, ModelfabError, Unauthenticated
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 LEVELS = ("info", "debug", "warning", "error")  # the first is the default
 EVENT_TYPES = ("message", "metrics", "checkpoint", "progress")
-OUTCOMES = (SUCCEEDED, FAILED, CANCELLED)
+OUTCOMES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 MAX_EVENTS_PER_CALL = 1000
 DEFAULT_MAX_ARTIFACT_BYTES = 20 * 2**30
 
@@ -132,7 +132,7 @@ class WorkerService:
         if outcome not in OUTCOMES:
             raise InvalidRequest(f"status must be one of {', '.join(OUTCOMES)}", param="status")
         model, problem = None, None
-        if outcome == SUCCEEDED and payload.get("model") is not None:
+        if outcome == JobStatus.SUCCEEDED and payload.get("model") is not None:
             model, problem = self._verify_model(job_id, token, payload["model"])
         for _ in range(3):  # a concurrent registration of the same new model name may win
             try:
@@ -181,7 +181,7 @@ class WorkerService:
             except ModelfabError as exc:
                 problem = exc
         if problem is not None:
-            outcome, retryable, result = FAILED, False, None
+            outcome, retryable, result = JobStatus.FAILED, False, None
             error = {
                 "code": "model_not_registered",
                 "message": f"the model could not be registered: {problem.message}",
@@ -213,7 +213,7 @@ def authorized(session: Session, job_id: str, token: str, lock: bool = False) ->
     job = session.get(Job, job_id, with_for_update=lock)
     if (
         job is None
-        or job.status != RUNNING
+        or job.status != JobStatus.RUNNING
         or job.token_hash is None
         or not hmac.compare_digest(job.token_hash, hash_secret(token))
     ):

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from modelfab.errors import InvalidRequest
 from modelfab.hub.catalog import get_entry
 from modelfab.recipes.vision.classification import TrainOutput, resolve_auto, train_classifier
-from tests.recipes.vision.test_training_loop import Crash, RecordingReporter
+from tests.recipes.vision.test_training_loop import Crash, recording
 
 COLOURS = {"blue": (40, 60, 200), "green": (40, 190, 60), "red": (210, 40, 40)}
 TINY = {"base_model": "tiny-cnn", "image_size": 32, "batch_size": 8, "lr": 0.01, "augment": False}
@@ -49,7 +49,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainOutput:
     workdir = tmp_path_factory.mktemp("work")
     return train_classifier(
-        dataset, {**TINY, "epochs": 3}, workdir=workdir, reporter=RecordingReporter()
+        dataset, {**TINY, "epochs": 3}, workdir=workdir, reporter=recording(workdir)
     )
 
 
@@ -93,10 +93,10 @@ def test_a_retried_attempt_resumes_from_the_checkpoint(dataset: Path, tmp_path: 
     params = {**TINY, "epochs": 3, "patience": 5}
     with pytest.raises(Crash):
         train_classifier(
-            dataset, params, workdir=tmp_path, reporter=RecordingReporter(crash_after_epoch=1)
+            dataset, params, workdir=tmp_path, reporter=recording(tmp_path, crash_after_epoch=1)
         )
     assert (tmp_path / "checkpoint.pt").is_file() and not (tmp_path / "out").exists()
-    reporter = RecordingReporter()
+    reporter = recording(tmp_path)
     out = train_classifier(dataset, params, workdir=tmp_path, reporter=reporter)
     steps_per_epoch = out.metrics["split"]["train"] // 8
     assert out.fit.resumed_from_epoch == 1 and out.fit.epochs_done == 3
@@ -106,7 +106,7 @@ def test_a_retried_attempt_resumes_from_the_checkpoint(dataset: Path, tmp_path: 
 
 
 def test_cancel_returns_without_outputs(dataset: Path, tmp_path: Path) -> None:
-    reporter = RecordingReporter(cancel_after_calls=2)
+    reporter = recording(tmp_path, cancel_after_calls=2)
     out = train_classifier(dataset, {**TINY, "epochs": 2}, workdir=tmp_path, reporter=reporter)
     assert out.cancelled and out.fit.cancelled and out.fit.steps_run == 2
     assert not out.weights_path.exists() and "fit" in out.metrics
@@ -117,7 +117,7 @@ def test_single_image_classes_leave_nothing_to_validate(tmp_path: Path) -> None:
         (tmp_path / "d" / name).mkdir(parents=True)
         Image.new("RGB", (32, 32), rgb).save(tmp_path / "d" / name / "only.png")
     with pytest.raises(InvalidRequest) as err:
-        train_classifier(tmp_path / "d", TINY, workdir=tmp_path / "w", reporter=RecordingReporter())
+        train_classifier(tmp_path / "d", TINY, workdir=tmp_path / "w", reporter=recording(tmp_path))
     assert err.value.param == "dataset"
 
 

@@ -4,7 +4,6 @@ It lives here, next to the vision tests, because the loop's first user is the vi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from modelfab.recipes.local import LocalContext
 from modelfab.recipes.training.loop import (
     FitResult,
     cosine_with_warmup,
@@ -26,39 +26,22 @@ class Crash(RuntimeError):
     """What the test reporter raises to simulate a dying worker."""
 
 
-@dataclass
-class RecordingReporter:
-    """Records everything; `crash_after_epoch` raises from the first metrics call after that
-    epoch's checkpoint event; `cancel_after_calls` turns `cancelled()` True."""
+def recording(
+    workdir: Path, *, crash_after_epoch: int | None = None, cancel_after_calls: int | None = None
+) -> LocalContext:
+    """A LocalContext that raises Crash from the first metrics call after epoch
+    `crash_after_epoch`'s checkpoint event, and turns `cancelled()` True after
+    `cancel_after_calls` calls."""
+    ctx = LocalContext(workdir, cancel_after=cancel_after_calls)
 
-    crash_after_epoch: int | None = None
-    cancel_after_calls: int | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-    metric_rows: list[dict[str, Any]] = field(default_factory=list)
-    cancel_calls: int = 0
+    def crash(item: dict[str, Any]) -> None:
+        done = [e["data"]["epoch"] for e in ctx.events_of("checkpoint")]
+        if item["type"] == "metrics" and crash_after_epoch in done:
+            raise Crash(f"simulated crash after epoch {crash_after_epoch}")
 
-    def event(
-        self,
-        message: str,
-        *,
-        type: str = "message",
-        level: str = "info",
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        self.events.append({"message": message, "type": type, "level": level, "data": data})
-
-    def metrics(self, step: int | None = None, **values: float) -> None:
-        done = [e["data"]["epoch"] for e in self.events if e["type"] == "checkpoint"]
-        if self.crash_after_epoch is not None and self.crash_after_epoch in done:
-            raise Crash(f"simulated crash after epoch {self.crash_after_epoch}")
-        self.metric_rows.append({"step": step, **values})
-
-    def cancelled(self) -> bool:
-        self.cancel_calls += 1
-        return self.cancel_after_calls is not None and self.cancel_calls > self.cancel_after_calls
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["type"] == kind]
+    if crash_after_epoch is not None:
+        ctx.on_event = crash
+    return ctx
 
 
 def blobs(n: int, seed: int) -> TensorDataset:
@@ -70,7 +53,7 @@ def blobs(n: int, seed: int) -> TensorDataset:
 
 def run_fit(
     checkpoint: Path,
-    reporter: RecordingReporter,
+    reporter: LocalContext,
     *,
     epochs: int = 3,
     patience: int = 5,
@@ -92,7 +75,7 @@ def run_fit(
 
 
 def test_fit_learns_reports_and_checkpoints(tmp_path: Path) -> None:
-    reporter = RecordingReporter()
+    reporter = recording(tmp_path)
     _, result = run_fit(tmp_path / "ckpt.pt", reporter)
     assert result.epochs_run == result.epochs_done == 3 and result.steps_run == 24
     assert result.resumed_from_epoch is None and not result.cancelled
@@ -103,23 +86,23 @@ def test_fit_learns_reports_and_checkpoints(tmp_path: Path) -> None:
     assert len(steps) == 24  # 8 steps an epoch: one event each
     assert {"train_loss", "images_per_s", "lr", "epoch", "eta_s"} <= set(steps[0])
     assert steps[-1]["eta_s"] == 0
-    checkpoints = reporter.of_type("checkpoint")
+    checkpoints = reporter.events_of("checkpoint")
     assert [c["data"]["epoch"] for c in checkpoints] == [1, 2, 3]
     assert (tmp_path / "ckpt.pt").is_file() and not list(tmp_path.glob(".*tmp"))
 
 
 def test_step_metrics_are_capped_per_epoch(tmp_path: Path) -> None:
-    reporter = RecordingReporter()
+    reporter = recording(tmp_path)
     run_fit(tmp_path / "ckpt.pt", reporter, epochs=1, n_train=8 * 51)
     steps = [m for m in reporter.metric_rows if "eta_s" in m]
     assert len(steps) == 25  # 51 steps: every second one
 
 
 def test_resume_continues_exactly_where_the_crash_left(tmp_path: Path) -> None:
-    full_model, full = run_fit(tmp_path / "full.pt", RecordingReporter())
+    full_model, full = run_fit(tmp_path / "full.pt", recording(tmp_path))
     with pytest.raises(Crash):
-        run_fit(tmp_path / "ckpt.pt", RecordingReporter(crash_after_epoch=1))
-    reporter = RecordingReporter()
+        run_fit(tmp_path / "ckpt.pt", recording(tmp_path, crash_after_epoch=1))
+    reporter = recording(tmp_path)
     model, resumed = run_fit(tmp_path / "ckpt.pt", reporter)
     assert resumed.resumed_from_epoch == 1
     assert resumed.epochs_run == 2 and resumed.epochs_done == 3
@@ -139,18 +122,18 @@ def test_early_stopping_restores_the_best_epoch(tmp_path: Path) -> None:
         snapshots.append(model[0].weight.detach().clone())  # type: ignore[index]
         return {"val_accuracy": next(scores)}
 
-    reporter = RecordingReporter()
+    reporter = recording(tmp_path)
     model, result = run_fit(tmp_path / "ckpt.pt", reporter, epochs=6, patience=2, eval_fn=eval_fn)
     assert result.epochs_run == 4 and result.stopped_early and result.best_epoch == 2
     assert torch.equal(model[0].weight, snapshots[1])  # type: ignore[index]
     assert any("Early stopping" in e["message"] for e in reporter.events)
     # A retry after an early stop trains no further.
-    _, again = run_fit(tmp_path / "ckpt.pt", RecordingReporter(), epochs=6, patience=2)
+    _, again = run_fit(tmp_path / "ckpt.pt", recording(tmp_path), epochs=6, patience=2)
     assert again.epochs_run == 0 and again.resumed_from_epoch == 4 and again.best_epoch == 2
 
 
 def test_cancel_stops_mid_epoch(tmp_path: Path) -> None:
-    reporter = RecordingReporter(cancel_after_calls=10)
+    reporter = recording(tmp_path, cancel_after_calls=10)
     _, result = run_fit(tmp_path / "ckpt.pt", reporter, epochs=3)
     assert result.cancelled and result.epochs_done == 1 and result.steps_run == 10
     assert reporter.events[-1]["level"] == "warning"
@@ -158,7 +141,7 @@ def test_cancel_stops_mid_epoch(tmp_path: Path) -> None:
 
 def test_unreadable_checkpoint_starts_over(tmp_path: Path) -> None:
     (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
-    reporter = RecordingReporter()
+    reporter = recording(tmp_path)
     _, result = run_fit(tmp_path / "ckpt.pt", reporter, epochs=1)
     assert result.resumed_from_epoch is None and result.epochs_run == 1
     assert reporter.events[0]["level"] == "warning"

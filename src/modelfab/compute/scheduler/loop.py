@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.compute import lifecycle
 from modelfab.compute.executors.base import Executor, ExitInfo, LaunchSpec, Reattachable
-from modelfab.compute.lifecycle import CANCELLED, FAILED, QUEUED, RUNNING, VALIDATING
 from modelfab.compute.pool import heartbeat
 from modelfab.compute.scheduler.policy import Placement, schedule
 from modelfab.compute.scheduler.snapshot import load_snapshot
+from modelfab.compute.status import JobStatus
 from modelfab.db.engine import transaction
-from modelfab.db.models import Job, JobAllocation
+from modelfab.db.models import Job
 from modelfab.ids import hash_secret
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Scheduler:
         with self.factory() as session:
             ids = session.scalars(
                 select(Job.id).where(
-                    Job.status == RUNNING,
+                    Job.status == JobStatus.RUNNING,
                     Job.cancel_requested.is_(True),
                     Job.node_id.in_(self.node_ids),
                 )
@@ -124,13 +124,13 @@ class Scheduler:
         """The attempt's process ended. If the worker did not report, the attempt failed."""
         with transaction(self.factory) as session:
             job = session.get(Job, job_id, with_for_update=True)
-            if job is None or job.status != RUNNING or job.attempt != attempt:
+            if job is None or job.status != JobStatus.RUNNING or job.attempt != attempt:
                 return  # the worker reported already (or the job moved on)
             reason = "worker exited without reporting" if info.ok else f"worker {info.reason}"
             lifecycle.end_attempt(
                 session,
                 job,
-                outcome=CANCELLED if job.cancel_requested else FAILED,
+                outcome=JobStatus.CANCELLED if job.cancel_requested else JobStatus.FAILED,
                 at=self.clock(),
                 error={"code": "process_exited", "message": reason, "exit_code": info.code},
                 retryable=True,
@@ -160,35 +160,16 @@ class Scheduler:
 
     def _apply(self, p: Placement, token: str) -> int | None:
         """Claim the job for `p` in one transaction; None if it is no longer queued."""
-        at = self.clock()
         with transaction(self.factory) as session:
-            attempt = session.scalar(
-                update(Job)
-                .where(Job.id == p.job_id, Job.status == QUEUED, Job.cancel_requested.is_(False))
-                .values(
-                    status=RUNNING,
-                    attempt=Job.attempt + 1,
-                    node_id=p.node_id,
-                    cuda_visible_devices=p.cuda_visible_devices,
-                    token_hash=hash_secret(token),
-                    started_at=at,
-                    pid=None,
-                )
-                .returning(Job.attempt)
-            )
-            if attempt is None:
-                return None
-            for device_id, fraction in p.devices:
-                session.add(JobAllocation(job_id=p.job_id, device_id=device_id, fraction=fraction))
-            devices = p.cuda_visible_devices or "none"
-            lifecycle.add_event(
+            return lifecycle.claim(
                 session,
-                lifecycle.JobRef(p.job_id, attempt),
-                f"Attempt {attempt} placed on {p.node_id} (devices {devices})",
-                at=at,
-                data={"status": RUNNING, "node": p.node_id, "cuda_visible_devices": devices},
+                p.job_id,
+                node_id=p.node_id,
+                cuda_visible_devices=p.cuda_visible_devices,
+                devices=p.devices,
+                token_hash=hash_secret(token),
+                at=self.clock(),
             )
-            return int(attempt)
 
     def _launch(self, p: Placement, attempt: int, token: str) -> int | None:
         """Start the claimed attempt and return its pid; on failure end it (retryable)."""
@@ -199,11 +180,11 @@ class Scheduler:
             logger.exception("could not launch job %s", p.job_id)
             with transaction(self.factory) as session:
                 job = session.get(Job, p.job_id, with_for_update=True)
-                if job is not None and job.status == RUNNING and job.attempt == attempt:
+                if job is not None and job.status == JobStatus.RUNNING and job.attempt == attempt:
                     lifecycle.end_attempt(
                         session,
                         job,
-                        outcome=FAILED,
+                        outcome=JobStatus.FAILED,
                         at=self.clock(),
                         error={"code": "launch_failed", "message": str(exc)},
                         retryable=True,
@@ -230,15 +211,15 @@ class Scheduler:
         with self.factory() as session:
             jobs = session.execute(
                 select(Job.id, Job.attempt, Job.status).where(
-                    (Job.status == VALIDATING)
-                    | ((Job.status == RUNNING) & Job.node_id.in_(self.node_ids))
+                    (Job.status == JobStatus.VALIDATING)
+                    | ((Job.status == JobStatus.RUNNING) & Job.node_id.in_(self.node_ids))
                 )
             ).all()
         live: dict[str, int] = {}
         if isinstance(self.executor, Reattachable):
             live = self.executor.running_attempts()
         for job_id, attempt, status in jobs:
-            if status == VALIDATING:
+            if status == JobStatus.VALIDATING:
                 self._requeue_validating(job_id)
             elif live.get(job_id) == attempt and self._adopt(job_id, attempt):
                 live.pop(job_id)
@@ -265,25 +246,14 @@ class Scheduler:
     def _lost(self, job_id: str, attempt: int) -> None:
         with transaction(self.factory) as session:
             job = session.get(Job, job_id, with_for_update=True)
-            if job is None or job.status != RUNNING or job.attempt != attempt:
+            if job is None or job.status != JobStatus.RUNNING or job.attempt != attempt:
                 return
-            lifecycle.end_attempt(
-                session,
-                job,
-                outcome=FAILED,
-                at=self.clock(),
-                error={
-                    "code": "lost",
-                    "message": "the worker was gone after a control-plane restart",
-                },
-                counts_as_failure=False,
-            )
+            lifecycle.requeue_lost(session, job, self.clock())
         logger.warning("job %s attempt %d was lost; re-queued", job_id, attempt)
 
     def _requeue_validating(self, job_id: str) -> None:
+        """A job the last control plane validated but did not queue: queue it now."""
         with transaction(self.factory) as session:
             job = session.get(Job, job_id, with_for_update=True)
-            if job is not None and job.status == VALIDATING:
-                job.status = QUEUED
-                job.queued_at = self.clock()
-                lifecycle.add_event(session, job, "Job queued", at=self.clock())
+            if job is not None and job.status == JobStatus.VALIDATING:
+                lifecycle.admit(session, job, self.clock())

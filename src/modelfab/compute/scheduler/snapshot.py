@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from modelfab.compute.lifecycle import QUEUED, RUNNING
 from modelfab.compute.scheduler.policy import (
     CPU_SLOT_GPU_EQUIVALENT,
     DeviceState,
@@ -17,6 +16,7 @@ from modelfab.compute.scheduler.policy import (
     PendingJob,
     TenantState,
 )
+from modelfab.compute.status import JobStatus
 from modelfab.db.models import Device, Job, JobAllocation, Node, Tenant, UsageRecord
 
 
@@ -30,13 +30,13 @@ class Snapshot:
 def load_snapshot(session: Session, *, node_ids: Collection[str], usage_since: float) -> Snapshot:
     rows = session.execute(
         select(Job.id, Job.tenant_id, Job.gpus, Job.cpus, Job.memory_bytes, Job.priority)
-        .where(Job.status == QUEUED, Job.cancel_requested.is_(False))
+        .where(Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
         .order_by(Job.created_at, Job.id)
     ).all()
     pending = [PendingJob(r[0], r[1], r[2], r[3], r[4], r[5], seq) for seq, r in enumerate(rows)]
     running = session.execute(
         select(Job.tenant_id, Job.node_id, Job.gpus, Job.cpus, Job.memory_bytes).where(
-            Job.status == RUNNING
+            Job.status == JobStatus.RUNNING
         )
     ).all()
     return Snapshot(

@@ -19,11 +19,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 from modelfab.artifacts import verified_file
+from modelfab.compute.status import JobStatus
 from modelfab.compute.worker.api import TOKEN_ENV, URL_ENV, AttemptOver, WorkerAPI
 from modelfab.compute.worker.context import WorkerContext
 from modelfab.errors import ModelfabError
 from modelfab.plugins import load_env_plugins
-from modelfab.recipes.base import get_recipe
+from modelfab.recipes.base import run_recipe
 
 logger = logging.getLogger("modelfab.worker")
 
@@ -37,24 +38,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_recipe(ctx: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]:
+def run_attempt(ctx: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]:
     """Run the recipe and return the completion payload for the control plane."""
     try:
-        recipe = get_recipe(spec["recipe"])
-        params = recipe.params.model_validate(spec["params"])
-        result = recipe.load_entrypoint()(ctx, params) or {}
+        result = run_recipe(spec["recipe"], spec["params"], ctx)
     except ModelfabError as exc:  # the user's to fix: retrying would not help
         return _failed(exc.code, exc.message, retryable=False)
     except Exception as exc:
         traceback.print_exc()
         return _failed("recipe_error", f"{type(exc).__name__}: {exc}", retryable=True)
     if ctx.cancelled():
-        return {"status": "cancelled", "result": result}
-    return {"status": "succeeded", "result": result, "model": ctx.model}
+        return {"status": JobStatus.CANCELLED, "result": result}
+    return {"status": JobStatus.SUCCEEDED, "result": result, "model": ctx.model}
 
 
 def _failed(code: str, message: str, *, retryable: bool) -> dict[str, Any]:
-    return {"status": "failed", "error": {"code": code, "message": message}, "retryable": retryable}
+    return {
+        "status": JobStatus.FAILED,
+        "error": {"code": code, "message": message},
+        "retryable": retryable,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,18 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     ctx.event(
         f"Attempt {args.attempt} started on {socket.gethostname()} (pid {os.getpid()})",
-        data={"pid": os.getpid(), "cuda_visible_devices": devices, "status": "running"},
+        data={"pid": os.getpid(), "cuda_visible_devices": devices, "status": JobStatus.RUNNING},
     )
     print(
         f"modelfab worker: job {args.job_id} attempt {args.attempt} devices={devices!r}", flush=True
     )
-    payload = run_recipe(ctx, spec)
+    payload = run_attempt(ctx, spec)
     ctx.close()
     try:
         api.complete({"attempt": args.attempt, **payload})
     except AttemptOver:
         return 2
-    return 0 if payload["status"] == "succeeded" else 1
+    return 0 if payload["status"] == JobStatus.SUCCEEDED else 1
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+# Defined with RecipeContext (every context is a Reporter); re-exported for the recipes.
+from modelfab.recipes.base import Reporter as Reporter
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
@@ -42,23 +45,6 @@ class BatchLoader(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
     def __len__(self) -> int: ...
-
-
-class Reporter(Protocol):
-    """Where progress goes; a recipe's `RecipeContext` is one."""
-
-    def event(
-        self,
-        message: str,
-        *,
-        type: str = "message",
-        level: str = "info",
-        data: dict[str, Any] | None = None,
-    ) -> None: ...
-
-    def metrics(self, step: int | None = None, **values: float) -> None: ...
-
-    def cancelled(self) -> bool: ...
 
 
 @dataclass

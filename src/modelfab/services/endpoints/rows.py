@@ -51,9 +51,8 @@ def cancel_replica(session: Session, job: Job, at: float) -> None:
     """Stop a replica job: a queued one is cancelled, a running one asked to stop."""
     if job.status in (VALIDATING, QUEUED):
         lifecycle.cancel_queued(session, job, at)
-    elif job.status == RUNNING and not job.cancel_requested:
-        job.cancel_requested = True
-        lifecycle.add_event(session, job, "Replica stopping", level="info", at=at)
+    elif job.status == RUNNING:
+        lifecycle.request_cancel(session, job, at, message="Replica stopping", level="info")
 
 
 def own(session: Session, principal: Principal, name: str, lock: bool = False) -> Endpoint:

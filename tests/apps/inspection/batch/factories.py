@@ -4,7 +4,6 @@ recipe context that records what the recipe reports."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import onnx
 from onnx import TensorProto, helper
 from PIL import Image
 
+from modelfab.recipes.local import LocalContext
 from modelfab.serving.models import ModelFiles
 from tests.serving.factories import labels as classifier_labels
 from tests.serving.factories import write_classifier
@@ -116,67 +116,25 @@ def image_folder(root: Path, count: int, *, every_defect: int = 4) -> dict[str, 
     return out
 
 
-class RecordingContext:
-    """A RecipeContext (plus `model_files`) that keeps events and metrics in lists.
-
-    `models` maps version ids to their files; `cancel_after` makes `cancelled()` true from
-    its Nth call on."""
-
-    def __init__(
-        self, workdir: Path, models: dict[str, ModelFiles], *, cancel_after: int | None = None
-    ) -> None:
-        self.job_id = "job_test"
-        self.attempt = 1
-        self.dataset: dict[str, Any] | None = None
-        self.dataset_path: Path | None = None
-        self.base_weights: Path | None = None
-        self.resources: dict[str, Any] = {"gpus": 0.0, "cpus": 2.0, "memory_bytes": 0}
-        self.workdir = workdir
-        self.models = models
-        self.cancel_after = cancel_after
-        self.cancel_checks = 0
-        self.events: list[dict[str, Any]] = []
-
-    def event(
-        self,
-        message: str,
-        *,
-        type: str = "message",
-        level: str = "info",
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        self.events.append({"message": message, "type": type, "level": level, "data": data})
-
-    def metrics(self, step: int | None = None, **values: float) -> None:
-        self.event("metrics", type="metrics", data={"step": step, **values})
-
-    def cancelled(self) -> bool:
-        self.cancel_checks += 1
-        return self.cancel_after is not None and self.cancel_checks >= self.cancel_after
-
-    def upload_artifact(self, path: Path, *, name: str, format: str) -> dict[str, Any]:
-        raise AssertionError("batch inspection uploads nothing")
-
-    def register_model(self, model: dict[str, Any]) -> None:
-        raise AssertionError("batch inspection registers nothing")
-
-    def flush(self) -> None:
-        pass
-
-    def model_files(self, version_id: str) -> dict[str, Any]:
-        files = self.models[version_id]
-        return {
-            "version_id": version_id,
-            "onnx": _ref(files.onnx_path),
-            "labels": _ref(files.onnx_path.with_name("labels.json")),
-        }
-
-    def progress(self) -> list[dict[str, Any]]:
-        return [e["data"] for e in self.events if e["type"] == "progress"]
+def recording_context(
+    workdir: Path, models: dict[str, ModelFiles], *, cancel_after: int | None = None
+) -> LocalContext:
+    """A LocalContext on 2 CPU slots that serves `models` (version id -> files) and, with
+    `cancel_after` N, is cancelled from its Nth `cancelled()` call on."""
+    return LocalContext(
+        workdir,
+        resources={"gpus": 0.0, "cpus": 2.0, "memory_bytes": 0},
+        models={
+            vid: {"onnx": f.onnx_path, "labels": f.onnx_path.with_name("labels.json")}
+            for vid, f in models.items()
+        },
+        cancel_after=None if cancel_after is None else cancel_after - 1,
+    )
 
 
-def _ref(path: Path) -> dict[str, str]:
-    return {"uri": path.resolve().as_uri(), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+def progress(ctx: LocalContext) -> list[dict[str, Any]]:
+    """The data of every progress event, oldest first."""
+    return [e["data"] for e in ctx.events_of("progress")]
 
 
 def wait_for(check: Any, timeout_s: float = 30.0) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 from modelfab.apps.inspection.batch import job
 from modelfab.recipes.batch_inspection import Params
 from modelfab.serving.models import ModelFiles, load_model
-from tests.apps.inspection.batch.factories import RecordingContext
+from tests.apps.inspection.batch.factories import recording_context
 
 
 class CountingModel:
@@ -59,7 +59,7 @@ def main(config_path: str) -> None:
         )
 
     job.load_model = slow_load  # type: ignore[assignment]  # the one seam a test needs here
-    ctx = RecordingContext(model_dir.parent, {config["version_id"]: files})
+    ctx = recording_context(model_dir.parent, {config["version_id"]: files})
     result = job.run(ctx, Params.model_validate(config["params"]))
     print(json.dumps(result))
 

@@ -23,8 +23,9 @@ from modelfab.recipes.base import get_recipe
 from modelfab.recipes.batch_inspection import Params
 from modelfab.serving.models import load_model
 from tests.apps.inspection.batch.factories import (
-    RecordingContext,
     image_folder,
+    progress,
+    recording_context,
     save,
     surface,
     write_detector,
@@ -57,7 +58,7 @@ def test_every_image_gets_one_row_and_unreadable_files_error_rows(tmp_path: Path
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (tmp_path / "in" / "notes.txt").write_text("not an image")
     save(tmp_path / "in" / ".hidden" / "skip.png", surface())
-    ctx = RecordingContext(tmp_path, {"mv_det": files})
+    ctx = recording_context(tmp_path, {"mv_det": files})
 
     summary = run(ctx, params(tmp_path, part_rows=6))
 
@@ -82,7 +83,7 @@ def test_every_image_gets_one_row_and_unreadable_files_error_rows(tmp_path: Path
 def test_rows_match_the_model_called_directly_and_heatmaps_are_written(tmp_path: Path) -> None:
     files = write_detector(tmp_path / "mv_det")
     images = image_folder(tmp_path / "in", 12, every_defect=3)
-    ctx = RecordingContext(tmp_path, {"mv_det": files})
+    ctx = recording_context(tmp_path, {"mv_det": files})
     run(ctx, params(tmp_path, batch_size=5, decode_workers=3))
 
     model: Any = load_model(files)
@@ -109,9 +110,9 @@ def test_rows_match_the_model_called_directly_and_heatmaps_are_written(tmp_path:
 def test_progress_events_and_metrics(tmp_path: Path) -> None:
     files = write_detector(tmp_path / "mv_det")
     image_folder(tmp_path / "in", 10)
-    ctx = RecordingContext(tmp_path, {"mv_det": files})
+    ctx = recording_context(tmp_path, {"mv_det": files})
     run(ctx, params(tmp_path))
-    last = ctx.progress()[-1]
+    last = progress(ctx)[-1]
     assert last["done"] == last["total"] == 10 and last["images_per_s"] > 0
     assert last["eta_s"] == 0 and last["errors"] == 0 and last["anomalies"] == 3
     assert any(e["type"] == "metrics" and e["data"]["step"] == 10 for e in ctx.events)
@@ -120,7 +121,7 @@ def test_progress_events_and_metrics(tmp_path: Path) -> None:
 def test_a_tiling_detector_maps_images_at_their_resolution(tmp_path: Path) -> None:
     files = write_detector(tmp_path / "mv_tile", tiling=True, sigma=1.0)
     big = save(tmp_path / "in" / "big.png", surface((90, 50), defect=True))
-    ctx = RecordingContext(tmp_path, {"mv_tile": files})
+    ctx = recording_context(tmp_path, {"mv_tile": files})
     run(ctx, params(tmp_path, "mv_tile", save_heatmaps="all"))
     (row,) = results(tmp_path)
     assert row["path"] == str(big) and row["is_anomaly"] is True
@@ -135,7 +136,7 @@ def test_csv_from_a_list_file_with_a_classifier(tmp_path: Path) -> None:
     listing = tmp_path / "lists" / "todo.txt"
     listing.parent.mkdir()
     listing.write_text(f"# to inspect\n../imgs/a.png\n\n{b}\n../imgs/missing.png\n{a}\n")
-    ctx = RecordingContext(tmp_path, {"mv_cls": files})
+    ctx = recording_context(tmp_path, {"mv_cls": files})
 
     run(ctx, params(tmp_path, "mv_cls", input=str(listing), format="csv", threshold=0.1))
 
@@ -151,7 +152,7 @@ def test_csv_from_a_list_file_with_a_classifier(tmp_path: Path) -> None:
 def test_another_model_version_into_the_same_output_is_refused(tmp_path: Path) -> None:
     models = {"mv_a": write_detector(tmp_path / "mv_a"), "mv_b": write_detector(tmp_path / "mv_b")}
     image_folder(tmp_path / "in", 3)
-    ctx = RecordingContext(tmp_path, models)
+    ctx = recording_context(tmp_path, models)
     run(ctx, params(tmp_path, "mv_a"))
     with pytest.raises(InvalidRequest) as err:
         run(ctx, params(tmp_path, "mv_b"))
@@ -166,12 +167,12 @@ def test_another_model_version_into_the_same_output_is_refused(tmp_path: Path) -
 def test_a_rerun_after_cancel_does_only_what_is_left(tmp_path: Path) -> None:
     files = write_detector(tmp_path / "mv_det")
     images = image_folder(tmp_path / "in", 30)
-    ctx = RecordingContext(tmp_path, {"mv_det": files}, cancel_after=3)
+    ctx = recording_context(tmp_path, {"mv_det": files}, cancel_after=3)
     stopped = run(ctx, params(tmp_path, batch_size=4, part_rows=1000))
     assert stopped["cancelled"] is True and 0 < stopped["done"] < 30
     assert not (tmp_path / "out" / "results.parquet").exists()
 
-    again = RecordingContext(tmp_path, {"mv_det": files})
+    again = recording_context(tmp_path, {"mv_det": files})
     summary = run(again, params(tmp_path, batch_size=4))
     assert summary["run"]["processed"] == 30 - stopped["done"]
     assert sorted(r["path"] for r in results(tmp_path)) == sorted(images)
@@ -184,7 +185,7 @@ def test_a_rerun_after_cancel_does_only_what_is_left(tmp_path: Path) -> None:
 def test_one_run_per_output_folder(tmp_path: Path) -> None:
     files = write_detector(tmp_path / "mv_det")
     image_folder(tmp_path / "in", 2)
-    ctx = RecordingContext(tmp_path, {"mv_det": files})
+    ctx = recording_context(tmp_path, {"mv_det": files})
     with locked(tmp_path / "out"), pytest.raises(Conflict, match="in use"):
         run(ctx, params(tmp_path))
 
@@ -218,6 +219,6 @@ def test_params_are_checked_in_the_control_plane() -> None:
 
 
 def test_without_a_pinned_version_the_run_says_how_to_create_it(tmp_path: Path) -> None:
-    ctx = RecordingContext(tmp_path, {})
+    ctx = recording_context(tmp_path, {})
     with pytest.raises(InvalidRequest, match="jobs create"):
         run(ctx, params(tmp_path, None))

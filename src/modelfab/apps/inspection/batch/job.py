@@ -14,7 +14,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from modelfab.apps.inspection.batch.journal import (
     Finished,
@@ -28,17 +28,9 @@ from modelfab.apps.inspection.batch.sources import InputSource, open_source
 from modelfab.apps.inspection.batch.summary import write_summary, write_top_report
 from modelfab.artifacts import verified_file
 from modelfab.errors import InvalidRequest, ModelfabError
-from modelfab.recipes.base import RecipeContext
+from modelfab.recipes.base import FetchesModels, RecipeContext
 from modelfab.recipes.batch_inspection import Params
 from modelfab.serving.models import ModelFiles, load_model
-
-
-@runtime_checkable
-class InspectionContext(Protocol):
-    """What batch inspection needs beyond a RecipeContext (the worker's context has both):
-    a model version's files, as a replica gets them."""
-
-    def model_files(self, version_id: str) -> dict[str, Any]: ...
 
 
 def run(ctx: RecipeContext, params: Params) -> dict[str, Any]:
@@ -49,7 +41,7 @@ def run(ctx: RecipeContext, params: Params) -> dict[str, Any]:
     inspection; Conflict when another run holds the output; the model's ModelfabError
     ("model_invalid", "artifact_corrupt"); OSError when the output cannot be written.
     """
-    if not isinstance(ctx, InspectionContext):
+    if not isinstance(ctx, FetchesModels):
         raise ModelfabError("batch-inspection needs a worker context that can fetch models")
     version_id = _pinned_version(params)
     output = Path(params.output)
@@ -117,7 +109,7 @@ def _options(params: Params, use_cuda: bool, cpus: int) -> Options:
 
 
 def _load(
-    ctx: InspectionContext, version_id: str, *, use_cuda: bool, threads: int, options: Options
+    ctx: FetchesModels, version_id: str, *, use_cuda: bool, threads: int, options: Options
 ) -> Any:
     """The model version, its files fetched and sha256-checked as a replica's are."""
     refs = ctx.model_files(version_id)

@@ -90,9 +90,10 @@ def test_get_dataset_by_name_and_version(api: Api, member: str, tmp_path: Path) 
     assert missing.json()["error"]["code"] == "not_found"
     assert missing.json()["error"]["param"] == "dataset"
 
-    bad_ref = api.call("GET", "/datasets/pets:latest", member)
-    assert bad_ref.status_code == 422
-    assert bad_ref.json()["error"]["param"] == "dataset"
+    for bad in ("pets:latest", "pets:0", "pets:99999999999999999999999", "pets@production"):
+        bad_ref = api.call("GET", f"/datasets/{bad}", member)
+        assert bad_ref.status_code == 422, bad
+        assert bad_ref.json()["error"]["param"] == "dataset"
 
 
 def test_same_name_with_another_task_conflicts(api: Api, member: str, tmp_path: Path) -> None:

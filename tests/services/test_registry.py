@@ -19,7 +19,8 @@ from modelfab.db.engine import transaction
 from modelfab.db.models import Base, Job, Model, ModelArtifact, ModelVersion
 from modelfab.errors import InvalidRequest, Unauthenticated
 from modelfab.ids import now
-from modelfab.services.registry import ModelRef, parse_ref, register_version, verify_model
+from modelfab.services.named import Ref
+from modelfab.services.registry import parse_ref, register_version, verify_model
 from modelfab.services.tenants import Quota, create_tenant
 from modelfab.services.worker import WorkerService
 from tests.registry_factories import WEIGHTS, insert_running_job, sha
@@ -191,10 +192,10 @@ def test_concurrent_first_registrations_number_versions(
 
 
 def test_parse_ref() -> None:
-    assert parse_ref("clf") == ModelRef("clf")
-    assert parse_ref("clf:12") == ModelRef("clf", version=12)
-    assert parse_ref("clf@production") == ModelRef("clf", alias="production")
-    for bad in ("clf:latest", "clf@Prod"):
+    assert parse_ref("clf") == Ref("clf")
+    assert parse_ref("clf:12") == Ref("clf", version=12)
+    assert parse_ref("clf@production") == Ref("clf", alias="production")
+    for bad in ("clf:latest", "clf@Prod", "clf:0", f"clf:{2**63}", "clf:99999999999999999999999"):
         with pytest.raises(InvalidRequest):
             parse_ref(bad)
 

@@ -7,6 +7,9 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 """Tenant, dataset, model, alias and endpoint names: lower-case slugs safe in URLs, paths
 and shells (1-63 characters)."""
 
+MAX_VERSION = 2**31 - 1
+"""The largest version number of a dataset or model that a ref or a request may name."""
+
 # jobs
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 MAX_ATTEMPTS = 100

@@ -6,12 +6,13 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from modelfab.schemas import limits
 from modelfab.schemas.common import WireModel
 
 
 class AliasSet(WireModel):
     alias: str = Field(description="Lower-case slug, e.g. production.")
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=limits.MAX_VERSION)
 
 
 class Artifact(WireModel):

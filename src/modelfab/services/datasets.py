@@ -15,38 +15,27 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelfab.data import DatasetStore, StoredDataset, extract_archive
 from modelfab.db.engine import transaction
 from modelfab.db.models import Dataset, DatasetVersion
-from modelfab.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from modelfab.errors import Conflict, Forbidden, InvalidRequest
 from modelfab.ids import new_id, now
 from modelfab.schemas import datasets as wire
+from modelfab.services import named
 from modelfab.services.common import Principal, check_name
+from modelfab.services.named import Family
 from modelfab.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
 
-def parse_ref(ref: str) -> tuple[str, int | None]:
-    """`NAME` or `NAME:VERSION` -> (name, version or None for the latest)."""
-    name, _, version = ref.partition(":")
-    if not version:
-        return name, None
-    if not version.isdigit():
-        raise InvalidRequest(f"dataset version must be a number, got {version!r}", param="dataset")
-    return name, int(version)
+DATASETS = Family(
+    noun="dataset", parent=Dataset, version=DatasetVersion,
+    parent_key=DatasetVersion.dataset_id, param="dataset",
+)  # fmt: skip
 
 
 def resolve_version(session: Session, tenant_id: str, ref: str) -> tuple[Dataset, DatasetVersion]:
-    name, number = parse_ref(ref)
-    ds = session.scalar(select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.name == name))
-    if ds is None:
-        raise NotFound(f"no dataset named {name!r}", param="dataset")
-    stmt = select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
-    if number is None:
-        stmt = stmt.order_by(DatasetVersion.version.desc()).limit(1)
-    else:
-        stmt = stmt.where(DatasetVersion.version == number)
-    version = session.scalar(stmt)
-    if version is None:
-        raise NotFound(f"dataset {name!r} has no version {number}", param="dataset")
+    """The dataset and version `ref` (NAME or NAME:VERSION) names in the tenant. Raises
+    InvalidRequest or NotFound (param "dataset")."""
+    ds, version = named.resolve(session, DATASETS, tenant_id, ref)
     return ds, version
 
 
@@ -174,13 +163,7 @@ class DatasetService:
 
     def list_datasets(self, principal: Principal) -> list[wire.Dataset]:
         with self.factory() as session:
-            rows = session.execute(
-                select(Dataset, func.max(DatasetVersion.version), func.count(DatasetVersion.id))
-                .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
-                .where(Dataset.tenant_id == principal.tenant_id)
-                .group_by(Dataset.id)
-                .order_by(Dataset.name)
-            ).all()
+            rows = named.list_with_counts(session, DATASETS, principal.tenant_id)
         return [
             wire.Dataset(
                 id=ds.id,
@@ -196,11 +179,7 @@ class DatasetService:
     def get(self, principal: Principal, ref: str) -> wire.DatasetVersionDetail:
         with self.factory() as session:
             ds, version = resolve_version(session, principal.tenant_id, ref)
-            versions = session.scalars(
-                select(DatasetVersion.version)
-                .where(DatasetVersion.dataset_id == ds.id)
-                .order_by(DatasetVersion.version)
-            ).all()
+            versions = named.version_numbers(session, DATASETS, ds.id)
             view = version_view(ds, version).model_dump()
             return wire.DatasetVersionDetail(**view, versions=list(versions))
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,7 +35,9 @@ from modelfab.hub.catalog import CATALOG
 from modelfab.ids import new_id, now
 from modelfab.recipes.base import get_recipe
 from modelfab.schemas import models as wire
+from modelfab.services import named
 from modelfab.services.common import Principal, check_name
+from modelfab.services.named import Family
 from modelfab.tasks import get_task, task_names
 
 logger = logging.getLogger(__name__)
@@ -228,28 +230,15 @@ def _lineage(session: Session, job: Job, model: VerifiedModel) -> dict[str, Any]
 # --------------------------------------------------------------------------- references
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """`NAME` (latest), `NAME:VERSION` or `NAME@ALIAS`."""
-
-    name: str
-    version: int | None = None
-    alias: str | None = None
+MODELS = Family(
+    noun="model", parent=Model, version=ModelVersion,
+    parent_key=ModelVersion.model_id, param="ref", aliases=True,
+)  # fmt: skip
 
 
-def parse_ref(ref: str) -> ModelRef:
-    if "@" in ref:
-        name, _, alias = ref.partition("@")
-        return ModelRef(name, alias=check_name(alias, param="alias"))
-    name, _, version = ref.partition(":")
-    if not version:
-        return ModelRef(name)
-    if not version.isdigit():
-        raise InvalidRequest(
-            f"model version must be a number, got {version!r} (NAME, NAME:VERSION or NAME@ALIAS)",
-            param="ref",
-        )
-    return ModelRef(name, version=int(version))
+def parse_ref(ref: str) -> named.Ref:
+    """`NAME` (latest), `NAME:VERSION` or `NAME@ALIAS`. Raises InvalidRequest (param "ref")."""
+    return named.parse_ref(MODELS, ref)
 
 
 def servable(session: Session, tenant_id: str, ref: str) -> tuple[Model, ModelVersion]:
@@ -302,31 +291,16 @@ def serving_refs(session: Session, version_id: str) -> dict[str, Any]:
 
 
 def resolve(session: Session, tenant_id: str, ref: str) -> tuple[Model, ModelVersion]:
-    """The model and version `ref` names in the tenant. Raises NotFound (also for other
-    tenants' models, so names do not leak)."""
-    parsed = parse_ref(ref)
-    model = _model_named(session, tenant_id, parsed.name)
-    stmt = select(ModelVersion).where(ModelVersion.model_id == model.id)
-    if parsed.alias is not None:
-        stmt = stmt.join(ModelAlias, ModelAlias.model_version_id == ModelVersion.id).where(
-            ModelAlias.model_id == model.id, ModelAlias.alias == parsed.alias
-        )
-    elif parsed.version is not None:
-        stmt = stmt.where(ModelVersion.version == parsed.version)
-    else:
-        stmt = stmt.order_by(ModelVersion.version.desc()).limit(1)
-    version = session.scalar(stmt)
-    if version is None:
-        what = f"alias {parsed.alias!r}" if parsed.alias else f"version {parsed.version}"
-        raise NotFound(f"model {parsed.name!r} has no {what}", param="ref")
+    """The model and version `ref` names in the tenant. Raises InvalidRequest for a
+    malformed ref, NotFound (also for other tenants' models, so names do not leak)."""
+    model, version = named.resolve(session, MODELS, tenant_id, ref, by_alias=_by_alias)
     return model, version
 
 
-def _model_named(session: Session, tenant_id: str, name: str) -> Model:
-    model = session.scalar(select(Model).where(Model.tenant_id == tenant_id, Model.name == name))
-    if model is None:
-        raise NotFound(f"no model named {name!r}", param="ref")
-    return model
+def _by_alias(stmt: Select[Any], model: Model, alias: str) -> Select[Any]:
+    return stmt.join(ModelAlias, ModelAlias.model_version_id == ModelVersion.id).where(
+        ModelAlias.model_id == model.id, ModelAlias.alias == alias
+    )
 
 
 # --------------------------------------------------------------------------- views
@@ -401,13 +375,7 @@ class RegistryService:
 
     def list_models(self, principal: Principal) -> list[wire.Model]:
         with self.factory() as session:
-            rows = session.execute(
-                select(Model, func.max(ModelVersion.version), func.count(ModelVersion.id))
-                .join(ModelVersion, ModelVersion.model_id == Model.id)
-                .where(Model.tenant_id == principal.tenant_id)
-                .group_by(Model.id)
-                .order_by(Model.name)
-            ).all()
+            rows = named.list_with_counts(session, MODELS, principal.tenant_id)
             return [
                 wire.Model(
                     id=m.id,
@@ -424,11 +392,7 @@ class RegistryService:
     def get(self, principal: Principal, ref: str) -> wire.ModelVersionDetail:
         with self.factory() as session:
             model, version = resolve(session, principal.tenant_id, ref)
-            versions = session.scalars(
-                select(ModelVersion.version)
-                .where(ModelVersion.model_id == model.id)
-                .order_by(ModelVersion.version)
-            ).all()
+            versions = named.version_numbers(session, MODELS, model.id)
             view = _version_view(session, model, version).model_dump()
             return wire.ModelVersionDetail(**view, versions=list(versions))
 
@@ -448,7 +412,7 @@ class RegistryService:
     def _set_alias_once(
         self, session: Session, principal: Principal, name: str, alias: str, number: int
     ) -> wire.ModelVersion:
-        model = _model_named(session, principal.tenant_id, name)
+        model = named.find_parent(session, MODELS, principal.tenant_id, name)
         version = session.scalar(
             select(ModelVersion).where(
                 ModelVersion.model_id == model.id, ModelVersion.version == number

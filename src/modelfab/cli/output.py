@@ -52,13 +52,26 @@ def when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+PIPED_WIDTH = 1 << 16
+"""Columns given to output that is not a terminal: enough that no id or name is cut."""
+
+
+def piped() -> bool:
+    """stdout is a pipe or a file (grep, a script), not a person's terminal."""
+    return not console.is_terminal
+
+
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A table for people; piped, each row stays one whole line (nothing cut or wrapped), so
+    `modelfab hub list | grep NAME` finds what a wide terminal shows."""
     t = Table(title=title, title_justify="left", header_style="bold")
     for col in columns:
-        t.add_column(col)
+        t.add_column(col, no_wrap=piped())
     for row in rows:
-        t.add_row(*("-" if v is None else str(v) for v in row))
-    console.print(t)
+        t.add_row(*(escape("-" if v is None else str(v)) for v in row))
+    # Console.print caps `width` at the console's own (COLUMNS), so piped output gets a
+    # console of its own.
+    (Console(width=PIPED_WIDTH) if piped() else console).print(t)
 
 
 def show(
@@ -75,7 +88,7 @@ def show(
             value = json.dumps(value, default=str)
         if key.endswith("_at") and isinstance(value, int | float):
             value = when(value)
-        console.print(f"[bold]{key:>20}[/bold]  {value}")
+        console.print(f"[bold]{key:>20}[/bold]  {escape(str(value))}", soft_wrap=piped())
 
 
 def print_error(exc: ModelfabError) -> None:

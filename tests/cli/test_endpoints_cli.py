@@ -115,6 +115,16 @@ def test_endpoint_lifecycle_predict_and_usage(
     assert rows["requests"]["endpoint"] == "parts"
     assert float(rows["items"]["quantity"]) == 3 and rows["items"]["tenant"] == TEAM
 
+    # More files than one request may carry (64) go in several requests, answered as one.
+    many = write_images(tmp_path / "many", list(range(10, 80)))
+    code, out, err = cli("predict", "parts", *map(str, many), "-o", "json")
+    assert code == 0, err
+    answer = as_json(out)
+    assert [d["index"] for d in answer["data"]] == list(range(70))
+    assert answer["usage"]["items"] == 70
+    many_labels = expected_labels(files, [p.read_bytes() for p in many])
+    assert [d["label"] for d in answer["data"]] == many_labels
+
     code, out, err = cli("endpoints", "update", "parts", "--replicas", "2", "--wait", "-o", "json")
     assert code == 0, err
     assert as_json(out)["ready_replicas"] == 2 and as_json(out)["status"] == "ready"

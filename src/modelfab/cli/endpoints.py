@@ -259,7 +259,8 @@ def predict(
     top_k: Annotated[int, typer.Option(help="Best labels to show per image")] = 1,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Classify image files with an endpoint."""
+    """Run image files through an endpoint (any number: more than one request may carry
+    are sent in several)."""
     with client() as c:
         answer = c.predict(name, list(images), top_k=top_k)
     if output is Output.json:

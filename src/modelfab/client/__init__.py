@@ -18,6 +18,7 @@ import httpx
 from pydantic import BaseModel
 
 from modelfab.errors import ModelfabError
+from modelfab.schemas import limits
 from modelfab.schemas.common import List
 from modelfab.schemas.datasets import Dataset, DatasetCreated, DatasetVersionDetail
 from modelfab.schemas.endpoints import FAILED, READY, Endpoint, EndpointDeleted, Prediction
@@ -331,24 +332,32 @@ class Client:
         top_k: int = 1,
         threshold: float | None = None,
         heatmap: bool | None = None,
+        max_images: int = limits.MAX_IMAGES_PER_REQUEST,
+        max_bytes: int = limits.PREDICT_CHUNK_BYTES,
     ) -> Prediction:
         """Run endpoint `name` on images (paths, or (name, bytes) pairs). A classifier
         answers labels (`top_k` best); an anomaly detector answers score, verdict and
         heatmap, judged at `threshold` when given (else its stored one), without the
-        heatmap when `heatmap` is False. None sends nothing, leaving the server default."""
-        files = []
-        for image in images:
-            if isinstance(image, Path):
-                files.append(("file", (image.name, image.read_bytes(), _image_type(image.name))))
-            else:
-                files.append(("file", (image[0], image[1], _image_type(image[0]))))
+        heatmap when `heatmap` is False. None sends nothing, leaving the server default.
+
+        More images than one request may carry go in several requests, in order, of at
+        most `max_images` images and about `max_bytes` (a single larger image goes alone):
+        the answer is one Prediction whose indexes count over all `images` and whose usage
+        adds up. Raises ApiError of the first request that fails."""
         params: dict[str, Any] = {"top_k": top_k}
         if threshold is not None:
             params["threshold"] = repr(float(threshold))
         if heatmap is not None:
             params["heatmap"] = "true" if heatmap else "false"
         path = f"/endpoints/{name}/predict"
-        return self.call(Prediction, "POST", path, files=files, params=params)
+        answers, offset = [], 0
+        for chunk in _chunks(images, max_images=max_images, max_bytes=max_bytes):
+            files = [("file", _image_part(image)) for image in chunk]
+            answers.append(
+                (offset, self.call(Prediction, "POST", path, files=files, params=params))
+            )
+            offset += len(chunk)
+        return _merged(answers)
 
     # -- pool and usage -------------------------------------------------------------------
     def pool(self) -> Pool:
@@ -360,6 +369,50 @@ class Client:
         if since is not None:
             params["since"] = since
         return self.call(List[AnyUsageRow], "GET", "/usage", params=params).data
+
+
+def _size(image: Path | tuple[str, bytes]) -> int:
+    return image.stat().st_size if isinstance(image, Path) else len(image[1])
+
+
+def _chunks(
+    images: list[Path | tuple[str, bytes]], *, max_images: int, max_bytes: int
+) -> Iterator[list[Path | tuple[str, bytes]]]:
+    """`images` in order, in runs of at most `max_images` and `max_bytes` (an image larger
+    than `max_bytes` alone); nothing for no images."""
+    chunk: list[Path | tuple[str, bytes]] = []
+    size = 0
+    for image in images:
+        n = _size(image)
+        if chunk and (len(chunk) >= max_images or size + n > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(image)
+        size += n
+    if chunk or not images:
+        yield chunk
+
+
+def _image_part(image: Path | tuple[str, bytes]) -> tuple[str, bytes, str]:
+    if isinstance(image, Path):
+        return image.name, image.read_bytes(), _image_type(image.name)
+    return image[0], image[1], _image_type(image[0])
+
+
+def _merged(answers: list[tuple[int, Prediction]]) -> Prediction:
+    """Several answers as one: items re-indexed by each request's `offset`, usage summed."""
+    if len(answers) == 1:
+        return answers[0][1]
+    first = answers[0][1]
+    data = [
+        item.model_copy(update={"index": offset + item.index})
+        for offset, answer in answers
+        for item in answer.data
+    ]
+    items = sum(answer.usage.items for _, answer in answers)
+    return first.model_copy(
+        update={"data": data, "usage": first.usage.model_copy(update={"items": items})}
+    )
 
 
 def _image_type(name: str) -> str:

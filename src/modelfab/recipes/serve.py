@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from modelfab.errors import ModelfabError
 from modelfab.recipes.base import AnnouncesServing, FetchesModels, RecipeContext, RecipeSpec
+from modelfab.schemas.limits import MAX_IMAGES_PER_REQUEST
 from modelfab.serving.models import ModelCache, ModelFiles, fetch_files
 from modelfab.serving.replica_app import ReplicaServer, create_replica_app
 
@@ -34,7 +35,9 @@ class Params(BaseModel):
     memory_budget_bytes: int = Field(
         default=2 << 30, ge=1 << 20, description="Models kept loaded, LRU, within this."
     )
-    max_images: int = Field(default=64, ge=1, description="Images per request at most.")
+    max_images: int = Field(
+        default=MAX_IMAGES_PER_REQUEST, ge=1, description="Images per request at most."
+    )
     max_body_bytes: int = Field(default=32 << 20, ge=1024, description="Request body limit.")
     drain_s: float = Field(default=10.0, ge=0, description="In-flight requests get this long.")
 

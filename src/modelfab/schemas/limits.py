@@ -29,3 +29,8 @@ MAX_BATCH_SIZE = 1024
 MAX_WAIT_MS = 1000.0
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_MAX_WAIT_MS = 5.0
+MAX_IMAGES_PER_REQUEST = 64
+"""Images (inputs) one predict request may carry; the SDK splits larger calls."""
+PREDICT_CHUNK_BYTES = 16 << 20
+"""Bytes of inputs the SDK puts in one predict request when it splits a large call (half
+the gateway's default body limit)."""

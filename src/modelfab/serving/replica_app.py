@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from modelfab import httpd
 from modelfab.errors import InvalidRequest, ModelfabError
+from modelfab.schemas.limits import MAX_IMAGES_PER_REQUEST
 from modelfab.serving.batching import DynamicBatcher
 from modelfab.serving.inputs import (
     NamedBytes,
@@ -70,7 +71,7 @@ MAX_WAIT_MS_LIMIT = 1000.0
 class ReplicaLimits:
     """What one replica accepts and how it batches when a request does not say."""
 
-    max_images: int = 64
+    max_images: int = MAX_IMAGES_PER_REQUEST
     """Images per request."""
     max_body_bytes: int = 32 * 1024 * 1024
     """Request body size."""
@@ -179,7 +180,7 @@ def _prepare(model: ServedModel, name: str, data: bytes) -> Any:
 def create_replica_app(
     cache: ModelCache,
     *,
-    max_images: int = 64,
+    max_images: int = MAX_IMAGES_PER_REQUEST,
     max_body_bytes: int = 32 * 1024 * 1024,
     default_max_batch_size: int = 8,
     default_max_wait_ms: float = 5.0,

@@ -28,7 +28,7 @@ from modelfab.data import DatasetStore
 from modelfab.db import migrate
 from modelfab.db.engine import make_engine, make_sessionmaker
 from modelfab.gateway import EndpointDeleter, Gateway
-from modelfab.plugins import load_plugins
+from modelfab.plugins import PLUGINS_ENV, load_plugins
 from modelfab.services.auth import authenticate, bootstrap_admin
 from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoint_controller import EndpointController
@@ -81,7 +81,10 @@ class Platform:
         register_node(factory, self.node, executor="local")
         admin_key = bootstrap_admin(factory, s.admin_key_path)
         self.executor = LocalExecutor(
-            node_id=self.node.id, logs_dir=s.logs_dir, workdir=s.home / "work"
+            node_id=self.node.id,
+            logs_dir=s.logs_dir,
+            workdir=s.home / "work",
+            env={PLUGINS_ENV: ",".join(s.plugins)} if s.plugins else None,
         )
         config = SchedulerConfig(
             api_url=self.url,

@@ -58,9 +58,9 @@ def toy() -> Iterator[ModuleType]:
 def settings(
     settings: ServerSettings, monkeypatch: pytest.MonkeyPatch, toy: ModuleType
 ) -> ServerSettings:
-    """The platform's settings name the plugin; so does the environment its workers
-    inherit (with this repository on their path, for `tests.`)."""
-    monkeypatch.setenv(PLUGINS_ENV, MODULE)
+    """The platform's settings name the plugin (its executor hands the list to workers);
+    this repository goes on their path, for `tests.`."""
+    monkeypatch.delenv(PLUGINS_ENV, raising=False)
     path = os.environ.get("PYTHONPATH", "")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), path) if p))
     return settings.model_copy(update={"plugins": [MODULE]})

@@ -7,6 +7,7 @@ import typer
 
 from modelfab.cli.common import client
 from modelfab.cli.output import Output, OutputOpt, console, show, table, when
+from modelfab.tasks import task_names
 
 app = typer.Typer(help="Datasets: immutable, content-addressed versions.", no_args_is_help=True)
 
@@ -22,11 +23,14 @@ SHOW_FIELDS = (
 )
 
 
+TASK_HELP = f"The dataset's task: {', '.join(task_names())}, or one a plugin registers"
+
+
 @app.command("create")
 def create(
     name: str,
     path: Annotated[Path, typer.Argument(help="A folder, or a .zip/.tar/.tar.gz of one.")],
-    task: Annotated[str, typer.Option(help="image-classification or anomaly-detection")],
+    task: Annotated[str, typer.Option(help=TASK_HELP)],
     output: OutputOpt = Output.table,
 ) -> None:
     """Validate and upload a dataset; the same content again gives the same version."""

@@ -39,6 +39,7 @@ from modelfab.compute.executors.local.process import find_workers, kill_tree
 from modelfab.schemas.endpoints import FAILED, READY
 from modelfab.schemas.jobs import TERMINAL, Job, JobStatus
 from modelfab.schemas.models import ModelVersion
+from modelfab.tasks import ANOMALY_DETECTION, IMAGE_CLASSIFICATION
 
 MODEL = "surface-inspector"
 DETECTOR = "surface-detector"
@@ -142,7 +143,7 @@ def _run(
         with console.status("making a sample data set from real textures ..."):
             folder = make_surface_dataset(home / "surfaces", per_class=per_class, seed=0)
             holdout = make_surface_dataset(home / "holdout", per_class=n // 2, seed=1)
-        version = c.create_dataset("surfaces", folder, task="image-classification")
+        version = c.create_dataset("surfaces", folder, task=IMAGE_CLASSIFICATION)
         console.print(f"dataset {version.ref}: {version.stats['classes']}")
         job = c.create_job(
             "image-classification",
@@ -187,7 +188,7 @@ def _inspection(c: Client, url: str, key: str, home: Path) -> dict[str, Any]:
     good = [texture_surface(rng, PART_SIZE, "brick") for _ in range(80)]
     test = make_inspection_set(rng, texture_name="brick", good=20, defective=20, size=PART_SIZE)
     root = write_anomaly_dataset(home / "bricks", good, test)
-    version = c.create_dataset("bricks", root, task="anomaly-detection")
+    version = c.create_dataset("bricks", root, task=ANOMALY_DETECTION)
     created = c.create_job(
         "anomaly-detection",
         dataset=version.ref,

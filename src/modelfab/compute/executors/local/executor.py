@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +45,17 @@ class _Attempt:
 
 class LocalExecutor(Executor, Reattachable):
     def __init__(
-        self, *, node_id: str, logs_dir: Path, workdir: Path, python: str = sys.executable
+        self,
+        *,
+        node_id: str,
+        logs_dir: Path,
+        workdir: Path,
+        python: str = sys.executable,
+        env: Mapping[str, str] | None = None,
     ):
+        """`env` is added to every worker's environment (the platform's plugins, say)."""
         self.node_id = node_id
+        self.env = dict(env or {})
         self.logs_dir = logs_dir
         self.workdir = workdir
         self.python = python
@@ -63,6 +72,7 @@ class LocalExecutor(Executor, Reattachable):
         workdir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
+            **self.env,
             **spec.env,
             "CUDA_VISIBLE_DEVICES": spec.cuda_visible_devices,
             "MODELFAB_URL": spec.api_url,

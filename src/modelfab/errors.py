@@ -72,6 +72,11 @@ class Unschedulable(ModelfabError):
     code = "unschedulable"
 
 
+class UnsupportedMediaType(ModelfabError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class PayloadTooLarge(ModelfabError):
     status = 413
     code = "payload_too_large"

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelfab.errors import NotFound, PayloadTooLarge
+from modelfab.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
 from modelfab.gateway import usage
 from modelfab.gateway.auth import TtlCache, parse_bearer
 from modelfab.gateway.balancer import Balancer
@@ -30,7 +30,6 @@ from modelfab.gateway.forwarding import Forwarder
 from modelfab.gateway.limiter import RateLimiter
 from modelfab.gateway.routes import Routes
 from modelfab.gateway.types import Caller, Route, RouteTable, UsageSink
-from modelfab.serving.inputs import UnsupportedMediaType
 from modelfab.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)

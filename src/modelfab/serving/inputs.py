@@ -20,7 +20,7 @@ from PIL import Image
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from modelfab.errors import InvalidRequest, ModelfabError, PayloadTooLarge
+from modelfab.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from modelfab.imaging import to_rgb
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF")
@@ -35,11 +35,6 @@ _USAGE = (
 
 NamedBytes = tuple[str, bytes]
 """(name, file bytes): the name is the part's filename, or "image-<index>"."""
-
-
-class UnsupportedMediaType(ModelfabError):
-    status = 415
-    code = "unsupported_media_type"
 
 
 def check_content_length(header: str | None, *, max_body_bytes: int) -> None:

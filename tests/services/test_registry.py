@@ -40,8 +40,11 @@ def tenant_id(factory: sessionmaker[Session]) -> str:
     return str(create_tenant(factory, name="vision", quota=Quota()).id)
 
 
-def upload(worker: WorkerService, job_id: str, token: str, content: bytes = WEIGHTS) -> Any:
-    return worker.upload_artifact(
+def upload(
+    worker: WorkerService, job_id: str, token: str, content: bytes = WEIGHTS
+) -> dict[str, Any]:
+    """Upload an artifact; returns the answer as the worker reads it (JSON) to report it."""
+    stored = worker.upload_artifact(
         job_id,
         token,
         name="weights.pt",
@@ -49,6 +52,7 @@ def upload(worker: WorkerService, job_id: str, token: str, content: bytes = WEIG
         sha256=sha(content),
         stream=io.BytesIO(content),
     )
+    return stored.model_dump(mode="json")
 
 
 def report(artifact: dict[str, Any], name: str = "clf", task: str = "image-classification") -> Any:
@@ -57,7 +61,7 @@ def report(artifact: dict[str, Any], name: str = "clf", task: str = "image-class
 
 def succeed(worker: WorkerService, job_id: str, token: str, model: Any) -> str:
     payload = {"status": "succeeded", "attempt": 1, "result": {"epochs": 3}, "model": model}
-    return str(worker.complete(job_id, token, payload)["status"])
+    return str(worker.complete(job_id, token, payload).status)
 
 
 def job_row(factory: sessionmaker[Session], job_id: str) -> Job:
@@ -125,7 +129,7 @@ def test_failed_completion_with_a_model_registers_nothing(
     model = report(upload(worker, job_id, token))
     error = {"code": "below_gate", "message": "accuracy 0.4 < min_accuracy 0.9"}
     payload = {"status": "failed", "attempt": 1, "error": error, "model": model}
-    assert worker.complete(job_id, token, payload)["status"] == "failed"
+    assert worker.complete(job_id, token, payload).status == "failed"
     assert job_row(factory, job_id).error == error
     assert counts(factory) == (0, 0, 0)
 

@@ -92,7 +92,7 @@ class World:
         return Principal(tenant_id=t.id, tenant_name=name, role="member", key_id="key_test")
 
     def submit(self, who: Principal, **request: Any) -> str:
-        return str(self.jobs.create(who, JobRequest(recipe="sleep", **request))["id"])
+        return self.jobs.create(who, JobRequest(recipe="sleep", **request)).id
 
     def job(self, job_id: str) -> Job:
         with self.factory() as session:
@@ -343,7 +343,7 @@ def test_cancel_running_job_signals_then_ends_cancelled(world: World) -> None:
     world.scheduler.tick()
 
     out = world.jobs.cancel(who, job_id)
-    assert (out["status"], out["cancel_requested"]) == ("running", True)
+    assert (out.status, out.cancel_requested) == ("running", True)
     assert world.executor.cancels == []
 
     world.scheduler.tick()
@@ -366,7 +366,7 @@ def test_cancel_running_job_signals_then_ends_cancelled(world: World) -> None:
     assert world.usage(job_id)["gpu_seconds"][0] == pytest.approx(2.0)
 
     again = world.jobs.cancel(who, job_id)
-    assert again["status"] == "cancelled"
+    assert again.status == "cancelled"
 
 
 def test_cancel_frees_capacity_for_the_next_job(world: World) -> None:
@@ -445,12 +445,12 @@ def test_worker_reads_spec_posts_events_and_completes(world: World, worker: Work
     token = world.executor.spec_of(job_id).token
 
     spec = worker.spec(job_id, token)
-    assert spec["job_id"] == job_id
-    assert spec["attempt"] == 1
-    assert spec["recipe"] == "sleep"
-    assert spec["params"]["seconds"] == 2.0
-    assert spec["cuda_visible_devices"] == "0"
-    assert spec["resources"]["gpus"] == 0.5
+    assert spec.job_id == job_id
+    assert spec.attempt == 1
+    assert spec.recipe == "sleep"
+    assert spec.params["seconds"] == 2.0
+    assert spec.cuda_visible_devices == "0"
+    assert spec.resources.gpus == 0.5
 
     ack = worker.add_events(
         job_id,
@@ -460,7 +460,7 @@ def test_worker_reads_spec_posts_events_and_completes(world: World, worker: Work
             {"message": "odd", "level": "shouting", "type": "gossip"},
         ],
     )
-    assert ack == {"accepted": 2, "cancel_requested": False}
+    assert (ack.accepted, ack.cancel_requested) == (2, False)
     with world.factory() as session:
         rows = session.scalars(
             select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
@@ -473,7 +473,7 @@ def test_worker_reads_spec_posts_events_and_completes(world: World, worker: Work
 
     world.clock.advance(4.0)
     done = worker.complete(job_id, token, {"status": "succeeded", "result": {"slept_s": 2}})
-    assert done == {"status": "succeeded"}
+    assert done.status == "succeeded"
     job = world.job(job_id)
     assert (job.status, job.result, job.token_hash) == ("succeeded", {"slept_s": 2}, None)
     assert world.allocations(job_id) == []
@@ -521,9 +521,7 @@ def test_worker_token_of_an_old_attempt_is_refused(world: World, worker: WorkerS
         worker.complete(job_id, old, {"status": "succeeded"})
     with pytest.raises(Conflict):
         worker.complete(job_id, new, {"status": "succeeded", "attempt": 1})
-    assert worker.complete(job_id, new, {"status": "succeeded", "attempt": 2}) == {
-        "status": "succeeded"
-    }
+    assert worker.complete(job_id, new, {"status": "succeeded", "attempt": 2}).status == "succeeded"
 
 
 def test_worker_retryable_failure_requeues(world: World, worker: WorkerService) -> None:
@@ -532,7 +530,7 @@ def test_worker_retryable_failure_requeues(world: World, worker: WorkerService) 
     token = world.executor.spec_of(job_id).token
     error = {"code": "oom", "message": "out of memory"}
     out = worker.complete(job_id, token, {"status": "failed", "error": error, "retryable": True})
-    assert out == {"status": "queued"}
+    assert out.status == "queued"
     job = world.job(job_id)
     assert (job.status, job.failures) == ("queued", 1)
 
@@ -543,8 +541,8 @@ def test_worker_sees_cancel_request(world: World, worker: WorkerService) -> None
     world.scheduler.tick()
     token = world.executor.spec_of(job_id).token
     world.jobs.cancel(who, job_id)
-    assert worker.add_events(job_id, token, [])["cancel_requested"] is True
-    assert worker.complete(job_id, token, {"status": "failed"}) == {"status": "cancelled"}
+    assert worker.add_events(job_id, token, []).cancel_requested is True
+    assert worker.complete(job_id, token, {"status": "failed"}).status == "cancelled"
 
 
 def test_worker_refuses_unknown_outcome(world: World, worker: WorkerService) -> None:

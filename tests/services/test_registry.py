@@ -19,6 +19,7 @@ from modelfab.db.engine import transaction
 from modelfab.db.models import Base, Job, Model, ModelArtifact, ModelVersion
 from modelfab.errors import InvalidRequest, Unauthenticated
 from modelfab.ids import now
+from modelfab.schemas.worker import WorkerComplete
 from modelfab.services.registry import ModelRef, parse_ref, register_version, verify_model
 from modelfab.services.tenants import Quota, create_tenant
 from modelfab.services.worker import WorkerService
@@ -61,7 +62,7 @@ def report(artifact: dict[str, Any], name: str = "clf", task: str = "image-class
 
 def succeed(worker: WorkerService, job_id: str, token: str, model: Any) -> str:
     payload = {"status": "succeeded", "attempt": 1, "result": {"epochs": 3}, "model": model}
-    return str(worker.complete(job_id, token, payload).status)
+    return str(worker.complete(job_id, token, WorkerComplete.model_validate(payload)).status)
 
 
 def job_row(factory: sessionmaker[Session], job_id: str) -> Job:
@@ -129,7 +130,7 @@ def test_failed_completion_with_a_model_registers_nothing(
     model = report(upload(worker, job_id, token))
     error = {"code": "below_gate", "message": "accuracy 0.4 < min_accuracy 0.9"}
     payload = {"status": "failed", "attempt": 1, "error": error, "model": model}
-    assert worker.complete(job_id, token, payload).status == "failed"
+    assert worker.complete(job_id, token, WorkerComplete.model_validate(payload)).status == "failed"
     assert job_row(factory, job_id).error == error
     assert counts(factory) == (0, 0, 0)
 

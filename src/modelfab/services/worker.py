@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -79,7 +79,7 @@ class WorkerService:
         )
 
     def add_events(
-        self, job_id: str, token: str, events: list[dict[str, Any]]
+        self, job_id: str, token: str, events: Sequence[wire.WorkerEvent]
     ) -> wire.EventsAccepted:
         """Store events in order (an unknown level or type becomes the default, a message
         is cut to `limits.MAX_EVENT_MESSAGE`); answers whether a cancel was requested."""
@@ -92,11 +92,11 @@ class WorkerService:
                 lifecycle.add_event(
                     session,
                     job,
-                    str(e.get("message", ""))[: limits.MAX_EVENT_MESSAGE],
-                    level=_pick(e.get("level"), limits.EVENT_LEVELS),
-                    type=_pick(e.get("type"), limits.EVENT_TYPES),
-                    data=e.get("data") if isinstance(e.get("data"), dict) else None,
-                    at=float(e.get("at") or now()),
+                    e.message[: limits.MAX_EVENT_MESSAGE],
+                    level=_pick(e.level, limits.EVENT_LEVELS),
+                    type=_pick(e.type, limits.EVENT_TYPES),
+                    data=e.data,
+                    at=e.at or now(),
                 )
             return wire.EventsAccepted(accepted=len(events), cancel_requested=job.cancel_requested)
 
@@ -123,20 +123,21 @@ class WorkerService:
             name=name, format=format, uri=uri, sha256=actual, size_bytes=size
         )
 
-    def complete(self, job_id: str, token: str, payload: dict[str, Any]) -> wire.AttemptEnded:
+    def complete(self, job_id: str, token: str, report: wire.WorkerComplete) -> wire.AttemptEnded:
         """End the attempt. A succeeded one with a `model` registers its next version in
         the same transaction; when the model cannot be registered (an artifact missing or
-        corrupt, a name of another task), the job fails instead, saying why."""
-        outcome = payload.get("status")
-        if outcome not in OUTCOMES:
+        corrupt, a name of another task), the job fails instead, saying why. Raises
+        InvalidRequest (param status) for an outcome not in OUTCOMES, Conflict (param
+        attempt) for an attempt that is over."""
+        if report.status not in OUTCOMES:
             raise InvalidRequest(f"status must be one of {', '.join(OUTCOMES)}", param="status")
         model, problem = None, None
-        if outcome == JobStatus.SUCCEEDED and payload.get("model") is not None:
-            model, problem = self._verify_model(job_id, token, payload["model"])
+        if report.status == JobStatus.SUCCEEDED and report.model is not None:
+            model, problem = self._verify_model(job_id, token, report.model)
         for _ in range(3):  # a concurrent registration of the same new model name may win
             try:
                 with transaction(self.factory) as session:
-                    status = self._end(session, job_id, token, payload, model, problem)
+                    status = self._end(session, job_id, token, report, model, problem)
                 break
             except IntegrityError:
                 logger.info("job %s: concurrent model registration, retrying", job_id)
@@ -146,13 +147,13 @@ class WorkerService:
         return wire.AttemptEnded(status=status)
 
     def _verify_model(
-        self, job_id: str, token: str, report: dict[str, Any]
+        self, job_id: str, token: str, report: wire.ModelReport
     ) -> tuple[registry.VerifiedModel | None, ModelfabError | None]:
         """Hash the reported artifacts before the transaction (it must not wait on disks)."""
         with self.factory() as session:
             authorized(session, job_id, token)  # hash nothing for a caller without a token
         try:
-            return registry.verify_model(self._store(), report), None
+            return registry.verify_model(self._store(), report.model_dump()), None
         except ModelfabError as exc:
             logger.warning("job %s: model not registered: %s", job_id, exc.message)
             return None, exc
@@ -162,16 +163,16 @@ class WorkerService:
         session: Session,
         job_id: str,
         token: str,
-        payload: dict[str, Any],
+        report: wire.WorkerComplete,
         model: registry.VerifiedModel | None,
         problem: ModelfabError | None,
     ) -> JobStatus:
         job = authorized(session, job_id, token, lock=True)
-        if payload.get("attempt") not in (None, job.attempt):
+        if report.attempt not in (None, job.attempt):
             raise Conflict("this attempt is over", param="attempt")
         at = now()
-        outcome, error, result = payload["status"], payload.get("error"), payload.get("result")
-        retryable = bool(payload.get("retryable"))
+        outcome, error, result = JobStatus(report.status), report.error, report.result
+        retryable = report.retryable
         if model is not None:
             try:
                 with session.begin_nested():

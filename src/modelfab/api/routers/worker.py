@@ -30,12 +30,12 @@ def spec(job_id: str, ctx: Ctx, token: JobToken) -> JobSpec:
 
 @router.post("/events")
 def events(job_id: str, body: WorkerEvents, ctx: Ctx, token: JobToken) -> EventsAccepted:
-    return ctx.worker.add_events(job_id, token, [e.model_dump() for e in body.events])
+    return ctx.worker.add_events(job_id, token, body.events)
 
 
 @router.post("/complete")
 def complete(job_id: str, body: WorkerComplete, ctx: Ctx, token: JobToken) -> AttemptEnded:
-    return ctx.worker.complete(job_id, token, body.model_dump())
+    return ctx.worker.complete(job_id, token, body)
 
 
 @router.post("/artifacts", status_code=201)

@@ -23,6 +23,7 @@ from modelfab.db.models import (
 )
 from modelfab.ids import now
 from modelfab.schemas.endpoints import Endpoint as WireEndpoint
+from modelfab.schemas.endpoints import EndpointUpdate
 from modelfab.services.common import Principal
 from modelfab.services.endpoint_controller import METER_WINDOW_S, EndpointController, Plan
 from modelfab.services.endpoint_controller import plan_endpoint as plan_with_limit
@@ -186,7 +187,7 @@ def roll(
     service = EndpointService(factory, JobService(factory, None, node_ids=[]))
     tenant = Principal(tenant_id=tenant_of(factory), tenant_name="vision", role="member",
                        key_id="key_1")  # fmt: skip
-    answer = service.update(tenant, "parts", {"model": "parts:2"})
+    answer = service.update(tenant, "parts", EndpointUpdate(model="parts:2"))
     controller = EndpointController(factory, service, warm=warm)
     controller.run_once()
     return answer, service.get(tenant, "parts")

@@ -39,8 +39,7 @@ def update_endpoint(name: str, body: EndpointUpdate, ctx: Ctx, principal: Caller
     """Answers at once. A new model is rolled out by the controller (status "updating",
     progress in `rollout`): loaded on every ready replica, then switched to; if a replica
     cannot load it the endpoint keeps its model and says why in `rollout_error`."""
-    changes = {k: v for k, v in body.model_dump(include=body.model_fields_set).items()}
-    return ctx.endpoints.update(principal, name, changes)
+    return ctx.endpoints.update(principal, name, body)
 
 
 @router.delete("/endpoints/{name}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -151,12 +150,13 @@ class EndpointCommands:
         with self.factory() as session:
             return endpoint_view(session, own(session, principal, name))
 
-    def update(self, principal: Principal, name: str, changes: dict[str, Any]) -> wire.Endpoint:
+    def update(self, principal: Principal, name: str, update: wire.EndpointUpdate) -> wire.Endpoint:
         """Change the model, replicas, resources or batching; returns at once. A new model
         version becomes the endpoint's target (status "updating"): the controller loads it
         on every ready replica before requests switch to it, so no request fails, and keeps
         the old one if a replica cannot load it (`rollout_error`). New resources roll the
         replicas (the controller replaces them one by one). Raises InvalidRequest, NotFound."""
+        changes = update.model_dump(exclude_unset=True)  # only the fields the caller sent
         with transaction(self.factory) as session:
             endpoint = own(session, principal, name, lock=True)
             merged = {

@@ -29,6 +29,7 @@ from modelfab.ids import new_id, now
 from modelfab.recipes.base import RecipeSpec, get_recipe, list_recipes
 from modelfab.schemas import jobs as wire
 from modelfab.schemas import limits
+from modelfab.schemas.datasets import DatasetVersion
 from modelfab.services import registry
 from modelfab.services.common import Principal
 from modelfab.services.datasets import resolve_version, version_by_id, version_view
@@ -46,7 +47,7 @@ class JobRequest:
     max_attempts: int = limits.DEFAULT_MAX_ATTEMPTS
 
 
-def job_view(job: Job, dataset: wire.DatasetVersion | None = None) -> wire.Job:
+def job_view(job: Job, dataset: DatasetVersion | None = None) -> wire.Job:
     """The job as the API shows it; `dataset` is its dataset version, when the caller
     read it (listings leave it None)."""
     return wire.Job(

@@ -5,8 +5,8 @@ when its attempt ends."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +22,10 @@ from modelfab.db.models import (
     ModelVersion,
     UsageRecord,
 )
+from modelfab.errors import InvalidRequest
 from modelfab.ids import now
+from modelfab.schemas.endpoints import Endpoint as WireEndpoint
+from modelfab.schemas.endpoints import EndpointUpdate
 from modelfab.services.common import Principal
 from modelfab.services.endpoint_controller import METER_WINDOW_S, EndpointController, Plan
 from modelfab.services.endpoint_controller import plan_endpoint as plan_with_limit
@@ -180,13 +183,13 @@ def serving_endpoint(factory: sessionmaker[Session], replicas: int) -> tuple[str
 
 def roll(
     factory: sessionmaker[Session], warm: Callable[[str, str], str | None]
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[WireEndpoint, WireEndpoint]:
     """PATCH the endpoint to parts:2, then one controller pass; returns both answers.
     Nothing listens at the replicas' URLs: one failed health probe changes nothing."""
     service = EndpointService(factory, JobService(factory, None, node_ids=[]))
     tenant = Principal(tenant_id=tenant_of(factory), tenant_name="vision", role="member",
                        key_id="key_1")  # fmt: skip
-    answer = service.update(tenant, "parts", {"model": "parts:2"})
+    answer = service.update(tenant, "parts", EndpointUpdate(model="parts:2"))
     controller = EndpointController(factory, service, warm=warm)
     controller.run_once()
     return answer, service.get(tenant, "parts")
@@ -210,11 +213,11 @@ def test_an_update_answers_at_once_and_the_controller_switches_once_all_are_warm
         return None
 
     answer, after = roll(factory, warm)
-    assert answer["status"] == "updating" and answer["model"]["version"] == 1
-    assert answer["rollout"]["model"]["version"] == 2
+    assert answer.status == "updating" and answer.model.version == 1
+    assert answer.rollout is not None and answer.rollout.model.version == 2
     assert warmed == [("http://127.0.0.1:9", "mv_2"), ("http://127.0.0.2:9", "mv_2")]
-    assert after["model"]["version"] == 2 and after["status"] == "ready"
-    assert after["rollout"] is None and after["rollout_error"] is None
+    assert after.model.version == 2 and after.status == "ready"
+    assert after.rollout is None and after.rollout_error is None
 
 
 def test_a_version_a_replica_cannot_load_is_refused_and_the_old_one_keeps_serving(
@@ -222,8 +225,23 @@ def test_a_version_a_replica_cannot_load_is_refused_and_the_old_one_keeps_servin
 ) -> None:
     serving_endpoint(factory, replicas=2)
     answer, after = roll(factory, lambda url, v: "not an ONNX graph" if "0.2:" in url else None)
-    assert answer["status"] == "updating"
-    assert after["model"]["version"] == 1 and after["status"] == "ready"
-    assert after["rollout"] is None
-    assert after["rollout_error"]["code"] == "model_load_failed"
-    assert "not an ONNX graph" in after["rollout_error"]["message"]
+    assert answer.status == "updating"
+    assert after.model.version == 1 and after.status == "ready"
+    assert after.rollout is None and after.rollout_error is not None
+    assert after.rollout_error["code"] == "model_load_failed"
+    assert "not an ONNX graph" in after.rollout_error["message"]
+
+
+@pytest.mark.parametrize("field", ["replicas", "model", "max_batch_size", "cpus"])
+def test_an_update_to_null_is_refused_and_changes_nothing(
+    factory: sessionmaker[Session], field: str
+) -> None:
+    serving_endpoint(factory, replicas=2)
+    service = EndpointService(factory, JobService(factory, None, node_ids=[]))
+    tenant = Principal(tenant_id=tenant_of(factory), tenant_name="vision", role="member",
+                       key_id="key_1")  # fmt: skip
+    before = service.get(tenant, "parts")
+    with pytest.raises(InvalidRequest) as caught:
+        service.update(tenant, "parts", EndpointUpdate.model_validate({field: None}))
+    assert caught.value.param == field
+    assert service.get(tenant, "parts") == before

@@ -19,6 +19,7 @@ from modelfab.db.engine import transaction
 from modelfab.db.models import Base, Job, Model, ModelArtifact, ModelVersion
 from modelfab.errors import InvalidRequest, Unauthenticated
 from modelfab.ids import now
+from modelfab.schemas.worker import WorkerComplete
 from modelfab.services.named import Ref
 from modelfab.services.registry import parse_ref, register_version, verify_model
 from modelfab.services.tenants import Quota, create_tenant
@@ -41,8 +42,11 @@ def tenant_id(factory: sessionmaker[Session]) -> str:
     return str(create_tenant(factory, name="vision", quota=Quota()).id)
 
 
-def upload(worker: WorkerService, job_id: str, token: str, content: bytes = WEIGHTS) -> Any:
-    return worker.upload_artifact(
+def upload(
+    worker: WorkerService, job_id: str, token: str, content: bytes = WEIGHTS
+) -> dict[str, Any]:
+    """Upload an artifact; returns the answer as the worker reads it (JSON) to report it."""
+    stored = worker.upload_artifact(
         job_id,
         token,
         name="weights.pt",
@@ -50,6 +54,7 @@ def upload(worker: WorkerService, job_id: str, token: str, content: bytes = WEIG
         sha256=sha(content),
         stream=io.BytesIO(content),
     )
+    return stored.model_dump(mode="json")
 
 
 def report(artifact: dict[str, Any], name: str = "clf", task: str = "image-classification") -> Any:
@@ -58,7 +63,7 @@ def report(artifact: dict[str, Any], name: str = "clf", task: str = "image-class
 
 def succeed(worker: WorkerService, job_id: str, token: str, model: Any) -> str:
     payload = {"status": "succeeded", "attempt": 1, "result": {"epochs": 3}, "model": model}
-    return str(worker.complete(job_id, token, payload)["status"])
+    return str(worker.complete(job_id, token, WorkerComplete.model_validate(payload)).status)
 
 
 def job_row(factory: sessionmaker[Session], job_id: str) -> Job:
@@ -126,7 +131,7 @@ def test_failed_completion_with_a_model_registers_nothing(
     model = report(upload(worker, job_id, token))
     error = {"code": "below_gate", "message": "accuracy 0.4 < min_accuracy 0.9"}
     payload = {"status": "failed", "attempt": 1, "error": error, "model": model}
-    assert worker.complete(job_id, token, payload)["status"] == "failed"
+    assert worker.complete(job_id, token, WorkerComplete.model_validate(payload)).status == "failed"
     assert job_row(factory, job_id).error == error
     assert counts(factory) == (0, 0, 0)
 

@@ -25,7 +25,7 @@ from modelfab.compute.scheduler.loop import Scheduler, SchedulerConfig
 from modelfab.db.engine import transaction
 from modelfab.db.models import Device, Job, JobAllocation, JobEvent, UsageRecord
 from modelfab.errors import Conflict, InvalidRequest, Unauthenticated
-from modelfab.schemas.worker import WorkerEvents
+from modelfab.schemas.worker import WorkerComplete, WorkerEvent, WorkerEvents
 from modelfab.services.common import Principal
 from modelfab.services.jobs import JobRequest, JobService
 from modelfab.services.tenants import Quota, create_tenant
@@ -92,7 +92,7 @@ class World:
         return Principal(tenant_id=t.id, tenant_name=name, role="member", key_id="key_test")
 
     def submit(self, who: Principal, **request: Any) -> str:
-        return str(self.jobs.create(who, JobRequest(recipe="sleep", **request))["id"])
+        return self.jobs.create(who, JobRequest(recipe="sleep", **request)).id
 
     def job(self, job_id: str) -> Job:
         with self.factory() as session:
@@ -343,7 +343,7 @@ def test_cancel_running_job_signals_then_ends_cancelled(world: World) -> None:
     world.scheduler.tick()
 
     out = world.jobs.cancel(who, job_id)
-    assert (out["status"], out["cancel_requested"]) == ("running", True)
+    assert (out.status, out.cancel_requested) == ("running", True)
     assert world.executor.cancels == []
 
     world.scheduler.tick()
@@ -366,7 +366,7 @@ def test_cancel_running_job_signals_then_ends_cancelled(world: World) -> None:
     assert world.usage(job_id)["gpu_seconds"][0] == pytest.approx(2.0)
 
     again = world.jobs.cancel(who, job_id)
-    assert again["status"] == "cancelled"
+    assert again.status == "cancelled"
 
 
 def test_cancel_frees_capacity_for_the_next_job(world: World) -> None:
@@ -445,22 +445,22 @@ def test_worker_reads_spec_posts_events_and_completes(world: World, worker: Work
     token = world.executor.spec_of(job_id).token
 
     spec = worker.spec(job_id, token)
-    assert spec["job_id"] == job_id
-    assert spec["attempt"] == 1
-    assert spec["recipe"] == "sleep"
-    assert spec["params"]["seconds"] == 2.0
-    assert spec["cuda_visible_devices"] == "0"
-    assert spec["resources"]["gpus"] == 0.5
+    assert spec.job_id == job_id
+    assert spec.attempt == 1
+    assert spec.recipe == "sleep"
+    assert spec.params["seconds"] == 2.0
+    assert spec.cuda_visible_devices == "0"
+    assert spec.resources.gpus == 0.5
 
     ack = worker.add_events(
         job_id,
         token,
         [
-            {"message": "step 1", "type": "metrics", "data": {"loss": 0.5}},
-            {"message": "odd", "level": "shouting", "type": "gossip"},
+            WorkerEvent(message="step 1", type="metrics", data={"loss": 0.5}),
+            WorkerEvent(message="odd", level="shouting", type="gossip"),
         ],
     )
-    assert ack == {"accepted": 2, "cancel_requested": False}
+    assert (ack.accepted, ack.cancel_requested) == (2, False)
     with world.factory() as session:
         rows = session.scalars(
             select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
@@ -472,15 +472,15 @@ def test_worker_reads_spec_posts_events_and_completes(world: World, worker: Work
     assert rows[-2].data == {"loss": 0.5}
 
     world.clock.advance(4.0)
-    done = worker.complete(job_id, token, {"status": "succeeded", "result": {"slept_s": 2}})
-    assert done == {"status": "succeeded"}
+    done = worker.complete(job_id, token, WorkerComplete(status="succeeded", result={"slept_s": 2}))
+    assert done.status == "succeeded"
     job = world.job(job_id)
     assert (job.status, job.result, job.token_hash) == ("succeeded", {"slept_s": 2}, None)
     assert world.allocations(job_id) == []
     assert set(world.usage(job_id)) == {"cpu_seconds", "gpu_seconds"}
 
     with pytest.raises(Unauthenticated):
-        worker.complete(job_id, token, {"status": "failed"})
+        worker.complete(job_id, token, WorkerComplete(status="failed"))
     with pytest.raises(Unauthenticated):
         worker.spec(job_id, token)
 
@@ -500,9 +500,9 @@ def test_worker_with_wrong_token_is_refused(world: World, worker: WorkerService)
     with pytest.raises(Unauthenticated):
         worker.spec(job_id, token + "x")
     with pytest.raises(Unauthenticated):
-        worker.add_events(job_id, "wrong", [{"message": "hi"}])
+        worker.add_events(job_id, "wrong", [WorkerEvent(message="hi")])
     with pytest.raises(Unauthenticated):
-        worker.complete(job_id, "wrong", {"status": "succeeded"})
+        worker.complete(job_id, "wrong", WorkerComplete(status="succeeded"))
     with pytest.raises(Unauthenticated):
         worker.spec("job_other", token)
     assert world.status(job_id) == ["running"]
@@ -518,12 +518,13 @@ def test_worker_token_of_an_old_attempt_is_refused(world: World, worker: WorkerS
     new = world.executor.spec_of(job_id, attempt=2).token
 
     with pytest.raises(Unauthenticated):
-        worker.complete(job_id, old, {"status": "succeeded"})
+        worker.complete(job_id, old, WorkerComplete(status="succeeded"))
     with pytest.raises(Conflict):
-        worker.complete(job_id, new, {"status": "succeeded", "attempt": 1})
-    assert worker.complete(job_id, new, {"status": "succeeded", "attempt": 2}) == {
-        "status": "succeeded"
-    }
+        worker.complete(job_id, new, WorkerComplete(status="succeeded", attempt=1))
+    assert (
+        worker.complete(job_id, new, WorkerComplete(status="succeeded", attempt=2)).status
+        == "succeeded"
+    )
 
 
 def test_worker_retryable_failure_requeues(world: World, worker: WorkerService) -> None:
@@ -531,8 +532,10 @@ def test_worker_retryable_failure_requeues(world: World, worker: WorkerService) 
     world.scheduler.tick()
     token = world.executor.spec_of(job_id).token
     error = {"code": "oom", "message": "out of memory"}
-    out = worker.complete(job_id, token, {"status": "failed", "error": error, "retryable": True})
-    assert out == {"status": "queued"}
+    out = worker.complete(
+        job_id, token, WorkerComplete(status="failed", error=error, retryable=True)
+    )
+    assert out.status == "queued"
     job = world.job(job_id)
     assert (job.status, job.failures) == ("queued", 1)
 
@@ -543,8 +546,8 @@ def test_worker_sees_cancel_request(world: World, worker: WorkerService) -> None
     world.scheduler.tick()
     token = world.executor.spec_of(job_id).token
     world.jobs.cancel(who, job_id)
-    assert worker.add_events(job_id, token, [])["cancel_requested"] is True
-    assert worker.complete(job_id, token, {"status": "failed"}) == {"status": "cancelled"}
+    assert worker.add_events(job_id, token, []).cancel_requested is True
+    assert worker.complete(job_id, token, WorkerComplete(status="failed")).status == "cancelled"
 
 
 def test_worker_refuses_unknown_outcome(world: World, worker: WorkerService) -> None:
@@ -552,7 +555,7 @@ def test_worker_refuses_unknown_outcome(world: World, worker: WorkerService) -> 
     world.scheduler.tick()
     token = world.executor.spec_of(job_id).token
     with pytest.raises(InvalidRequest) as err:
-        worker.complete(job_id, token, {"status": "done"})
+        worker.complete(job_id, token, WorkerComplete(status="done"))
     assert err.value.param == "status"
     assert world.status(job_id) == ["running"]
 

@@ -5,11 +5,12 @@ the endpoint service's), so the gateway stays below the services."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
 from modelfab.gateway.gateway import Gateway
+from modelfab.schemas.endpoints import EndpointDeleted
 
 P = TypeVar("P")
 
@@ -31,11 +32,11 @@ class EndpointDeleter(Generic[P]):
         self.finish_delete = finish_delete
         self.drain_timeout_s = drain_timeout_s
 
-    async def delete(self, principal: P, name: str) -> dict[str, Any]:
+    async def delete(self, principal: P, name: str) -> EndpointDeleted:
         """Stop routing to `name`, wait up to `drain_timeout_s` for its in-flight requests,
         then stop its replicas. Raises NotFound for an endpoint not the caller's."""
         endpoint_id = await run_in_threadpool(self.start_delete, principal, name)
         in_flight = await self.gateway.drain(endpoint_id, self.drain_timeout_s)
         await run_in_threadpool(self.finish_delete, endpoint_id)
         self.gateway.invalidate()
-        return {"object": "endpoint", "name": name, "deleted": True, "drained": in_flight}
+        return EndpointDeleted(name=name, deleted=True, drained=in_flight)

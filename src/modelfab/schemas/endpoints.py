@@ -8,6 +8,7 @@ from pydantic import Field
 
 from modelfab.schemas import limits
 from modelfab.schemas.common import OpenModel, WireModel
+from modelfab.schemas.jobs import JobStatus
 from modelfab.schemas.limits import NAME_PATTERN
 
 READY, FAILED = "ready", "failed"
@@ -48,16 +49,16 @@ class EndpointUpdate(WireModel):
     max_wait_ms: float | None = Field(default=None, ge=0, le=limits.MAX_WAIT_MS)
 
 
-class EndpointModel(OpenModel):
+class EndpointModel(WireModel):
     ref: str = Field(description="As given: NAME, NAME:VERSION or NAME@ALIAS.")
     name: str | None
     version: int | None
     version_id: str
 
 
-class ReplicaJob(OpenModel):
+class ReplicaJob(WireModel):
     job_id: str
-    status: str
+    status: JobStatus
     attempt: int
     ready: bool
     url: str | None = Field(description="Set once the replica is ready.")
@@ -65,7 +66,7 @@ class ReplicaJob(OpenModel):
     gpus: float
 
 
-class Rollout(OpenModel):
+class Rollout(WireModel):
     """A model change in progress: the controller warms the target on every ready replica,
     then switches the endpoint to it."""
 
@@ -74,7 +75,7 @@ class Rollout(OpenModel):
     of: int | None = Field(description="Replicas to warm; null until the controller started.")
 
 
-class Endpoint(OpenModel):
+class Endpoint(WireModel):
     object: Literal["endpoint"] = "endpoint"
     id: str
     name: str
@@ -99,7 +100,7 @@ class Endpoint(OpenModel):
     updated_at: float | None
 
 
-class EndpointDeleted(OpenModel):
+class EndpointDeleted(WireModel):
     object: Literal["endpoint"] = "endpoint"
     name: str
     deleted: bool

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from modelfab.schemas import limits
-from modelfab.schemas.common import OpenModel, WireModel
+from modelfab.schemas.common import WireModel
 from modelfab.schemas.datasets import DatasetVersion
 
 
@@ -55,7 +55,7 @@ class JobCreate(WireModel):
     max_attempts: int = Field(default=limits.DEFAULT_MAX_ATTEMPTS, ge=1, le=limits.MAX_ATTEMPTS)
 
 
-class Job(OpenModel):
+class Job(WireModel):
     id: str
     object: Literal["job"] = "job"
     recipe: str
@@ -78,7 +78,7 @@ class Job(OpenModel):
     finished_at: float | None
 
 
-class JobEvent(OpenModel):
+class JobEvent(WireModel):
     id: int = Field(description="Increasing; pass the last one as `after` to page.")
     object: Literal["job.event"] = "job.event"
     attempt: int
@@ -89,7 +89,7 @@ class JobEvent(OpenModel):
     data: dict[str, Any] | None
 
 
-class JobLogs(OpenModel):
+class JobLogs(WireModel):
     attempt: int
     text: str
     offset: int

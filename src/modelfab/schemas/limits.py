@@ -14,6 +14,7 @@ MAX_VERSION = 2**31 - 1
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 MAX_ATTEMPTS = 100
 DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_LIST_JOBS = 100
 MAX_LIST_JOBS = 1000
 MAX_EVENTS_PAGE = 5000
 DEFAULT_EVENTS_PAGE = 500
@@ -22,6 +23,12 @@ MAX_LOG_CHUNK = 1 << 20
 DEFAULT_LOG_CHUNK = 65536
 MAX_EVENT_MESSAGE = 4000
 """Characters of one worker event's message."""
+MAX_EVENTS_PER_CALL = 1000
+"""Events one worker call may post."""
+EVENT_LEVELS = ("info", "debug", "warning", "error")
+"""Levels of a job event; the first is the default for an unknown one."""
+EVENT_TYPES = ("message", "metrics", "checkpoint", "progress")
+"""Types of a worker event; the first is the default for an unknown one."""
 
 # endpoints
 MAX_REPLICAS = 32

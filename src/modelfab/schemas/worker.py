@@ -7,9 +7,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from modelfab.schemas import limits
-from modelfab.schemas.common import OpenModel, WireModel
+from modelfab.schemas.common import WireModel
 from modelfab.schemas.datasets import DatasetVersion
-from modelfab.schemas.jobs import Resources
+from modelfab.schemas.jobs import JobStatus, Resources
 
 
 class WorkerEvent(WireModel):
@@ -60,13 +60,13 @@ class ServingAnnounce(WireModel):
     url: str = Field(description="Where the replica's server answers, http://host:port.")
 
 
-class BaseWeights(OpenModel):
+class BaseWeights(WireModel):
     model_id: str
     uri: str = Field(description="file:// URL of the imported weights.")
     sha256: str
 
 
-class JobSpec(OpenModel):
+class JobSpec(WireModel):
     """Everything the worker needs to run the attempt."""
 
     job_id: str
@@ -79,32 +79,32 @@ class JobSpec(OpenModel):
     base_weights: BaseWeights | None
 
 
-class EventsAccepted(OpenModel):
+class EventsAccepted(WireModel):
     accepted: int
     cancel_requested: bool = Field(description="Stop soon: the job is being cancelled.")
 
 
-class ArtifactStored(OpenModel, ArtifactRecord):
+class ArtifactStored(ArtifactRecord):
     object: Literal["artifact"] = "artifact"
 
 
-class AttemptEnded(OpenModel):
-    status: str = Field(description="The job's status after this attempt.")
+class AttemptEnded(WireModel):
+    status: JobStatus = Field(description="The job's status after this attempt.")
 
 
-class ReplicaAnnounced(OpenModel):
+class ReplicaAnnounced(WireModel):
     object: Literal["replica"] = "replica"
     job_id: str
     url: str
     ready: bool
 
 
-class FileRef(OpenModel):
+class FileRef(WireModel):
     uri: str
     sha256: str
 
 
-class ModelFiles(OpenModel):
+class ModelFiles(WireModel):
     """Where a model version keeps what a replica loads: every serving artifact its task's
     served-model kind needs, and for the ONNX kinds the two by role."""
 

@@ -6,7 +6,6 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -55,18 +54,14 @@ def version_view(ds: Dataset, v: DatasetVersion) -> wire.DatasetVersion:
     )
 
 
-def version_dict(ds: Dataset, v: DatasetVersion) -> dict[str, Any]:
-    """`version_view` as a dict, for the services that still answer dicts (jobs, worker)."""
-    return version_view(ds, v).model_dump(mode="json")
-
-
-def version_by_id(session: Session, version_id: str) -> dict[str, Any] | None:
-    v = session.get(DatasetVersion, version_id)
+def version_by_id(session: Session, version_id: str | None) -> wire.DatasetVersion | None:
+    """The version with id `version_id` as the API shows it; None for no id or no row."""
+    v = session.get(DatasetVersion, version_id) if version_id is not None else None
     if v is None:
         return None
     ds = session.get(Dataset, v.dataset_id)
     assert ds is not None
-    return version_dict(ds, v)
+    return version_view(ds, v)
 
 
 class DatasetService:

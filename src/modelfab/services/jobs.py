@@ -26,12 +26,13 @@ from modelfab.db.engine import transaction
 from modelfab.db.models import Job, JobEvent, Node, Tenant, UsageRecord
 from modelfab.errors import Forbidden, InvalidRequest, NotFound, QuotaExceeded, Unschedulable
 from modelfab.ids import new_id, now
-from modelfab.recipes.base import RecipeSpec, get_recipe
+from modelfab.recipes.base import RecipeSpec, get_recipe, list_recipes
+from modelfab.schemas import jobs as wire
+from modelfab.schemas import limits
+from modelfab.schemas.datasets import DatasetVersion
 from modelfab.services import registry
 from modelfab.services.common import Principal
-from modelfab.services.datasets import resolve_version, version_by_id, version_dict
-
-MAX_LOG_CHUNK = 1 << 20
+from modelfab.services.datasets import resolve_version, version_by_id, version_view
 
 
 @dataclass(frozen=True)
@@ -43,32 +44,33 @@ class JobRequest:
     cpus: float = 1.0
     memory_bytes: int = 0
     priority: int = 0
-    max_attempts: int = 3
+    max_attempts: int = limits.DEFAULT_MAX_ATTEMPTS
 
 
-def job_dict(job: Job, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "object": "job",
-        "recipe": job.recipe,
-        "params": job.params,
-        "dataset": dataset,
-        "status": job.status,
-        "resources": {"gpus": job.gpus, "cpus": job.cpus, "memory_bytes": job.memory_bytes},
-        "priority": job.priority,
-        "attempt": job.attempt,
-        "max_attempts": job.max_attempts,
-        "failures": job.failures,
-        "cancel_requested": job.cancel_requested,
-        "node": job.node_id,
-        "cuda_visible_devices": job.cuda_visible_devices,
-        "error": job.error,
-        "result": job.result,
-        "created_at": job.created_at,
-        "queued_at": job.queued_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-    }
+def job_view(job: Job, dataset: DatasetVersion | None = None) -> wire.Job:
+    """The job as the API shows it; `dataset` is its dataset version, when the caller
+    read it (listings leave it None)."""
+    return wire.Job(
+        id=job.id,
+        recipe=job.recipe,
+        params=job.params,
+        dataset=dataset,
+        status=JobStatus(job.status),
+        resources=wire.Resources(gpus=job.gpus, cpus=job.cpus, memory_bytes=job.memory_bytes),
+        priority=job.priority,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        failures=job.failures,
+        cancel_requested=job.cancel_requested,
+        node=job.node_id,
+        cuda_visible_devices=job.cuda_visible_devices,
+        error=job.error,
+        result=job.result,
+        created_at=job.created_at,
+        queued_at=job.queued_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
 
 
 class JobService:
@@ -87,7 +89,7 @@ class JobService:
         self.on_change = on_change
         self.path_roots = [Path(os.path.realpath(r)) for r in path_roots]
 
-    def create(self, principal: Principal, request: JobRequest) -> dict[str, Any]:
+    def create(self, principal: Principal, request: JobRequest) -> wire.Job:
         """Validate and queue a job. Raises InvalidRequest/NotFound for bad input and
         Unschedulable when no capacity or quota could ever run it."""
         spec = get_recipe(request.recipe)
@@ -114,7 +116,7 @@ class JobService:
                 request,
                 dataset_version_id=version[1].id if version else None,
             )
-            out = job_dict(job, version_dict(*version) if version else None)
+            out = job_view(job, version_view(*version) if version else None)
         self.on_change()
         return out
 
@@ -173,23 +175,29 @@ class JobService:
             raise Unschedulable(reason, param="gpus" if "GPU" in reason else "resources")
 
     def list_jobs(
-        self, principal: Principal, *, status: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+        self,
+        principal: Principal,
+        *,
+        status: str | None = None,
+        limit: int = limits.DEFAULT_LIST_JOBS,
+    ) -> list[wire.Job]:
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
         stmt = select(Job).where(Job.tenant_id == principal.tenant_id)
         if status:
             stmt = stmt.where(Job.status == status)
-        stmt = stmt.order_by(Job.created_at.desc(), Job.id).limit(max(1, min(limit, 1000)))
+        stmt = stmt.order_by(Job.created_at.desc(), Job.id).limit(
+            _clamp(limit, limits.MAX_LIST_JOBS)
+        )
         with self.factory() as session:
-            return [job_dict(j) for j in session.scalars(stmt)]
+            return [job_view(j) for j in session.scalars(stmt)]
 
-    def get(self, principal: Principal, job_id: str) -> dict[str, Any]:
+    def get(self, principal: Principal, job_id: str) -> wire.Job:
         with self.factory() as session:
             job = _own(session, principal, job_id)
-            return job_dict(job, _dataset_of(session, job))
+            return job_view(job, version_by_id(session, job.dataset_version_id))
 
-    def cancel(self, principal: Principal, job_id: str) -> dict[str, Any]:
+    def cancel(self, principal: Principal, job_id: str) -> wire.Job:
         """Queued jobs end at once; running ones are signalled (SIGTERM, then SIGKILL after
         the grace period) and end as `cancelled` when their process is gone."""
         with transaction(self.factory) as session:
@@ -198,46 +206,68 @@ class JobService:
                 lifecycle.cancel_queued(session, job, now())
             elif job.status == JobStatus.RUNNING:
                 lifecycle.request_cancel(session, job, now())
-            out = job_dict(job)
+            out = job_view(job)
         self.on_change()
         return out
 
     def events(
-        self, principal: Principal, job_id: str, *, after: int = 0, limit: int = 500
-    ) -> list[dict[str, Any]]:
+        self,
+        principal: Principal,
+        job_id: str,
+        *,
+        after: int = 0,
+        limit: int = limits.DEFAULT_EVENTS_PAGE,
+    ) -> list[wire.JobEvent]:
         with self.factory() as session:
             _own(session, principal, job_id)
             rows = session.scalars(
                 select(JobEvent)
                 .where(JobEvent.job_id == job_id, JobEvent.id > after)
                 .order_by(JobEvent.id)
-                .limit(max(1, min(limit, 5000)))
+                .limit(_clamp(limit, limits.MAX_EVENTS_PAGE))
             )
-            return [_event_dict(e) for e in rows]
+            return [_event_view(e) for e in rows]
 
     def logs(
         self, principal: Principal, job_id: str, *, attempt: int | None, offset: int, limit: int
-    ) -> dict[str, Any]:
+    ) -> wire.JobLogs:
+        """A chunk of the attempt's log (the current attempt when `attempt` is None), at
+        most `limits.MAX_LOG_CHUNK` bytes from `offset`."""
         with self.factory() as session:
             job = _own(session, principal, job_id)
             attempt = attempt or job.attempt
             done = job.status in TERMINAL or attempt < job.attempt
         if self.executor is None or attempt < 1:
-            return {
-                "attempt": attempt,
-                "text": "",
-                "offset": offset,
-                "next_offset": offset,
-                "eof": done,
-            }
-        chunk = self.executor.logs(job_id, attempt, offset, max(1, min(limit, MAX_LOG_CHUNK)))
-        return {
-            "attempt": attempt,
-            "text": chunk.text,
-            "offset": chunk.offset,
-            "next_offset": chunk.next_offset,
-            "eof": done and chunk.next_offset == chunk.offset,
-        }
+            return wire.JobLogs(
+                attempt=attempt, text="", offset=offset, next_offset=offset, eof=done
+            )
+        chunk = self.executor.logs(job_id, attempt, offset, _clamp(limit, limits.MAX_LOG_CHUNK))
+        return wire.JobLogs(
+            attempt=attempt,
+            text=chunk.text,
+            offset=chunk.offset,
+            next_offset=chunk.next_offset,
+            eof=done and chunk.next_offset == chunk.offset,
+        )
+
+
+def recipes() -> list[wire.Recipe]:
+    """The recipes tenants can run, with their params' JSON schema."""
+    return [
+        wire.Recipe(
+            name=r.name,
+            version=r.version,
+            description=r.description,
+            needs_dataset=r.needs_dataset,
+            params=r.params.model_json_schema(),
+        )
+        for r in list_recipes()
+    ]
+
+
+def _clamp(limit: int, most: int) -> int:
+    """A page size the caller asked for, within 1..`most`."""
+    return max(1, min(limit, most))
 
 
 def _check_resources(r: JobRequest) -> None:
@@ -248,8 +278,10 @@ def _check_resources(r: JobRequest) -> None:
         raise InvalidRequest(f"cpus must be > 0, got {r.cpus}", param="cpus")
     if r.memory_bytes < 0:
         raise InvalidRequest("memory must be >= 0", param="memory_bytes")
-    if not 1 <= r.max_attempts <= 100:
-        raise InvalidRequest("max_attempts must be between 1 and 100", param="max_attempts")
+    if not 1 <= r.max_attempts <= limits.MAX_ATTEMPTS:
+        raise InvalidRequest(
+            f"max_attempts must be between 1 and {limits.MAX_ATTEMPTS}", param="max_attempts"
+        )
 
 
 def _check_budget(session: Session, tenant: Tenant) -> None:
@@ -282,23 +314,16 @@ def _own(session: Session, principal: Principal, job_id: str, lock: bool = False
     return job
 
 
-def _dataset_of(session: Session, job: Job) -> dict[str, Any] | None:
-    if job.dataset_version_id is None:
-        return None
-    return version_by_id(session, job.dataset_version_id)
-
-
-def _event_dict(e: JobEvent) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "object": "job.event",
-        "attempt": e.attempt,
-        "created_at": e.created_at,
-        "level": e.level,
-        "type": e.type,
-        "message": e.message,
-        "data": e.data,
-    }
+def _event_view(e: JobEvent) -> wire.JobEvent:
+    return wire.JobEvent(
+        id=e.id,
+        attempt=e.attempt,
+        created_at=e.created_at,
+        level=e.level,
+        type=e.type,
+        message=e.message,
+        data=e.data,
+    )
 
 
 def _check_server_paths(

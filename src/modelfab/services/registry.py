@@ -35,6 +35,7 @@ from modelfab.hub.catalog import CATALOG
 from modelfab.ids import new_id, now
 from modelfab.recipes.base import get_recipe
 from modelfab.schemas import models as wire
+from modelfab.schemas.worker import FileRef, ModelFiles
 from modelfab.services import named
 from modelfab.services.common import Principal, check_name
 from modelfab.services.named import Family
@@ -270,10 +271,10 @@ def servable(session: Session, tenant_id: str, ref: str) -> tuple[Model, ModelVe
     return model, version
 
 
-def serving_refs(session: Session, version_id: str) -> dict[str, Any]:
-    """Where a servable version's files are, as a replica fetches them: "artifacts"
+def serving_refs(session: Session, version_id: str) -> ModelFiles:
+    """Where a servable version's files are, as a replica fetches them: `artifacts`
     {name: {uri, sha256}} for every serving artifact of its task, and for the ONNX kinds
-    also "onnx" and "labels" (the shape older readers use)."""
+    also `onnx` and `labels` (the shape older readers use)."""
     version = session.get(ModelVersion, version_id)
     model = session.get(Model, version.model_id) if version else None
     wanted = get_task(model.task).serving_artifacts if model else ()
@@ -282,12 +283,14 @@ def serving_refs(session: Session, version_id: str) -> dict[str, Any]:
             ModelArtifact.model_version_id == version_id, ModelArtifact.name.in_(wanted)
         )
     ).all()
-    by_name = {a.name: {"uri": a.uri, "sha256": a.sha256} for a in rows}
-    refs: dict[str, Any] = {"task": model.task if model else None, "artifacts": by_name}
-    for key, name in (("onnx", ONNX_NAME), ("labels", LABELS_NAME)):
-        if name in by_name:
-            refs[key] = by_name[name]
-    return refs
+    by_name = {a.name: FileRef(uri=a.uri, sha256=a.sha256) for a in rows}
+    return ModelFiles(
+        version_id=version_id,
+        task=model.task if model else None,
+        artifacts=by_name,
+        onnx=by_name.get(ONNX_NAME),
+        labels=by_name.get(LABELS_NAME),
+    )
 
 
 def resolve(session: Session, tenant_id: str, ref: str) -> tuple[Model, ModelVersion]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -20,15 +20,15 @@ from modelfab.db.models import Job
 from modelfab.errors import Conflict, InvalidRequest, ModelfabError, Unauthenticated
 from modelfab.hub.catalog import imported_meta, imported_weights
 from modelfab.ids import hash_secret, now
+from modelfab.schemas import limits
+from modelfab.schemas import worker as wire
+from modelfab.schemas.jobs import Resources
 from modelfab.services import registry
 from modelfab.services.datasets import version_by_id
 
 logger = logging.getLogger(__name__)
 
-LEVELS = ("info", "debug", "warning", "error")  # the first is the default
-EVENT_TYPES = ("message", "metrics", "checkpoint", "progress")
 OUTCOMES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-MAX_EVENTS_PER_CALL = 1000
 DEFAULT_MAX_ARTIFACT_BYTES = 20 * 2**30
 
 
@@ -50,24 +50,22 @@ class WorkerService:
         self.max_artifact_bytes = max_artifact_bytes
         self.hub_dir = hub_dir
 
-    def spec(self, job_id: str, token: str) -> dict[str, Any]:
+    def spec(self, job_id: str, token: str) -> wire.JobSpec:
+        """Everything the running attempt needs. Raises Unauthenticated for a bad token."""
         with self.factory() as session:
             job = authorized(session, job_id, token)
-            dataset = (
-                version_by_id(session, job.dataset_version_id) if job.dataset_version_id else None
+            return wire.JobSpec(
+                job_id=job.id,
+                attempt=job.attempt,
+                recipe=job.recipe,
+                params=job.params,
+                dataset=version_by_id(session, job.dataset_version_id),
+                resources=Resources(gpus=job.gpus, cpus=job.cpus, memory_bytes=job.memory_bytes),
+                cuda_visible_devices=job.cuda_visible_devices,
+                base_weights=self._base_weights(job.params.get("base_model")),
             )
-            return {
-                "job_id": job.id,
-                "attempt": job.attempt,
-                "recipe": job.recipe,
-                "params": job.params,
-                "dataset": dataset,
-                "resources": {"gpus": job.gpus, "cpus": job.cpus, "memory_bytes": job.memory_bytes},
-                "cuda_visible_devices": job.cuda_visible_devices,
-                "base_weights": self._base_weights(job.params.get("base_model")),
-            }
 
-    def _base_weights(self, model_id: Any) -> dict[str, Any] | None:
+    def _base_weights(self, model_id: Any) -> wire.BaseWeights | None:
         """Imported hub weights the recipe's base model needs: a file URL (workers of the
         local executor share this disk) and the sha256 the worker checks before use."""
         if self.hub_dir is None or not isinstance(model_id, str):
@@ -76,29 +74,35 @@ class WorkerService:
         meta = imported_meta(self.hub_dir, model_id)
         if path is None or meta is None:
             return None
-        return {"model_id": model_id, "uri": path.resolve().as_uri(), "sha256": meta["sha256"]}
+        return wire.BaseWeights(
+            model_id=model_id, uri=path.resolve().as_uri(), sha256=meta["sha256"]
+        )
 
-    def add_events(self, job_id: str, token: str, events: list[dict[str, Any]]) -> dict[str, Any]:
-        """Store events in order; answers whether a cancel was requested."""
-        if len(events) > MAX_EVENTS_PER_CALL:
-            raise InvalidRequest(f"at most {MAX_EVENTS_PER_CALL} events per call", param="events")
+    def add_events(
+        self, job_id: str, token: str, events: Sequence[wire.WorkerEvent]
+    ) -> wire.EventsAccepted:
+        """Store events in order (an unknown level or type becomes the default, a message
+        is cut to `limits.MAX_EVENT_MESSAGE`); answers whether a cancel was requested."""
+        most = limits.MAX_EVENTS_PER_CALL
+        if len(events) > most:
+            raise InvalidRequest(f"at most {most} events per call", param="events")
         with transaction(self.factory) as session:
             job = authorized(session, job_id, token)
             for e in events:
                 lifecycle.add_event(
                     session,
                     job,
-                    str(e.get("message", ""))[:4000],
-                    level=_pick(e.get("level"), LEVELS),
-                    type=_pick(e.get("type"), EVENT_TYPES),
-                    data=e.get("data") if isinstance(e.get("data"), dict) else None,
-                    at=float(e.get("at") or now()),
+                    e.message[: limits.MAX_EVENT_MESSAGE],
+                    level=_pick(e.level, limits.EVENT_LEVELS),
+                    type=_pick(e.type, limits.EVENT_TYPES),
+                    data=e.data,
+                    at=e.at or now(),
                 )
-            return {"accepted": len(events), "cancel_requested": job.cancel_requested}
+            return wire.EventsAccepted(accepted=len(events), cancel_requested=job.cancel_requested)
 
     def upload_artifact(
         self, job_id: str, token: str, *, name: str, format: str, sha256: str, stream: BinaryIO
-    ) -> dict[str, Any]:
+    ) -> wire.ArtifactStored:
         """Store an artifact of the running attempt (blocks while copying and hashing).
 
         Raises InvalidRequest (param sha256) when the bytes do not hash to `sha256`, and
@@ -115,45 +119,41 @@ class WorkerService:
                 "the way; upload it again",
                 param="sha256",
             )
-        return {
-            "object": "artifact",
-            "name": name,
-            "format": format,
-            "uri": uri,
-            "sha256": actual,
-            "size_bytes": size,
-        }
+        return wire.ArtifactStored(
+            name=name, format=format, uri=uri, sha256=actual, size_bytes=size
+        )
 
-    def complete(self, job_id: str, token: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def complete(self, job_id: str, token: str, report: wire.WorkerComplete) -> wire.AttemptEnded:
         """End the attempt. A succeeded one with a `model` registers its next version in
         the same transaction; when the model cannot be registered (an artifact missing or
-        corrupt, a name of another task), the job fails instead, saying why."""
-        outcome = payload.get("status")
-        if outcome not in OUTCOMES:
+        corrupt, a name of another task), the job fails instead, saying why. Raises
+        InvalidRequest (param status) for an outcome not in OUTCOMES, Conflict (param
+        attempt) for an attempt that is over."""
+        if report.status not in OUTCOMES:
             raise InvalidRequest(f"status must be one of {', '.join(OUTCOMES)}", param="status")
         model, problem = None, None
-        if outcome == JobStatus.SUCCEEDED and payload.get("model") is not None:
-            model, problem = self._verify_model(job_id, token, payload["model"])
+        if report.status == JobStatus.SUCCEEDED and report.model is not None:
+            model, problem = self._verify_model(job_id, token, report.model)
         for _ in range(3):  # a concurrent registration of the same new model name may win
             try:
                 with transaction(self.factory) as session:
-                    status = self._end(session, job_id, token, payload, model, problem)
+                    status = self._end(session, job_id, token, report, model, problem)
                 break
             except IntegrityError:
                 logger.info("job %s: concurrent model registration, retrying", job_id)
         else:
             raise Conflict("the model is being registered concurrently; retry", param="model")
         self.on_change()
-        return {"status": status}
+        return wire.AttemptEnded(status=status)
 
     def _verify_model(
-        self, job_id: str, token: str, report: dict[str, Any]
+        self, job_id: str, token: str, report: wire.ModelReport
     ) -> tuple[registry.VerifiedModel | None, ModelfabError | None]:
         """Hash the reported artifacts before the transaction (it must not wait on disks)."""
         with self.factory() as session:
             authorized(session, job_id, token)  # hash nothing for a caller without a token
         try:
-            return registry.verify_model(self._store(), report), None
+            return registry.verify_model(self._store(), report.model_dump()), None
         except ModelfabError as exc:
             logger.warning("job %s: model not registered: %s", job_id, exc.message)
             return None, exc
@@ -163,16 +163,16 @@ class WorkerService:
         session: Session,
         job_id: str,
         token: str,
-        payload: dict[str, Any],
+        report: wire.WorkerComplete,
         model: registry.VerifiedModel | None,
         problem: ModelfabError | None,
-    ) -> str:
+    ) -> JobStatus:
         job = authorized(session, job_id, token, lock=True)
-        if payload.get("attempt") not in (None, job.attempt):
+        if report.attempt not in (None, job.attempt):
             raise Conflict("this attempt is over", param="attempt")
         at = now()
-        outcome, error, result = payload["status"], payload.get("error"), payload.get("result")
-        retryable = bool(payload.get("retryable"))
+        outcome, error, result = JobStatus(report.status), report.error, report.result
+        retryable = report.retryable
         if model is not None:
             try:
                 with session.begin_nested():

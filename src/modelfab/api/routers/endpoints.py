@@ -3,8 +3,6 @@ Other tenants' endpoints answer 404."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 
 from modelfab.api.deps import Caller, Ctx, get_ctx
@@ -21,32 +19,31 @@ from modelfab.services.endpoints import EndpointSpec
 router = APIRouter(tags=["endpoints"], responses=ERRORS)
 
 
-@router.post("/endpoints", status_code=201, response_model=Endpoint)
-def create_endpoint(body: EndpointCreate, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+@router.post("/endpoints", status_code=201)
+def create_endpoint(body: EndpointCreate, ctx: Ctx, principal: Caller) -> Endpoint:
     return ctx.endpoints.create(principal, EndpointSpec(**body.model_dump()))
 
 
-@router.get("/endpoints", response_model=List[Endpoint])
-def list_endpoints(ctx: Ctx, principal: Caller) -> dict[str, Any]:
-    return {"object": "list", "data": ctx.endpoints.list_endpoints(principal)}
+@router.get("/endpoints")
+def list_endpoints(ctx: Ctx, principal: Caller) -> List[Endpoint]:
+    return List(data=ctx.endpoints.list_endpoints(principal))
 
 
-@router.get("/endpoints/{name}", response_model=Endpoint)
-def get_endpoint(name: str, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+@router.get("/endpoints/{name}")
+def get_endpoint(name: str, ctx: Ctx, principal: Caller) -> Endpoint:
     return ctx.endpoints.get(principal, name)
 
 
-@router.patch("/endpoints/{name}", response_model=Endpoint)
-def update_endpoint(name: str, body: EndpointUpdate, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+@router.patch("/endpoints/{name}")
+def update_endpoint(name: str, body: EndpointUpdate, ctx: Ctx, principal: Caller) -> Endpoint:
     """Answers at once. A new model is rolled out by the controller (status "updating",
     progress in `rollout`): loaded on every ready replica, then switched to; if a replica
     cannot load it the endpoint keeps its model and says why in `rollout_error`."""
-    changes = {k: v for k, v in body.model_dump(include=body.model_fields_set).items()}
-    return ctx.endpoints.update(principal, name, changes)
+    return ctx.endpoints.update(principal, name, body)
 
 
-@router.delete("/endpoints/{name}", response_model=EndpointDeleted)
-async def delete_endpoint(name: str, ctx: Ctx, principal: Caller) -> dict[str, Any]:
+@router.delete("/endpoints/{name}")
+async def delete_endpoint(name: str, ctx: Ctx, principal: Caller) -> EndpointDeleted:
     """Stops routing to the endpoint, waits for its in-flight requests, then stops its
     replicas."""
     return await ctx.endpoint_deleter.delete(principal, name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
@@ -23,22 +23,22 @@ from modelfab.schemas.worker import (
 router = APIRouter(prefix="/worker/jobs/{job_id}", tags=["worker"], responses=ERRORS)
 
 
-@router.get("/spec", response_model=JobSpec)
-def spec(job_id: str, ctx: Ctx, token: JobToken) -> dict[str, Any]:
+@router.get("/spec")
+def spec(job_id: str, ctx: Ctx, token: JobToken) -> JobSpec:
     return ctx.worker.spec(job_id, token)
 
 
-@router.post("/events", response_model=EventsAccepted)
-def events(job_id: str, body: WorkerEvents, ctx: Ctx, token: JobToken) -> dict[str, Any]:
-    return ctx.worker.add_events(job_id, token, [e.model_dump() for e in body.events])
+@router.post("/events")
+def events(job_id: str, body: WorkerEvents, ctx: Ctx, token: JobToken) -> EventsAccepted:
+    return ctx.worker.add_events(job_id, token, body.events)
 
 
-@router.post("/complete", response_model=AttemptEnded)
-def complete(job_id: str, body: WorkerComplete, ctx: Ctx, token: JobToken) -> dict[str, Any]:
-    return ctx.worker.complete(job_id, token, body.model_dump())
+@router.post("/complete")
+def complete(job_id: str, body: WorkerComplete, ctx: Ctx, token: JobToken) -> AttemptEnded:
+    return ctx.worker.complete(job_id, token, body)
 
 
-@router.post("/artifacts", status_code=201, response_model=ArtifactStored)
+@router.post("/artifacts", status_code=201)
 def upload_artifact(
     job_id: str,
     ctx: Ctx,
@@ -47,21 +47,22 @@ def upload_artifact(
     name: Annotated[str, Form(description="File name in the model, e.g. weights.pt.")],
     format: Annotated[str, Form(description="pytorch, onnx or json.")],
     sha256: Annotated[str, Form(description="sha256 of the bytes, checked on arrival.")],
-) -> dict[str, Any]:
+) -> ArtifactStored:
     return ctx.worker.upload_artifact(
         job_id, token, name=name, format=format, sha256=sha256, stream=file.file
     )
 
 
-@router.post("/serving", response_model=ReplicaAnnounced)
+@router.post("/serving")
 def announce_serving(
     job_id: str, body: ServingAnnounce, ctx: Ctx, token: JobToken
-) -> dict[str, Any]:
+) -> ReplicaAnnounced:
     """An endpoint replica's server answers: route requests to it."""
     return ctx.endpoints.announce(job_id, token, body.url)
 
 
-@router.get("/models/{version_id}", response_model=ModelFiles)
-def model_files(job_id: str, version_id: str, ctx: Ctx, token: JobToken) -> dict[str, Any]:
-    """Where a model version of the replica's tenant keeps its ONNX model and labels."""
+@router.get("/models/{version_id}")
+def model_files(job_id: str, version_id: str, ctx: Ctx, token: JobToken) -> ModelFiles:
+    """Where a model version of the replica's tenant keeps the files its served-model kind
+    loads."""
     return ctx.endpoints.model_files(job_id, token, version_id)

@@ -11,18 +11,16 @@ the controller's work (`services.endpoint_controller`).
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.gateway.types import RouteTable
+from modelfab.schemas.worker import ModelFiles, ReplicaAnnounced
 from modelfab.services.endpoints.commands import (
-    MAX_REPLICAS,
     SERVE_RECIPE,
     UPDATING,
     EndpointCommands,
     EndpointSpec,
-    endpoint_dict,
+    endpoint_view,
     replica_request,
 )
 from modelfab.services.endpoints.replicas import ReplicaCalls
@@ -34,7 +32,6 @@ from modelfab.settings import ControllerSettings
 __all__ = [
     "ACTIVE",
     "DELETING",
-    "MAX_REPLICAS",
     "SERVE_RECIPE",
     "UPDATING",
     "EndpointCommands",
@@ -42,7 +39,7 @@ __all__ = [
     "EndpointSpec",
     "ReplicaCalls",
     "RouteView",
-    "endpoint_dict",
+    "endpoint_view",
     "is_ready",
     "replica_request",
 ]
@@ -62,10 +59,10 @@ class EndpointService(EndpointCommands):
         self.replica_calls = ReplicaCalls(factory)
         self.view = RouteView(factory)
 
-    def announce(self, job_id: str, token: str, url: str) -> dict[str, Any]:
+    def announce(self, job_id: str, token: str, url: str) -> ReplicaAnnounced:
         return self.replica_calls.announce(job_id, token, url)
 
-    def model_files(self, job_id: str, token: str, version_id: str) -> dict[str, Any]:
+    def model_files(self, job_id: str, token: str, version_id: str) -> ModelFiles:
         return self.replica_calls.model_files(job_id, token, version_id)
 
     def routes(self) -> RouteTable:

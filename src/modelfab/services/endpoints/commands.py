@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +18,9 @@ from modelfab.db.engine import transaction
 from modelfab.db.models import Endpoint, EndpointReplica, Job, Model, ModelVersion
 from modelfab.errors import Conflict, InvalidRequest
 from modelfab.ids import new_id, now
+from modelfab.schemas import endpoints as wire
+from modelfab.schemas import limits
+from modelfab.schemas.jobs import JobStatus
 from modelfab.services import registry
 from modelfab.services.common import Principal, check_name
 from modelfab.services.endpoints.rows import (
@@ -34,7 +36,6 @@ from modelfab.services.jobs import JobRequest, JobService
 from modelfab.settings import ControllerSettings
 
 SERVE_RECIPE = "serve"
-MAX_REPLICAS = 32
 UPDATING = "updating"
 
 
@@ -48,17 +49,22 @@ class EndpointSpec:
     gpus: float = 0.0
     cpus: float = 1.0
     memory_bytes: int = 0
-    max_batch_size: int = 8
-    max_wait_ms: float = 5.0
+    max_batch_size: int = limits.DEFAULT_MAX_BATCH_SIZE
+    max_wait_ms: float = limits.DEFAULT_MAX_WAIT_MS
 
     def check(self) -> None:
+        """Raise InvalidRequest naming the first field outside `schemas.limits`."""
         check_name(self.name)
-        if not 1 <= self.replicas <= MAX_REPLICAS:
-            raise InvalidRequest(f"replicas must be 1-{MAX_REPLICAS}", param="replicas")
-        if not 1 <= self.max_batch_size <= 1024:
-            raise InvalidRequest("max_batch_size must be 1-1024", param="max_batch_size")
-        if not (0 <= self.max_wait_ms <= 1000 and math.isfinite(self.max_wait_ms)):
-            raise InvalidRequest("max_wait_ms must be 0-1000", param="max_wait_ms")
+        if not 1 <= self.replicas <= limits.MAX_REPLICAS:
+            raise InvalidRequest(f"replicas must be 1-{limits.MAX_REPLICAS}", param="replicas")
+        if not 1 <= self.max_batch_size <= limits.MAX_BATCH_SIZE:
+            raise InvalidRequest(
+                f"max_batch_size must be 1-{limits.MAX_BATCH_SIZE}", param="max_batch_size"
+            )
+        if not (0 <= self.max_wait_ms <= limits.MAX_WAIT_MS and math.isfinite(self.max_wait_ms)):
+            raise InvalidRequest(
+                f"max_wait_ms must be 0-{limits.MAX_WAIT_MS:g}", param="max_wait_ms"
+            )
 
 
 def replica_request(endpoint: Endpoint, *, max_attempts: int) -> JobRequest:
@@ -87,7 +93,7 @@ class EndpointCommands:
         self.settings = settings if settings is not None else ControllerSettings()
         self.on_routes_change: Callable[[], None] = lambda: None  # the gateway's invalidate
 
-    def create(self, principal: Principal, spec: EndpointSpec) -> dict[str, Any]:
+    def create(self, principal: Principal, spec: EndpointSpec) -> wire.Endpoint:
         """Store the endpoint and queue its replicas. Raises InvalidRequest, NotFound (the
         model), Conflict (the name) or Unschedulable (a replica could never be placed)."""
         spec.check()
@@ -116,7 +122,7 @@ class EndpointCommands:
                 session.flush()
                 for _ in range(spec.replicas):
                     self.add_replica(session, endpoint)
-                out = endpoint_dict(session, endpoint)
+                out = endpoint_view(session, endpoint)
         except IntegrityError as exc:
             raise Conflict(f"endpoint {spec.name!r} exists already", param="name") from exc
         self.jobs.on_change()
@@ -131,25 +137,31 @@ class EndpointCommands:
         session.add(EndpointReplica(job_id=job.id, endpoint_id=endpoint.id, created_at=now()))
         return job
 
-    def list_endpoints(self, principal: Principal) -> list[dict[str, Any]]:
+    def list_endpoints(self, principal: Principal) -> list[wire.Endpoint]:
         with self.factory() as session:
             rows = session.scalars(
                 select(Endpoint)
                 .where(Endpoint.tenant_id == principal.tenant_id)
                 .order_by(Endpoint.name)
             ).all()
-            return [endpoint_dict(session, e) for e in rows]
+            return [endpoint_view(session, e) for e in rows]
 
-    def get(self, principal: Principal, name: str) -> dict[str, Any]:
+    def get(self, principal: Principal, name: str) -> wire.Endpoint:
         with self.factory() as session:
-            return endpoint_dict(session, own(session, principal, name))
+            return endpoint_view(session, own(session, principal, name))
 
-    def update(self, principal: Principal, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+    def update(self, principal: Principal, name: str, update: wire.EndpointUpdate) -> wire.Endpoint:
         """Change the model, replicas, resources or batching; returns at once. A new model
         version becomes the endpoint's target (status "updating"): the controller loads it
         on every ready replica before requests switch to it, so no request fails, and keeps
         the old one if a replica cannot load it (`rollout_error`). New resources roll the
         replicas (the controller replaces them one by one). Raises InvalidRequest, NotFound."""
+        changes = update.model_dump(exclude_unset=True)  # only the fields the caller sent
+        for key, value in changes.items():
+            if value is None:
+                raise InvalidRequest(
+                    f"{key} cannot be null; leave it out to keep the current value", param=key
+                )
         with transaction(self.factory) as session:
             endpoint = own(session, principal, name, lock=True)
             merged = {
@@ -166,7 +178,7 @@ class EndpointCommands:
                 _set_target(endpoint, ref, version_id)
             endpoint.error = endpoint.rollout_error = None  # this change is the news now
             endpoint.updated_at = now()
-            out = endpoint_dict(session, endpoint)
+            out = endpoint_view(session, endpoint)
         self.jobs.on_change()
         self.on_routes_change()
         return out
@@ -204,77 +216,76 @@ def _set_target(endpoint: Endpoint, ref: str, version_id: str) -> None:
     endpoint.rollout = {"warmed": 0, "of": None}
 
 
-def endpoint_dict(session: Session, e: Endpoint) -> dict[str, Any]:
+def endpoint_view(session: Session, e: Endpoint) -> wire.Endpoint:
     """The endpoint as the API shows it."""
-    replicas = [_replica_dict(r, j) for r, j in replicas_with_jobs(session, e.id)]
-    ready = sum(1 for r in replicas if r["ready"])
-    return {
-        "object": "endpoint",
-        "id": e.id,
-        "name": e.name,
-        "model": _model_dict(session, e.model_ref, e.model_version_id),
-        "status": _status(e, ready),
-        "replicas": e.replicas,
-        "ready_replicas": ready,
-        "gpus": e.gpus,
-        "cpus": e.cpus,
-        "memory_bytes": e.memory_bytes,
-        "max_batch_size": e.max_batch_size,
-        "max_wait_ms": e.max_wait_ms,
-        "error": e.error,
-        "rollout": _rollout_dict(session, e),
-        "rollout_error": e.rollout_error,
-        "path": f"/v1/endpoints/{e.name}/predict",
-        "replica_jobs": replicas,
-        "created_at": e.created_at,
-        "updated_at": e.updated_at,
-    }
+    replicas = [_replica_view(r, j) for r, j in replicas_with_jobs(session, e.id)]
+    ready = sum(1 for r in replicas if r.ready)
+    return wire.Endpoint(
+        id=e.id,
+        name=e.name,
+        model=_model_view(session, e.model_ref, e.model_version_id),
+        status=_status(e, ready),
+        replicas=e.replicas,
+        ready_replicas=ready,
+        gpus=e.gpus,
+        cpus=e.cpus,
+        memory_bytes=e.memory_bytes,
+        max_batch_size=e.max_batch_size,
+        max_wait_ms=e.max_wait_ms,
+        error=e.error,
+        rollout=_rollout_view(session, e),
+        rollout_error=e.rollout_error,
+        path=f"/v1/endpoints/{e.name}/predict",
+        replica_jobs=replicas,
+        created_at=e.created_at,
+        updated_at=e.updated_at,
+    )
 
 
-def _model_dict(session: Session, ref: str, version_id: str) -> dict[str, Any]:
+def _model_view(session: Session, ref: str, version_id: str) -> wire.EndpointModel:
     version = session.get(ModelVersion, version_id)
     model = session.get(Model, version.model_id) if version else None
-    return {
-        "ref": ref,
-        "name": model.name if model else None,
-        "version": version.version if version else None,
-        "version_id": version_id,
-    }
+    return wire.EndpointModel(
+        ref=ref,
+        name=model.name if model else None,
+        version=version.version if version else None,
+        version_id=version_id,
+    )
 
 
-def _rollout_dict(session: Session, e: Endpoint) -> dict[str, Any] | None:
+def _rollout_view(session: Session, e: Endpoint) -> wire.Rollout | None:
     """The model change in progress: its target, and replicas warmed so far of how many
     (`of` is None until the controller started)."""
     if e.target_version_id is None or e.target_ref is None:
         return None
     progress = e.rollout or {}
-    return {
-        "model": _model_dict(session, e.target_ref, e.target_version_id),
-        "warmed": progress.get("warmed", 0),
-        "of": progress.get("of"),
-    }
+    return wire.Rollout(
+        model=_model_view(session, e.target_ref, e.target_version_id),
+        warmed=progress.get("warmed", 0),
+        of=progress.get("of"),
+    )
 
 
-def _replica_dict(r: EndpointReplica, j: Job) -> dict[str, Any]:
+def _replica_view(r: EndpointReplica, j: Job) -> wire.ReplicaJob:
     ready = is_ready(r, j)
-    return {
-        "job_id": j.id,
-        "status": j.status,
-        "attempt": j.attempt,
-        "ready": ready,
-        "url": r.url if ready else None,
-        "cpus": j.cpus,
-        "gpus": j.gpus,
-    }
+    return wire.ReplicaJob(
+        job_id=j.id,
+        status=JobStatus(j.status),
+        attempt=j.attempt,
+        ready=ready,
+        url=r.url if ready else None,
+        cpus=j.cpus,
+        gpus=j.gpus,
+    )
 
 
 def _status(e: Endpoint, ready: int) -> str:
     if e.status == DELETING:
         return DELETING
     if e.error:
-        return "failed"
+        return wire.FAILED
     if e.target_version_id is not None:
         return UPDATING
     if ready == 0:
         return "starting"
-    return "ready" if ready >= e.replicas else "degraded"
+    return wire.READY if ready >= e.replicas else "degraded"

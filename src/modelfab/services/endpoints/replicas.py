@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.compute import lifecycle
@@ -11,6 +9,7 @@ from modelfab.db.engine import transaction
 from modelfab.db.models import EndpointReplica, Model, ModelVersion
 from modelfab.errors import InvalidRequest
 from modelfab.ids import now
+from modelfab.schemas.worker import ModelFiles, ReplicaAnnounced
 from modelfab.services import registry
 from modelfab.services.worker import authorized
 
@@ -19,7 +18,7 @@ class ReplicaCalls:
     def __init__(self, factory: sessionmaker[Session]):
         self.factory = factory
 
-    def announce(self, job_id: str, token: str, url: str) -> dict[str, Any]:
+    def announce(self, job_id: str, token: str, url: str) -> ReplicaAnnounced:
         """A replica's server answers at `url`. The controller loads the endpoint's model
         on it (`warm`) before the gateway routes requests to it. Raises InvalidRequest,
         Unauthenticated (a bad token)."""
@@ -32,21 +31,15 @@ class ReplicaCalls:
                 raise InvalidRequest(f"job {job_id} is not an endpoint replica", param="job_id")
             replica.url, replica.attempt, replica.ready_at = url, job.attempt, None
             lifecycle.add_event(session, job, f"Replica answering at {url}", at=now())
-        return {"object": "replica", "job_id": job_id, "url": url, "ready": False}
+        return ReplicaAnnounced(job_id=job_id, url=url, ready=False)
 
-    def model_files(self, job_id: str, token: str, version_id: str) -> dict[str, Any]:
-        """The ONNX model and labels of a version of the replica's own tenant."""
+    def model_files(self, job_id: str, token: str, version_id: str) -> ModelFiles:
+        """Where a version of the replica's own tenant keeps the files its served-model
+        kind loads. Raises InvalidRequest for another tenant's or no version."""
         with self.factory() as session:
             job = authorized(session, job_id, token)
             version = session.get(ModelVersion, version_id)
             model = session.get(Model, version.model_id) if version else None
             if version is None or model is None or model.tenant_id != job.tenant_id:
                 raise InvalidRequest(f"no model version {version_id} here", param="version_id")
-            files = artifact_refs(session, version_id)
-        return {"version_id": version_id, **files}
-
-
-def artifact_refs(session: Session, version_id: str) -> dict[str, Any]:
-    """What a replica fetches to serve `version_id`: the artifacts its task's served-model
-    kind needs (`registry.serving_refs`)."""
-    return registry.serving_refs(session, version_id)
+            return registry.serving_refs(session, version_id)

@@ -6,6 +6,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+)
+"""Lower-case suffixes of the files modelfab treats as images; compare with
+`Path(name).suffix.lower()`."""
+
 # A jet-like colour map: dark blue (cold) -> cyan -> yellow -> red (hot).
 _STOPS = (0.0, 0.11, 0.36, 0.62, 0.87, 1.0)
 _COLOURS = ((0, 0, 0.5), (0, 0, 1), (0, 1, 1), (1, 1, 0), (1, 0, 0), (0.8, 0, 0))

@@ -162,7 +162,9 @@ class Client:
         }
         return self.call(Job, "POST", "/jobs", json=body)
 
-    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[Job]:
+    def list_jobs(
+        self, status: str | None = None, limit: int = limits.DEFAULT_LIST_JOBS
+    ) -> list[Job]:
         params: dict[str, Any] = {"limit": limit}
         if status:
             params["status"] = status

@@ -8,8 +8,8 @@ sits above this package and hands its `TaskSpec` in as the `DatasetKind`.
 
 from modelfab.data.archive import ARCHIVE_SUFFIXES, extract_archive
 from modelfab.data.store import DatasetStore, StoredDataset
-from modelfab.data.tasks import IMAGE_SUFFIXES
 from modelfab.data.validate import DatasetKind, DatasetScan, FileEntry, Survey, Tree, scan_dataset
+from modelfab.imaging import IMAGE_SUFFIXES
 
 __all__ = [
     "ARCHIVE_SUFFIXES",

@@ -28,8 +28,8 @@ from typing import Any, Protocol, TypeVar
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from modelfab.artifacts import hash_path
-from modelfab.data.tasks import IMAGE_SUFFIXES
 from modelfab.errors import DatasetInvalid
+from modelfab.imaging import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

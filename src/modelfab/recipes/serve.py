@@ -2,9 +2,10 @@
 
 The platform queues this recipe for each replica of an endpoint (tenants cannot); the
 scheduler places it like any job, so it holds its devices and counts against quota. The
-replica announces its URL once it answers; the gateway then routes requests to it. Models
-are loaded on first use (or when the gateway warms one before a rollout) and evicted LRU
-within `memory_budget_bytes`.
+replica announces its URL once it answers; the endpoint controller loads the endpoint's
+model on it, then the gateway routes requests to it. Models are loaded on first use (or
+when the controller warms one before a rollout) and evicted LRU within
+`memory_budget_bytes`.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from modelfab.apps.inspection.report import (
     write_report,
 )
 from modelfab.client import ApiError
-from modelfab.data.tasks import IMAGE_SUFFIXES
 from modelfab.errors import InvalidRequest, ModelfabError
+from modelfab.imaging import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from modelfab.data.tasks import IMAGE_SUFFIXES
 from modelfab.data.validate import is_ignored
 from modelfab.errors import InvalidRequest, ModelfabError
-from modelfab.imaging import overlay
+from modelfab.imaging import IMAGE_SUFFIXES, overlay
 from modelfab.recipes.anomaly import export
 from modelfab.recipes.anomaly.calibration import GOOD, Threshold, image_metrics, pixel_auroc
 from modelfab.recipes.anomaly.inputs import ImageFiles

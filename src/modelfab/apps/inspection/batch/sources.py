@@ -5,7 +5,7 @@ A folder is walked recursively in a deterministic order (entries sorted by name 
 level, files and folders interleaved), streaming: one folder's listing is held at a time
 per level. Hidden entries (names starting with ".") and the excluded folder (the output,
 when it lies inside the input) are skipped, and links to folders are not followed; files
-count when their suffix is one of `modelfab.data.tasks.IMAGE_SUFFIXES`. A list file
+count when their suffix is one of `modelfab.imaging.IMAGE_SUFFIXES`. A list file
 holds one path per line (blank lines and lines starting with "#" are skipped); relative
 paths are relative to the list file's folder, and a path listed twice is read once.
 Paths are absolute and normalised.
@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelfab.data.tasks import IMAGE_SUFFIXES
 from modelfab.errors import InvalidRequest
+from modelfab.imaging import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """The end of a batch inspection: summary.json, and report.html of the top-scoring images.
 
-The report's overlays need anomaly maps, which the run does not keep (a map per image
-would not fit in memory at archive scale): the top N images are read and scored again
-here, a batch at a time, so at most one batch of decoded images is held.
+The report's overlays need anomaly maps, which the run does not keep in memory (a map per
+image would not fit at archive scale): the heatmap PNGs the run wrote for flagged images
+are read back; an image without one is scored again, so at most one batch of decoded
+images is held.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoint_controller import EndpointController
 from modelfab.services.endpoints import EndpointService
 from modelfab.services.jobs import JobService
+from modelfab.services.keys import KeyService
 from modelfab.services.registry import RegistryService
 from modelfab.services.worker import WorkerService
 from modelfab.settings import ServerSettings
@@ -208,6 +209,7 @@ def build_context(
             hub_dir=settings.hub_dir,
         ),
         registry=RegistryService(factory, artifacts),
+        keys=KeyService(factory, on_key_revoked=gateway.forget_key),
     )
 
 

@@ -11,6 +11,7 @@ from modelfab.services.common import Principal
 from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoints import EndpointService
 from modelfab.services.jobs import JobService
+from modelfab.services.keys import KeyService
 from modelfab.services.registry import RegistryService
 from modelfab.services.worker import WorkerService
 from modelfab.settings import ServerSettings
@@ -24,6 +25,7 @@ class AppContext:
     jobs: JobService
     worker: WorkerService
     registry: RegistryService
+    keys: KeyService
     endpoints: EndpointService
     gateway: Gateway
     endpoint_deleter: EndpointDeleter[Principal]  # deletes around the gateway's drain

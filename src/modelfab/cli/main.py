@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from modelfab.cli import datasets, endpoints, hub, inspect, jobs, models, tenants
+from modelfab.cli import datasets, endpoints, hub, inspect, jobs, keys, models, tenants
 from modelfab.cli.output import print_error
 from modelfab.cli.pool import pool, usage
 from modelfab.cli.quickstart import quickstart
@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(tenants.app, name="tenants")
+app.add_typer(keys.app, name="keys")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(models.app, name="models")

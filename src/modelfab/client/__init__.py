@@ -26,7 +26,7 @@ from modelfab.schemas.hub import HubModel, HubModelImported
 from modelfab.schemas.jobs import TERMINAL, Job, JobEvent, JobLogs
 from modelfab.schemas.models import Lineage, Model, ModelVersion, ModelVersionDetail
 from modelfab.schemas.pool import Pool
-from modelfab.schemas.tenants import Me, Tenant, TenantCreated
+from modelfab.schemas.tenants import ApiKey, ApiKeyCreated, Me, Tenant, TenantCreated
 from modelfab.schemas.usage import AnyUsageRow
 from modelfab.settings import ClientSettings
 
@@ -108,6 +108,28 @@ class Client:
 
     def update_tenant(self, name: str, **changes: Any) -> Tenant:
         return self.call(Tenant, "PATCH", f"/tenants/{name}", json=changes)
+
+    # -- keys -----------------------------------------------------------------------------
+    def create_key(
+        self,
+        tenant: str,
+        *,
+        name: str | None = None,
+        role: str = "member",
+        expires_at: float | None = None,
+        expires_in_s: float | None = None,
+    ) -> ApiKeyCreated:
+        """A new key of `tenant`; its secret (`api_key`) is in this answer only."""
+        body = {"name": name, "role": role, "expires_at": expires_at, "expires_in_s": expires_in_s}
+        return self.call(ApiKeyCreated, "POST", f"/tenants/{tenant}/keys", json=body)
+
+    def list_keys(self, tenant: str) -> list[ApiKey]:
+        """The keys of `tenant`, revoked and expired ones too (never their secrets)."""
+        return self._list(ApiKey, f"/tenants/{tenant}/keys")
+
+    def revoke_key(self, tenant: str, key_id: str) -> ApiKey:
+        """Revoke a key at once; revoking it again answers the same."""
+        return self.call(ApiKey, "DELETE", f"/tenants/{tenant}/keys/{key_id}")
 
     # -- datasets -------------------------------------------------------------------------
     def create_dataset(self, name: str, path: str | Path, *, task: str) -> DatasetCreated:

@@ -44,6 +44,10 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float)
+    name: Mapped[str | None] = mapped_column(
+        String(64)
+    )  # for people; keys made before 0005 have none
+    expires_at: Mapped[float | None] = mapped_column(Float)
 
 
 class Dataset(Base):

@@ -49,7 +49,21 @@ class TtlCache(Generic[K, V]):
             return None
         return hit[0]
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V, *, ttl_s: float | None = None) -> None:
+        """Keep `value` for `ttl_s` seconds (never longer than the cache's `ttl_s`); a
+        `ttl_s` of 0 or less keeps nothing."""
+        ttl = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
+        if ttl <= 0:
+            self._items.pop(key, None)
+            return
         if len(self._items) >= self.max_size:
             self._items.clear()
-        self._items[key] = (value, self.clock() + self.ttl_s)
+        self._items[key] = (value, self.clock() + ttl)
+
+    def discard_where(self, predicate: Callable[[V], bool]) -> int:
+        """Drop the entries whose value matches; returns how many. Safe to call from another
+        thread than the one that reads (each dict operation is atomic)."""
+        doomed = [k for k, (v, _) in list(self._items.items()) if predicate(v)]
+        for key in doomed:
+            self._items.pop(key, None)
+        return len(doomed)

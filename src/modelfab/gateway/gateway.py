@@ -66,6 +66,7 @@ class Gateway:
         )
         self._routes = Routes(load_routes, ttl_s=s.routes_ttl_s)
         self._auth: TtlCache[str, Caller] = TtlCache(s.auth_ttl_s)
+        self._auth_generation = 0  # bumped by forget_key: lookups begun before it are not kept
         self._versions: TtlCache[tuple[str, str], str] = TtlCache(s.auth_ttl_s)
         self._inflight: dict[str, int] = {}
 
@@ -116,9 +117,18 @@ class Gateway:
         cached = self._auth.get(token)
         if cached is not None:
             return cached
+        generation = self._auth_generation
         principal = await run_in_threadpool(self._authenticate, token)
-        self._auth.put(token, principal)
+        if generation == self._auth_generation:  # no revocation landed during the lookup
+            self._auth.put(token, principal, ttl_s=_seconds_left(principal))
         return principal
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop the cached principal of a revoked key, so its next request authenticates
+        again (and is refused). Thread-safe; the key service calls it after the revoke
+        committed. A lookup running meanwhile answers but is not cached."""
+        self._auth_generation += 1
+        self._auth.discard_where(lambda principal: principal.key_id == key_id)
 
     async def _route(self, tenant_id: str, name: str) -> Route:
         route = (await self.routes()).get((tenant_id, name))
@@ -192,6 +202,14 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.forwarder.aclose()
+
+
+def _seconds_left(principal: Caller) -> float | None:
+    """How long the principal's key stays valid (None: no expiry): a cache entry must not
+    outlive it."""
+    if principal.expires_at is None:
+        return None
+    return principal.expires_at - time.time()
 
 
 def _content_type(request: Request) -> str:

@@ -55,6 +55,10 @@ class Caller(Protocol):
     @property
     def rate_limit_rps(self) -> float | None: ...
 
+    @property
+    def expires_at(self) -> float | None:
+        """When the key stops being valid (UNIX seconds), or None."""
+
 
 class UsageSink(Protocol):
     """Where the usage of answered requests goes (the `UsageJournal`)."""

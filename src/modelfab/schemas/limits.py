@@ -41,3 +41,7 @@ MAX_IMAGES_PER_REQUEST = 64
 PREDICT_CHUNK_BYTES = 16 << 20
 """Bytes of inputs the SDK puts in one predict request when it splits a large call (half
 the gateway's default body limit)."""
+
+# keys
+MAX_KEY_LIFETIME_S = 10 * 365 * 86400.0
+"""The longest an expiring API key may live (10 years); keys without expiry are allowed."""

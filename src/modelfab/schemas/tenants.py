@@ -8,7 +8,7 @@ from pydantic import Field
 from pydantic.json_schema import JsonDict
 
 from modelfab.schemas.common import WireModel
-from modelfab.schemas.limits import NAME_PATTERN
+from modelfab.schemas.limits import MAX_KEY_LIFETIME_S, NAME_PATTERN
 
 ROLES = ("admin", "member")
 
@@ -40,7 +40,24 @@ class TenantUpdate(WireModel):
 
 
 class KeyCreate(WireModel):
-    role: str = Field(default="member", description="admin or member.")
+    """A new key of a tenant. Give at most one of `expires_at` and `expires_in_s`."""
+
+    name: str | None = Field(
+        default=None, description="For people: what the key is for.", json_schema_extra=_NAME
+    )
+    role: str = Field(
+        default="member", description="admin or member (members may create member keys only)."
+    )
+    expires_at: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="UNIX seconds; in the future."
+    )
+    expires_in_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_KEY_LIFETIME_S,
+        allow_inf_nan=False,
+        description="Seconds from now until the key stops working.",
+    )
 
 
 class Tenant(WireModel):
@@ -60,11 +77,23 @@ class TenantCreated(Tenant):
 
 
 class ApiKey(WireModel):
-    """A new key of a tenant; the plaintext is shown in this answer and never again."""
+    """A key of a tenant, as listed: never its secret nor the secret's hash."""
 
+    id: str
+    object: Literal["api_key"] = "api_key"
     tenant: str
+    name: str | None
     role: str
-    api_key: str
+    prefix: str = Field(description="The key's first characters, to recognise it.")
+    created_at: float = Field(description="UNIX seconds.")
+    expires_at: float | None = Field(description="UNIX seconds; null: never expires.")
+    revoked_at: float | None = Field(description="UNIX seconds; null: not revoked.")
+
+
+class ApiKeyCreated(ApiKey):
+    """A new key; its secret is shown in this answer and never again."""
+
+    api_key: str = Field(description="The secret: send it as 'Authorization: Bearer <key>'.")
 
 
 class Me(WireModel):

@@ -1,4 +1,5 @@
-"""API keys: generated once, stored as sha256, looked up by hash."""
+"""API keys: generated once, stored as sha256, looked up by hash; revoked or expired keys
+are refused. Listing, creating and revoking keys is `services.keys`."""
 
 from __future__ import annotations
 
@@ -25,24 +26,34 @@ def generate_key() -> str:
     return "mf_" + secrets.token_urlsafe(32)
 
 
-def add_key(session: Session, tenant_id: str, role: str) -> str:
-    """Store a new key for `tenant_id` and return its plaintext, which is never stored."""
+def add_key(
+    session: Session,
+    tenant_id: str,
+    role: str,
+    *,
+    name: str | None = None,
+    expires_at: float | None = None,
+) -> tuple[ApiKey, str]:
+    """Store a new key for `tenant_id`; returns its row and its plaintext, which is never
+    stored. The caller checked `role`, `name` and `expires_at`."""
     key = generate_key()
-    session.add(
-        ApiKey(
-            id=new_id("key"),
-            tenant_id=tenant_id,
-            key_hash=hash_secret(key),
-            prefix=key[:8],
-            role=role,
-            created_at=now(),
-        )
+    row = ApiKey(
+        id=new_id("key"),
+        tenant_id=tenant_id,
+        key_hash=hash_secret(key),
+        prefix=key[:8],
+        role=role,
+        name=name,
+        created_at=now(),
+        expires_at=expires_at,
     )
-    return key
+    session.add(row)
+    return row, key
 
 
 def authenticate(factory: sessionmaker[Session], key: str | None) -> Principal:
-    """Resolve a bearer key to its principal; raises Unauthenticated for a missing or bad key."""
+    """Resolve a bearer key to its principal; raises Unauthenticated for a missing, unknown,
+    revoked or expired key (the message says which, and what to do)."""
     if not key:
         raise Unauthenticated(
             "missing API key: send 'Authorization: Bearer <key>' (set MODELFAB_API_KEY for the CLI)"
@@ -51,18 +62,33 @@ def authenticate(factory: sessionmaker[Session], key: str | None) -> Principal:
         row = session.execute(
             select(ApiKey, Tenant)
             .join(Tenant, Tenant.id == ApiKey.tenant_id)
-            .where(ApiKey.key_hash == hash_secret(key), ApiKey.revoked_at.is_(None))
+            .where(ApiKey.key_hash == hash_secret(key))
         ).first()
     if row is None:
         raise Unauthenticated("invalid API key: check MODELFAB_API_KEY or ask an admin for a key")
     api_key, tenant = row
+    _check_usable(api_key)
     return Principal(
         tenant_id=tenant.id,
         tenant_name=tenant.name,
         role=api_key.role,
         key_id=api_key.id,
         rate_limit_rps=tenant.rate_limit_rps,
+        expires_at=api_key.expires_at,
     )
+
+
+def _check_usable(api_key: ApiKey) -> None:
+    """Raise Unauthenticated when the key was revoked or has expired. Telling which is safe:
+    only the holder of the secret gets this far."""
+    ask = (
+        "ask an admin of your tenant for a new key (`modelfab keys create`) "
+        "and set MODELFAB_API_KEY to it"
+    )
+    if api_key.revoked_at is not None:
+        raise Unauthenticated(f"API key {api_key.id} ({api_key.prefix}...) was revoked; {ask}")
+    if api_key.expires_at is not None and api_key.expires_at <= now():
+        raise Unauthenticated(f"API key {api_key.id} ({api_key.prefix}...) has expired; {ask}")
 
 
 def bootstrap_admin(factory: sessionmaker[Session], key_path: Path) -> str | None:
@@ -76,7 +102,7 @@ def bootstrap_admin(factory: sessionmaker[Session], key_path: Path) -> str | Non
         tenant = Tenant(id=new_id("ten"), name=ADMIN_TENANT, weight=1.0, created_at=now())
         session.add(tenant)
         session.flush()
-        key = add_key(session, tenant.id, "admin")
+        _, key = add_key(session, tenant.id, "admin", name="bootstrap")
         _write_secret(key_path, key)
     logger.info("created the admin tenant; its key is in %s", key_path)
     return key

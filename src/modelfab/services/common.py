@@ -31,6 +31,7 @@ class Principal:
     role: str
     key_id: str
     rate_limit_rps: float | None = None  # per key, enforced by the endpoint gateway
+    expires_at: float | None = None  # UNIX seconds; caches of the principal must not outlive it
 
     @property
     def is_admin(self) -> bool:

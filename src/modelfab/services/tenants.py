@@ -1,4 +1,5 @@
-"""Tenants and their quotas. Every function here is for admins; routers check the role."""
+"""Tenants and their quotas. Every function here is for admins; routers check the role.
+A tenant's keys are `services.keys`."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def create_tenant(
             tenant = Tenant(id=new_id("ten"), name=name, created_at=now(), **quota.__dict__)
             session.add(tenant)
             session.flush()
-            key = add_key(session, tenant.id, role)
+            _, key = add_key(session, tenant.id, role, name="first")
     except IntegrityError as exc:
         raise Conflict(f"tenant {name!r} exists already", param="name") from exc
     return wire.TenantCreated(**tenant_view(tenant).model_dump(), api_key=key)
@@ -79,14 +80,14 @@ def list_tenants(factory: sessionmaker[Session]) -> list[wire.Tenant]:
 
 def get_tenant(factory: sessionmaker[Session], *, name: str) -> wire.Tenant:
     with factory() as session:
-        return tenant_view(_load(session, name))
+        return tenant_view(load_tenant(session, name))
 
 
 def update_quota(
     factory: sessionmaker[Session], *, name: str, changes: dict[str, Any]
 ) -> wire.Tenant:
     with transaction(factory) as session:
-        tenant = _load(session, name)
+        tenant = load_tenant(session, name)
         merged = {k: getattr(tenant, k) for k in Quota.__dataclass_fields__}
         merged.update(changes)
         Quota(**merged).check()
@@ -95,15 +96,8 @@ def update_quota(
         return tenant_view(tenant)
 
 
-def create_key(factory: sessionmaker[Session], *, name: str, role: str) -> wire.ApiKey:
-    if role not in ROLES:
-        raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
-    with transaction(factory) as session:
-        tenant = _load(session, name)
-        return wire.ApiKey(tenant=tenant.name, role=role, api_key=add_key(session, tenant.id, role))
-
-
-def _load(session: Session, name: str) -> Tenant:
+def load_tenant(session: Session, name: str) -> Tenant:
+    """The tenant named `name`; raises NotFound."""
     tenant = session.scalar(select(Tenant).where(Tenant.name == name))
     if tenant is None:
         raise NotFound(f"no tenant named {name!r}", param="name")

@@ -6,6 +6,7 @@ from modelfab.api.deps import Admin, Caller, Ctx
 from modelfab.schemas.common import ERRORS, List
 from modelfab.schemas.tenants import (
     ApiKey,
+    ApiKeyCreated,
     KeyCreate,
     Me,
     Tenant,
@@ -48,6 +49,22 @@ def update_tenant(name: str, body: TenantUpdate, ctx: Ctx, _: Admin) -> Tenant:
     return tenants.update_quota(ctx.factory, name=name, changes=changes)
 
 
+# Keys: admins for any tenant, a member for its own (the service checks; others are 404).
+
+
 @router.post("/tenants/{name}/keys", status_code=201)
-def create_key(name: str, body: KeyCreate, ctx: Ctx, _: Admin) -> ApiKey:
-    return tenants.create_key(ctx.factory, name=name, role=body.role)
+def create_key(name: str, body: KeyCreate, ctx: Ctx, principal: Caller) -> ApiKeyCreated:
+    """A new key; its secret is in this answer and never again."""
+    return ctx.keys.create(principal, tenant=name, body=body)
+
+
+@router.get("/tenants/{name}/keys")
+def list_keys(name: str, ctx: Ctx, principal: Caller) -> List[ApiKey]:
+    """The tenant's keys, revoked and expired ones too; never their secrets."""
+    return List(data=ctx.keys.list(principal, tenant=name))
+
+
+@router.delete("/tenants/{name}/keys/{key_id}")
+def revoke_key(name: str, key_id: str, ctx: Ctx, principal: Caller) -> ApiKey:
+    """Revoke a key, at once (idempotent)."""
+    return ctx.keys.revoke(principal, tenant=name, key_id=key_id)

@@ -23,7 +23,9 @@ def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _unbounded(spec: dict[str, Any], schema: dict[str, Any], where: str, seen: set[str]) -> list[str]:
+def _unbounded(
+    spec: dict[str, Any], schema: dict[str, Any], where: str, seen: set[str]
+) -> list[str]:
     """The integer schemas under `schema` (properties, items, unions) lacking a bound."""
     ref = schema.get("$ref")
     if ref is not None:

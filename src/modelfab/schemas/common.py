@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -53,6 +54,22 @@ Gpus = Annotated[
 (a fraction below 1 or a whole number: the services check that)."""
 MemoryBytes = Annotated[int, Field(ge=0, le=limits.MAX_SIZE_BYTES)]
 """Bytes of memory a request asks for; 0 means no memory request."""
+
+
+def _slug(value: str) -> str:
+    if not re.fullmatch(limits.NAME_PATTERN, value):
+        raise ValueError(
+            f"must be a lower-case name of 1-63 characters (a-z, 0-9, '.', '_', '-', starting "
+            f"with a letter or digit), got {value[:80]!r}"
+        )
+    return value
+
+
+Name = Annotated[
+    str, AfterValidator(_slug), Field(json_schema_extra={"pattern": limits.NAME_PATTERN})
+]
+"""A tenant, dataset, model, alias or endpoint name (`limits.NAME_PATTERN`), checked with a
+message that says what a name may hold."""
 
 
 class OpenModel(BaseModel):

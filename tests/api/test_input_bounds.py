@@ -123,3 +123,7 @@ def test_job_integers_past_int64_are_422(api: Api, member: str, field: str, valu
 def test_job_memory_past_the_cap_is_422(api: Api, member: str) -> None:
     body = {"recipe": "sleep", "resources": {"memory_bytes": 2**64}}
     _assert_422(api.call("POST", "/jobs", member, json=body), "resources.memory_bytes")
+
+
+def test_usage_since_infinity_is_422(api: Api, member: str) -> None:
+    _assert_422(api.call("GET", "/usage?since=inf", member), "since")

@@ -228,3 +228,30 @@ def test_keys_are_stored_hashed(api: Api, factory: sessionmaker[Session]) -> Non
     for plaintext in (key, extra):
         assert not any(plaintext in v for v in values)
         assert hashlib.sha256(plaintext.encode()).hexdigest() in values
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("rate_limit_rps", 1e-300),
+        ("rate_limit_rps", 1e12),
+        ("weight", 1e-300),
+        ("max_gpus", "Infinity"),
+        ("max_cpus", "Infinity"),
+        ("gpu_hours_budget", "NaN"),
+        ("weight", "Infinity"),
+    ],
+)
+def test_absurd_or_infinite_quota_is_refused(api: Api, field: str, value: object) -> None:
+    """JSON parsers take Infinity and NaN: they were stored as null (no quota at all)."""
+    raw = f'{{"name": "vision", "{field}": {value}}}'
+    headers = {"Content-Type": "application/json"}
+    for method, path in (("POST", "/tenants"), ("PATCH", "/tenants/admin")):
+        body = raw if method == "POST" else raw.replace('"name": "vision", ', "")
+        resp = api.call(method, path, api.admin_key, content=body, headers=dict(headers))
+        assert resp.status_code == 422, resp.text
+        err = error_of(resp)
+        assert (err["code"], err["param"]) == ("invalid_request", field)
+    listed = api.call("GET", "/tenants", api.admin_key).json()["data"]
+    assert [t["name"] for t in listed] == ["admin"]
+    assert listed[0][field] in (None, 1.0)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab import metering
-from tests.api.factories import make_classification, targz, upload
+from tests.api.factories import AD, CLS, make_anomaly, make_classification, targz, upload
 from tests.conftest import Api
 
 
@@ -96,6 +96,15 @@ def test_gpu_job_is_accepted_within_pool_and_quota(api: Api) -> None:
         ({"dataset": "nothing-here:x"}, 422, "invalid_request", "dataset"),
         ({"max_attempts": 0}, 422, "invalid_request", "max_attempts"),
         ({"priority": 5000}, 422, "invalid_request", "priority"),
+        # tiny requests oversubscribed a node: resources come in steps of 0.01
+        ({"resources": {"cpus": 1e-9}}, 422, "invalid_request", "resources.cpus"),
+        ({"resources": {"cpus": 0.015}}, 422, "invalid_request", "resources.cpus"),
+        ({"resources": {"gpus": 1e-9}}, 422, "invalid_request", "resources.gpus"),
+        ({"resources": {"gpus": 0.005}}, 422, "invalid_request", "resources.gpus"),
+        ({"resources": {"gpus": 0.123}}, 422, "invalid_request", "resources.gpus"),
+        ({"resources": {"memory_bytes": 2**64}}, 422, "invalid_request", "resources.memory_bytes"),
+        ({"params": {"seconds": True}}, 422, "invalid_request", "params.seconds"),
+        ({"params": {"fail_attempts": 10**30}}, 422, "invalid_request", "params.fail_attempts"),
     ],
 )
 def test_create_refuses_bad_requests(
@@ -120,6 +129,37 @@ def test_cpu_request_beyond_every_node_names_the_cause(api: Api, member: str) ->
     assert resp.status_code == 422
     assert "100 cpus" in resp.json()["error"]["message"]
     assert "8" in resp.json()["error"]["message"]
+
+
+def test_resources_on_the_grid_are_kept_exactly(api: Api, member: str) -> None:
+    job = queued_job(api, member, resources={"gpus": 0.07, "cpus": 0.29})
+    assert (job["resources"]["gpus"], job["resources"]["cpus"]) == (0.07, 0.29)
+
+
+@pytest.mark.parametrize("raw", ["Infinity", "NaN"])
+def test_infinite_resources_are_refused(api: Api, member: str, raw: str) -> None:
+    body = f'{{"recipe": "sleep", "resources": {{"cpus": {raw}}}}}'
+    resp = api.call(
+        "POST", "/jobs", member, content=body, headers={"Content-Type": "application/json"}
+    )
+    assert_error(resp, 422, "invalid_request", "resources.cpus")
+
+
+@pytest.mark.parametrize(
+    ("recipe", "make"),
+    [(CLS, make_classification), (AD, make_anomaly)],
+)
+@pytest.mark.parametrize("name", ["../x", "x" * 300, "Upper", "a/b", ""])
+def test_model_name_is_checked_at_create(
+    api: Api, member: str, tmp_path: Path, recipe: str, make: Any, name: str
+) -> None:
+    """It failed only when the trained model was registered, at the end of the job."""
+    uploaded = upload(api, member, "parts", targz(make(tmp_path / "parts")), task=recipe)
+    assert uploaded.status_code == 201, uploaded.text
+    body = {"recipe": recipe, "dataset": "parts", "params": {"model_name": name}}
+    resp = api.call("POST", "/jobs", member, json=body)
+    assert_error(resp, 422, "invalid_request", "params.model_name")
+    assert api.call("GET", "/jobs", member).json()["data"] == []
 
 
 def test_recipe_needs_a_name(api: Api, member: str) -> None:

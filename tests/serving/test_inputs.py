@@ -110,6 +110,28 @@ def test_malformed_json_names_the_problem(body: bytes, code: str, param: str, sa
     assert says in err.value.message
 
 
+@pytest.mark.parametrize(
+    ("ctype", "body", "code"),
+    [
+        ("application/json", b'{"images": ' + b"[" * 5000, "invalid_json"),
+        (
+            "application/json",
+            b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "invalid_json",
+        ),
+        ("application/json", b'{"images": ["\xff\xfe"]}', "invalid_json"),
+        ("application/json", b"\xff\xfe\x00{", "invalid_json"),
+    ],
+)
+def test_bodies_no_decoder_can_read_are_422_naming_the_body(
+    ctype: str, body: bytes, code: str
+) -> None:
+    """A RecursionError in the JSON decoder was a 500: any decode failure is the body's."""
+    with pytest.raises(InvalidRequest) as err:
+        parse_images(ctype, body, max_images=8)
+    assert (err.value.status, err.value.code, err.value.param) == (422, code, "body")
+
+
 def test_too_many_images_names_the_limit() -> None:
     for parse in (
         lambda: parse_json({"images": [b64(b"x")] * 3}, max_images=2),

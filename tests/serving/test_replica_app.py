@@ -139,6 +139,14 @@ def test_a_large_body_is_parsed_too(cache: ModelCache) -> None:
         ("/models/v1/predict", {"json": {"images": ["%"]}}, (422, "invalid_base64", "images[0]")),
         (
             "/models/v1/predict",
+            {
+                "content": b'{"images": ' + b"[" * 5000,
+                "headers": {"content-type": "application/json"},
+            },
+            (422, "invalid_json", "body"),
+        ),
+        (
+            "/models/v1/predict",
             {"files": [("f", ("ok.png", image_bytes())), ("f", ("bad.png", b"GIF89a"))]},
             (422, "invalid_image", "bad.png"),
         ),

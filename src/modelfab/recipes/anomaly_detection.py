@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from modelfab.recipes.base import RecipeSpec, known_hub_model
+from modelfab.schemas.common import Name
+from modelfab.schemas.limits import MAX_SEED
 from modelfab.tasks import ANOMALY_DETECTION
 
 Auto = Literal["auto"]
@@ -29,8 +31,11 @@ class Params(BaseModel):
     image_size: Annotated[int, Field(ge=32, le=4096)] = Field(
         default=224, description="Side in pixels each image (or tile) is scored at."
     )
-    layers: list[int] = Field(
-        default=[2, 3], min_length=1, description="Backbone feature levels used (timm indices)."
+    layers: list[Annotated[int, Field(ge=0, le=16)]] = Field(
+        default=[2, 3],
+        min_length=1,
+        max_length=8,
+        description="Backbone feature levels used (timm indices).",
     )
     tiling: bool = Field(
         default=False,
@@ -42,10 +47,16 @@ class Params(BaseModel):
         default=0.1, gt=0, le=1, description="Share of training patches kept in the bank."
     )
     max_bank: int = Field(
-        default=16_384, ge=1, description="Hard cap on memory-bank patches (bounds memory)."
+        default=16_384,
+        ge=1,
+        le=1 << 24,
+        description="Hard cap on memory-bank patches (bounds memory).",
     )
     feature_dim: int | None = Field(
-        default=None, ge=1, description="Randomly project features to this many dimensions."
+        default=None,
+        ge=1,
+        le=65_536,
+        description="Randomly project features to this many dimensions.",
     )
     sigma: float = Field(default=4.0, ge=0, description="Gaussian smoothing of maps, pixels.")
     calibration_fraction: Annotated[float, Field(ge=0, le=0.5)] | Auto = Field(
@@ -60,7 +71,9 @@ class Params(BaseModel):
         default=0.1, ge=0, description="Margin over that quantile, in (quantile - median)."
     )
     batch_size: int = Field(default=16, ge=1, le=1024, description="Images per forward pass.")
-    seed: int = Field(default=0, description="Seed of the hold-out split and the coreset.")
+    seed: int = Field(
+        default=0, ge=0, le=MAX_SEED, description="Seed of the hold-out split and the coreset."
+    )
     min_image_auroc: float | None = Field(
         default=None,
         ge=0,
@@ -68,7 +81,7 @@ class Params(BaseModel):
         description="Acceptance gate: with defective test images, fail the job (registering "
         "nothing) below this image AUROC.",
     )
-    model_name: str | None = Field(
+    model_name: Name | None = Field(
         default=None, description="Registry name (default: the dataset's name)."
     )
 

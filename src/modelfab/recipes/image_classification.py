@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from modelfab.recipes.base import RecipeSpec, known_hub_model
+from modelfab.schemas.common import Name
+from modelfab.schemas.limits import MAX_SEED
 from modelfab.tasks import IMAGE_CLASSIFICATION
 
 Auto = Literal["auto"]
@@ -37,8 +39,12 @@ class Params(BaseModel):
     val_fraction: float = Field(
         default=0.2, gt=0, lt=0.9, description="Share held out for evaluation, per class."
     )
-    seed: int = Field(default=0, description="Seed of the split, the augmentation and init.")
-    patience: int = Field(default=3, ge=1, description="Epochs without improvement to stop.")
+    seed: int = Field(
+        default=0, ge=0, le=MAX_SEED, description="Seed of the split, the augmentation and init."
+    )
+    patience: int = Field(
+        default=3, ge=1, le=1000, description="Epochs without improvement to stop."
+    )
     augment: bool = Field(default=True, description="Random crops, flips and colour jitter.")
     num_workers: Annotated[int, Field(ge=0, le=64)] | Auto = Field(
         default="auto", description="Data-loading processes."
@@ -49,7 +55,7 @@ class Params(BaseModel):
         le=1,
         description="Acceptance gate: fail the job, registering nothing, below this accuracy.",
     )
-    model_name: str | None = Field(
+    model_name: Name | None = Field(
         default=None, description="Registry name (default: the dataset's name)."
     )
 

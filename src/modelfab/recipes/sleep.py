@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from modelfab.recipes.base import RecipeContext, RecipeSpec
+from modelfab.schemas.limits import MAX_ATTEMPTS
 
 POLL_S = 0.1
 
@@ -17,14 +18,22 @@ POLL_S = 0.1
 class Params(BaseModel):
     model_config = {"extra": "forbid"}
 
-    seconds: float = Field(default=5.0, ge=0, le=7 * 86400, description="How long to sleep.")
+    seconds: float = Field(
+        default=5.0, strict=True, ge=0, le=7 * 86400, description="How long to sleep."
+    )
     fail_attempts: int = Field(
         default=0,
+        strict=True,
         ge=0,
+        le=MAX_ATTEMPTS,
         description="Exit with code 3 on the first N attempts (to exercise retries).",
     )
     exit_code: int = Field(
-        default=0, ge=0, le=255, description="Exit with this code at the end instead of succeeding."
+        default=0,
+        strict=True,
+        ge=0,
+        le=255,
+        description="Exit with this code at the end instead of succeeding.",
     )
 
 

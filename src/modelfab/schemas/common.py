@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+import re
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from modelfab.schemas import limits
 
 T = TypeVar("T")
 
@@ -14,6 +17,59 @@ class WireModel(BaseModel):
     working against a newer server that answers more."""
 
     model_config = ConfigDict(extra="ignore")
+
+
+class RequestModel(WireModel):
+    """A request body: besides each field's bounds, no float may be infinite or NaN (JSON
+    parsers take `Infinity` and `NaN`; pydantic would keep them)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+def _on_step(value: float) -> float:
+    """`value` rounded to the resource step it already is a multiple of (Field's
+    `multiple_of` checked that), so sums of requests stay on the grid."""
+    return round(round(value / limits.RESOURCE_STEP) * limits.RESOURCE_STEP, 2)
+
+
+def _gpus_step(value: float) -> float:
+    # `multiple_of` lets values far below one step through (its tolerance is relative)
+    if 0 < value < limits.RESOURCE_STEP:
+        raise ValueError(f"must be 0 or at least {limits.RESOURCE_STEP:g}, got {value:g}")
+    return _on_step(value)
+
+
+Cpus = Annotated[
+    float,
+    Field(ge=limits.RESOURCE_STEP, le=limits.MAX_CPUS, multiple_of=limits.RESOURCE_STEP),
+    AfterValidator(_on_step),
+]
+"""CPU slots a request asks for: a multiple of `limits.RESOURCE_STEP`, at least one step."""
+Gpus = Annotated[
+    float,
+    Field(ge=0, le=limits.MAX_GPUS, multiple_of=limits.RESOURCE_STEP),
+    AfterValidator(_gpus_step),
+]
+"""GPUs a request asks for: 0, or a multiple of `limits.RESOURCE_STEP` of at least one step
+(a fraction below 1 or a whole number: the services check that)."""
+MemoryBytes = Annotated[int, Field(ge=0, le=limits.MAX_SIZE_BYTES)]
+"""Bytes of memory a request asks for; 0 means no memory request."""
+
+
+def _slug(value: str) -> str:
+    if not re.fullmatch(limits.NAME_PATTERN, value):
+        raise ValueError(
+            f"must be a lower-case name of 1-63 characters (a-z, 0-9, '.', '_', '-', starting "
+            f"with a letter or digit), got {value[:80]!r}"
+        )
+    return value
+
+
+Name = Annotated[
+    str, AfterValidator(_slug), Field(json_schema_extra={"pattern": limits.NAME_PATTERN})
+]
+"""A tenant, dataset, model, alias or endpoint name (`limits.NAME_PATTERN`), checked with a
+message that says what a name may hold."""
 
 
 class OpenModel(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from modelfab.schemas import limits
-from modelfab.schemas.common import OpenModel, WireModel
+from modelfab.schemas.common import Cpus, Gpus, MemoryBytes, OpenModel, RequestModel, WireModel
 from modelfab.schemas.jobs import JobStatus
 from modelfab.schemas.limits import NAME_PATTERN
 
@@ -15,16 +15,16 @@ READY, FAILED = "ready", "failed"
 """Endpoint statuses a client waits for (others: starting, degraded, updating, deleting)."""
 
 
-class EndpointCreate(WireModel):
+class EndpointCreate(RequestModel):
     name: str = Field(
         description="Lower-case slug, unique in the tenant.",
         json_schema_extra={"pattern": NAME_PATTERN},
     )
     model: str = Field(description="NAME (latest), NAME:VERSION or NAME@ALIAS.")
     replicas: int = Field(default=1, ge=1, le=limits.MAX_REPLICAS, description="Replica processes.")
-    gpus: float = Field(default=0.0, ge=0, description="GPUs per replica (fractions pack).")
-    cpus: float = Field(default=1.0, gt=0, description="CPU slots per replica.")
-    memory_bytes: int = Field(default=0, ge=0, description="Memory per replica.")
+    gpus: Gpus = Field(default=0.0, description="GPUs per replica (fractions pack).")
+    cpus: Cpus = Field(default=1.0, description="CPU slots per replica.")
+    memory_bytes: MemoryBytes = Field(default=0, description="Memory per replica.")
     max_batch_size: int = Field(
         default=limits.DEFAULT_MAX_BATCH_SIZE,
         ge=1,
@@ -39,12 +39,12 @@ class EndpointCreate(WireModel):
     )
 
 
-class EndpointUpdate(WireModel):
+class EndpointUpdate(RequestModel):
     model: str | None = Field(default=None, description="Roll to this model version.")
     replicas: int | None = Field(default=None, ge=1, le=limits.MAX_REPLICAS)
-    gpus: float | None = Field(default=None, ge=0)
-    cpus: float | None = Field(default=None, gt=0)
-    memory_bytes: int | None = Field(default=None, ge=0)
+    gpus: Gpus | None = None
+    cpus: Cpus | None = None
+    memory_bytes: MemoryBytes | None = None
     max_batch_size: int | None = Field(default=None, ge=1, le=limits.MAX_BATCH_SIZE)
     max_wait_ms: float | None = Field(default=None, ge=0, le=limits.MAX_WAIT_MS)
 

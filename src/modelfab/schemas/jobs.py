@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from modelfab.schemas import limits
-from modelfab.schemas.common import WireModel
+from modelfab.schemas.common import Cpus, Gpus, MemoryBytes, RequestModel, WireModel
 from modelfab.schemas.datasets import DatasetVersion
 
 
@@ -41,16 +41,28 @@ ACTIVE = frozenset(s for s, out in TRANSITIONS.items() if out)
 
 
 class Resources(WireModel):
-    gpus: float = Field(default=0.0, ge=0, description="0, a fraction below 1, or a whole number.")
-    cpus: float = Field(default=1.0, gt=0, description="CPU slots.")
-    memory_bytes: int = Field(default=0, ge=0, description="0 means no memory request.")
+    """What a job holds, as answered (requests are checked by `ResourceRequest`)."""
+
+    gpus: float = Field(default=0.0, description="0, a fraction below 1, or a whole number.")
+    cpus: float = Field(default=1.0, description="CPU slots.")
+    memory_bytes: int = Field(default=0, description="0 means no memory request.")
 
 
-class JobCreate(WireModel):
+class ResourceRequest(RequestModel):
+    """What a job asks for, on the `limits.RESOURCE_STEP` grid."""
+
+    gpus: Gpus = Field(
+        default=0.0, description="0, a fraction below 1, or a whole number; steps of 0.01."
+    )
+    cpus: Cpus = Field(default=1.0, description="CPU slots, in steps of 0.01.")
+    memory_bytes: MemoryBytes = Field(default=0, description="0 means no memory request.")
+
+
+class JobCreate(RequestModel):
     recipe: str
     params: dict[str, Any] = Field(default_factory=dict)
     dataset: str | None = Field(default=None, description="NAME or NAME:VERSION.")
-    resources: Resources = Field(default_factory=Resources)
+    resources: ResourceRequest = Field(default_factory=ResourceRequest)
     priority: int = Field(default=0, ge=limits.MIN_PRIORITY, le=limits.MAX_PRIORITY)
     max_attempts: int = Field(default=limits.DEFAULT_MAX_ATTEMPTS, ge=1, le=limits.MAX_ATTEMPTS)
 

@@ -10,6 +10,34 @@ and shells (1-63 characters)."""
 MAX_VERSION = 2**31 - 1
 """The largest version number of a dataset or model that a ref or a request may name."""
 
+MAX_INT64 = 2**63 - 1
+"""The largest integer a database column holds: the cap of ids, cursors and offsets."""
+MAX_COUNT = 2**31 - 1
+"""The cap of counts the API takes (attempt numbers and the like)."""
+MAX_SIZE_BYTES = 1 << 50
+"""The largest size in bytes the API takes (1 PiB): memory requests, artifact sizes."""
+
+# resources (jobs and endpoint replicas)
+RESOURCE_STEP = 0.01
+"""The granularity of cpus and gpus requests: multiples of it, and cpus at least one step,
+gpus 0 or at least one step (so that tiny requests cannot oversubscribe a node)."""
+MAX_CPUS = 4096.0
+"""CPU slots one job or replica may ask for."""
+MAX_GPUS = 1024.0
+"""GPUs one job or replica may ask for."""
+
+# tenants
+MIN_RATE_LIMIT_RPS, MAX_RATE_LIMIT_RPS = 0.01, 1e6
+"""Requests per second per key a tenant's rate limit may be set to."""
+MIN_WEIGHT, MAX_WEIGHT = 0.001, 1e6
+"""The range of a tenant's fair-share weight."""
+MAX_QUOTA = 1e9
+"""The cap of max_gpus, max_cpus and gpu_hours_budget (finite: no quota is null)."""
+
+# recipes
+MAX_SEED = 2**32 - 1
+"""Seeds of recipes (numpy takes 0..2^32-1)."""
+
 # jobs
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 MAX_ATTEMPTS = 100

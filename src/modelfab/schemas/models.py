@@ -7,10 +7,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from modelfab.schemas import limits
-from modelfab.schemas.common import WireModel
+from modelfab.schemas.common import RequestModel, WireModel
 
 
-class AliasSet(WireModel):
+class AliasSet(RequestModel):
     alias: str = Field(description="Lower-case slug, e.g. production.")
     version: int = Field(ge=1, le=limits.MAX_VERSION)
 

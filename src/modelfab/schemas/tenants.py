@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic.json_schema import JsonDict
 
-from modelfab.schemas.common import WireModel
+from modelfab.schemas import limits
+from modelfab.schemas.common import RequestModel, WireModel
 from modelfab.schemas.limits import MAX_KEY_LIFETIME_S, NAME_PATTERN
 
 ROLES = ("admin", "member")
@@ -15,31 +16,45 @@ ROLES = ("admin", "member")
 _NAME: JsonDict = {"pattern": NAME_PATTERN}  # documented; the service checks it, naming the param
 
 
-class TenantCreate(WireModel):
+class TenantCreate(RequestModel):
+    """A new tenant; a quota left out (or null) is unlimited, a given one is finite."""
+
     name: str = Field(description="Lower-case slug, unique.", json_schema_extra=_NAME)
     max_gpus: float | None = Field(
-        default=None, ge=0, description="Concurrent GPUs (sum of fractions)."
+        default=None, ge=0, le=limits.MAX_QUOTA, description="Concurrent GPUs (sum of fractions)."
     )
-    max_cpus: float | None = Field(default=None, ge=0, description="Concurrent CPU slots.")
+    max_cpus: float | None = Field(
+        default=None, ge=0, le=limits.MAX_QUOTA, description="Concurrent CPU slots."
+    )
     gpu_hours_budget: float | None = Field(
-        default=None, ge=0, description="GPU hours; new GPU jobs are refused (429) once spent."
+        default=None,
+        ge=0,
+        le=limits.MAX_QUOTA,
+        description="GPU hours; new GPU jobs are refused (429) once spent.",
     )
-    weight: float = Field(default=1.0, gt=0, description="Fair-share weight.")
+    weight: float = Field(
+        default=1.0, ge=limits.MIN_WEIGHT, le=limits.MAX_WEIGHT, description="Fair-share weight."
+    )
     rate_limit_rps: float | None = Field(
-        default=None, gt=0, description="Endpoint requests per second per key (429 beyond)."
+        default=None,
+        ge=limits.MIN_RATE_LIMIT_RPS,
+        le=limits.MAX_RATE_LIMIT_RPS,
+        description="Endpoint requests per second per key (429 beyond).",
     )
     role: str = Field(default="member", description="Role of the first key: admin or member.")
 
 
-class TenantUpdate(WireModel):
-    max_gpus: float | None = Field(default=None, ge=0)
-    max_cpus: float | None = Field(default=None, ge=0)
-    gpu_hours_budget: float | None = Field(default=None, ge=0)
-    weight: float | None = Field(default=None, gt=0)
-    rate_limit_rps: float | None = Field(default=None, gt=0)
+class TenantUpdate(RequestModel):
+    max_gpus: float | None = Field(default=None, ge=0, le=limits.MAX_QUOTA)
+    max_cpus: float | None = Field(default=None, ge=0, le=limits.MAX_QUOTA)
+    gpu_hours_budget: float | None = Field(default=None, ge=0, le=limits.MAX_QUOTA)
+    weight: float | None = Field(default=None, ge=limits.MIN_WEIGHT, le=limits.MAX_WEIGHT)
+    rate_limit_rps: float | None = Field(
+        default=None, ge=limits.MIN_RATE_LIMIT_RPS, le=limits.MAX_RATE_LIMIT_RPS
+    )
 
 
-class KeyCreate(WireModel):
+class KeyCreate(RequestModel):
     """A new key of a tenant. Give at most one of `expires_at` and `expires_in_s`."""
 
     name: str | None = Field(

@@ -7,12 +7,12 @@ from typing import Any, Literal
 from pydantic import Field
 
 from modelfab.schemas import limits
-from modelfab.schemas.common import WireModel
+from modelfab.schemas.common import RequestModel, WireModel
 from modelfab.schemas.datasets import DatasetVersion
 from modelfab.schemas.jobs import JobStatus, Resources
 
 
-class WorkerEvent(WireModel):
+class WorkerEvent(RequestModel):
     message: str = Field(default="", max_length=limits.MAX_EVENT_MESSAGE)
     type: str = "message"
     level: str = "info"
@@ -20,7 +20,7 @@ class WorkerEvent(WireModel):
     at: float | None = Field(default=None, description="UNIX time the worker saw it.")
 
 
-class WorkerEvents(WireModel):
+class WorkerEvents(RequestModel):
     events: list[WorkerEvent]
 
 
@@ -31,10 +31,10 @@ class ArtifactRecord(WireModel):
     format: str = Field(description="pytorch, onnx or json.")
     uri: str
     sha256: str
-    size_bytes: int = Field(ge=0)
+    size_bytes: int = Field(ge=0, le=limits.MAX_SIZE_BYTES)
 
 
-class ModelReport(WireModel):
+class ModelReport(RequestModel):
     """The model a succeeded attempt registers, in the transaction that ends it."""
 
     name: str = Field(description="Registry name (lower-case slug); versions count per name.")
@@ -47,8 +47,8 @@ class ModelReport(WireModel):
     )
 
 
-class WorkerComplete(WireModel):
-    attempt: int | None = None
+class WorkerComplete(RequestModel):
+    attempt: int | None = Field(default=None, ge=1, le=limits.MAX_COUNT)
     status: str
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
@@ -56,7 +56,7 @@ class WorkerComplete(WireModel):
     model: ModelReport | None = None
 
 
-class ServingAnnounce(WireModel):
+class ServingAnnounce(RequestModel):
     url: str = Field(description="Where the replica's server answers, http://host:port.")
 
 

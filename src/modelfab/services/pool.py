@@ -3,6 +3,7 @@ Members see their own jobs by id; others' work shows as "other tenant"."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -12,8 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelfab.compute.lifecycle import QUEUED, RUNNING
 from modelfab.db.models import Device, Job, JobAllocation, Node, Tenant
 from modelfab.ids import now
+from modelfab.schemas import limits
 from modelfab.schemas import pool as wire
 from modelfab.services.common import Principal
+
+_GRID_DECIMALS = round(-math.log10(limits.RESOURCE_STEP))
 
 
 def pool_view(factory: sessionmaker[Session], principal: Principal) -> wire.Pool:
@@ -45,9 +49,15 @@ def pool_view(factory: sessionmaker[Session], principal: Principal) -> wire.Pool
             gpus=sum(len(n.devices) for n in out_nodes),
             gpus_free=round(sum(d.free for n in out_nodes for d in n.devices), 4),
             cpus=sum(n.cpus for n in out_nodes),
-            cpus_free=sum(n.cpus_free for n in out_nodes),
+            cpus_free=_on_grid(sum(n.cpus_free for n in out_nodes)),
         ),
     )
+
+
+def _on_grid(free: float) -> float:
+    """`free` capacity on the requests' grid (`limits.RESOURCE_STEP`) and never below 0:
+    float sums of on-grid requests are off by ~1e-15 either way."""
+    return max(0.0, round(free, _GRID_DECIMALS))
 
 
 def _who(principal: Principal, job: Job, tenant: str) -> wire.Holder:
@@ -70,7 +80,7 @@ def _node(
         hostname=n.hostname,
         executor=n.executor,
         cpus=n.cpus,
-        cpus_free=n.cpus - cpus_used,
+        cpus_free=_on_grid(n.cpus - cpus_used),
         memory_bytes=n.memory_bytes,
         heartbeat_age_s=round(now() - n.heartbeat_at, 1),
         devices=[

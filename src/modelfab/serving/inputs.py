@@ -20,7 +20,7 @@ from PIL import Image
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from modelfab.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from modelfab.errors import InvalidRequest, ModelfabError, PayloadTooLarge, UnsupportedMediaType
 from modelfab.imaging import to_rgb
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF")
@@ -71,23 +71,38 @@ def parse_images(content_type: str | None, body: bytes, *, max_images: int) -> l
     {"images": ["<base64>" | {"name": str, "data": "<base64>"}, ...]}; data URLs are fine.
 
     Raises UnsupportedMediaType (415) for any other or a missing content type;
-    InvalidRequest (422) codes "invalid_multipart", "invalid_json", "invalid_base64"
+    InvalidRequest (422) codes "invalid_multipart", "invalid_json" (param "body" for any
+    failure to decode the body, deep nesting and bad encodings included), "invalid_base64"
     (param "images[i]"), "no_images", "too_many_images".
     """
     media, params = parse_options_header(content_type or "")
     media_type = media.decode("latin-1").lower()
-    if media_type == "multipart/form-data":
-        images = _parse_multipart(body, params.get(b"boundary"), max_images)
-    elif media_type == "application/json":
-        images = _parse_json(body, max_images)
-    else:
+    if media_type not in _BODY_CODES:
         got = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
         raise UnsupportedMediaType(f"cannot read a body with {got}; {_USAGE}", param="content-type")
+    try:
+        if media_type == "multipart/form-data":
+            images = _parse_multipart(body, params.get(b"boundary"), max_images)
+        else:
+            images = _parse_json(body, max_images)
+    except ModelfabError:
+        raise
+    except Exception as exc:  # decoders fail in many ways on hostile bodies; all are the body's
+        # (RecursionError on deep nesting, UnicodeDecodeError, ValueError, ...)
+        raise InvalidRequest(
+            f"the body cannot be read as {media_type} ({type(exc).__name__}: {exc}); {_USAGE}",
+            param="body",
+            code=_BODY_CODES[media_type],
+        ) from exc
     if not images:
         raise InvalidRequest(
             f"the request holds no images; {_USAGE}", param="images", code="no_images"
         )
     return images
+
+
+_BODY_CODES = {"multipart/form-data": "invalid_multipart", "application/json": "invalid_json"}
+"""The media types a body may have -> the error code when it cannot be decoded."""
 
 
 def _check_count(count: int, max_images: int) -> None:

@@ -52,7 +52,7 @@ def job_events(
     job_id: str,
     ctx: Ctx,
     principal: Caller,
-    after: int = Query(0, ge=0),
+    after: int = Query(0, ge=0, le=limits.MAX_INT64),
     limit: int = Query(limits.DEFAULT_EVENTS_PAGE, ge=1, le=limits.MAX_EVENTS_PAGE),
 ) -> List[JobEvent]:
     return List(data=ctx.jobs.events(principal, job_id, after=after, limit=limit))
@@ -63,8 +63,8 @@ def job_logs(
     job_id: str,
     ctx: Ctx,
     principal: Caller,
-    attempt: int | None = Query(None, ge=1),
-    offset: int = Query(0, ge=0),
+    attempt: int | None = Query(None, ge=1, le=limits.MAX_COUNT),
+    offset: int = Query(0, ge=0, le=limits.MAX_INT64),
     limit: int = Query(limits.DEFAULT_LOG_CHUNK, ge=1, le=limits.MAX_LOG_CHUNK),
 ) -> JobLogs:
     return ctx.jobs.logs(principal, job_id, attempt=attempt, offset=offset, limit=limit)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from modelfab.api.deps import Caller, Ctx
 from modelfab.schemas.common import ERRORS, List
@@ -21,7 +21,7 @@ def pool(ctx: Ctx, principal: Caller) -> Pool:
 def usage_summary(
     ctx: Ctx,
     principal: Caller,
-    since: float | None = None,
+    since: float | None = Query(None, allow_inf_nan=False, description="UNIX seconds."),
     by: str = "meter",
     tenant: str | None = None,
 ) -> List[AnyUsageRow]:

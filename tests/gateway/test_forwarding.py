@@ -73,7 +73,7 @@ def route_of(*replicas: ReplicaRoute) -> Route:
 def test_the_gateway_presents_each_replicas_own_secret(
     replicas: list[tuple[Recorder, str]],
 ) -> None:
-    (a, url_a), (b, url_b) = replicas
+    (a, url_a), (b, _) = replicas
     answer, used = forward(route_of(ReplicaRoute("job_a", url_a, "secret-of-a")))
     assert answer.status == 200 and used.job_id == "job_a"
     assert a.seen == ["Bearer secret-of-a"] and b.seen == []

@@ -33,9 +33,7 @@ def cache(loader: DirLoader) -> ModelCache:
 
 @pytest.fixture
 def client(cache: ModelCache) -> Iterator[TestClient]:
-    app = create_replica_app(
-        cache, secret=SECRET, max_images=4, max_body_bytes=200_000, workers=2
-    )
+    app = create_replica_app(cache, secret=SECRET, max_images=4, max_body_bytes=200_000, workers=2)
     with TestClient(app, raise_server_exceptions=False, headers=AUTH) as c:
         yield c
 
@@ -129,7 +127,9 @@ def test_a_replica_answers_only_who_presents_its_secret(
         answers = [
             http.get("/health", headers=headers),
             http.post("/models/v1/load", headers=headers),
-            http.post("/models/v1/predict", headers=headers, files=[("f", ("a.png", image_bytes()))]),
+            http.post(
+                "/models/v1/predict", headers=headers, files=[("f", ("a.png", image_bytes()))]
+            ),
             http.get("/nowhere", headers=headers),
         ]
         assert [r.status_code for r in answers] == [401] * 4

@@ -2,11 +2,11 @@
 
 The platform queues this recipe for each replica of an endpoint (tenants cannot); the
 scheduler places it like any job, so it holds its devices and counts against quota. The
-replica answers only requests that present the secret it makes at start (the gateway's and
-the controller's), and announces its URL with that secret once it answers; the endpoint controller loads the endpoint's
-model on it, then the gateway routes requests to it. Models are loaded on first use (or
-when the controller warms one before a rollout) and evicted LRU within
-`memory_budget_bytes`.
+replica answers only requests that present the secret it makes at start (the gateway and
+the endpoint controller do), and announces its URL with that secret once it answers; the
+controller loads the endpoint's model on it, then the gateway routes requests to it. Models
+are loaded on first use (or when the controller warms one before a rollout) and evicted LRU
+within `memory_budget_bytes`.
 """
 
 from __future__ import annotations

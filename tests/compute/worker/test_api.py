@@ -26,7 +26,11 @@ def api_answering(status: int, body: dict[str, object], seen: list[httpx.Request
 
 @pytest.mark.parametrize(
     ("status", "code", "param"),
-    [(422, "invalid_request", "version_id"), (404, "not_found", "version_id"), (409, "artifact_corrupt", None)],
+    [
+        (422, "invalid_request", "version_id"),
+        (404, "not_found", "version_id"),
+        (409, "artifact_corrupt", None),
+    ],
 )
 def test_a_refused_model_fetch_carries_the_control_planes_error(
     status: int, code: str, param: str | None
@@ -44,7 +48,9 @@ def test_an_unreadable_refusal_still_names_the_status() -> None:
     def handle(_: httpx.Request) -> httpx.Response:
         return httpx.Response(422, text="<html>bad</html>")
 
-    api = WorkerAPI("http://c", "tok", "job_1", retry_for_s=0, transport=httpx.MockTransport(handle))
+    api = WorkerAPI(
+        "http://c", "tok", "job_1", retry_for_s=0, transport=httpx.MockTransport(handle)
+    )
     with pytest.raises(ModelfabError) as caught:
         api.model_files("mv_9")
     assert caught.value.status == 422 and "422" in caught.value.message
@@ -71,7 +77,9 @@ def test_a_model_fetch_after_the_attempt_ended_stops_the_replica(tmp_path: Path)
 
 def test_announce_sends_the_url_and_the_replica_secret() -> None:
     seen: list[httpx.Request] = []
-    api = api_answering(200, {"object": "replica", "job_id": "job_1", "url": "u", "ready": False}, seen)
+    api = api_answering(
+        200, {"object": "replica", "job_id": "job_1", "url": "u", "ready": False}, seen
+    )
     api.announce_serving("http://127.0.0.1:9", "s" * 43)
     [request] = seen
     assert request.url.path == "/v1/worker/jobs/job_1/serving"

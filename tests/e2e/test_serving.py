@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.client import ApiError, Client
-from modelfab.db.models import Tenant
+from modelfab.db.models import EndpointReplica, Tenant
 from modelfab.errors import ModelfabError
 from modelfab.server import Platform
 from modelfab.serving.models import LoadedModel, ModelFiles
@@ -121,6 +121,46 @@ def test_endpoint_serves_the_registered_model_and_meters_every_request(
 
     usage = eventually(metered, timeout_s=10, what="requests to be metered")
     assert usage["items"] == 5 + 1 + 1
+
+
+def replica_auth(factory: sessionmaker[Session], url: str) -> dict[str, str]:
+    """The header only the platform knows for the replica at `url` (from its row)."""
+    with factory() as session:
+        secret = session.scalar(select(EndpointReplica.secret).where(EndpointReplica.url == url))
+    assert secret is not None
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def test_a_replica_answers_only_the_platform_and_passes_on_its_errors(
+    platform: Platform, team: Client, factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Whoever finds a replica's loopback port gets 401 and skips nothing: predictions go
+    through the gateway (auth, rate limits, metering). Asked for a version it cannot
+    fetch, the replica answers the control plane's error, not a 500."""
+    register_tiny(platform, factory, tmp_path, "parts", seed=1)
+    team.create_endpoint("parts", model="parts", cpus=0.5)
+    endpoint = team.wait_endpoint("parts", timeout_s=60)
+    url = endpoint.replica_jobs[0].url
+    assert url is not None and "secret" not in team.get_endpoint("parts").model_dump_json()
+    version_id = endpoint.model.version_id
+    image = [("file", ("a.png", image_bytes(), "image/png"))]
+
+    for headers in ({}, {"Authorization": f"Bearer {team_key(team)}"}):
+        direct = httpx.post(f"{url}/models/{version_id}/predict", headers=headers, files=image)
+        assert direct.status_code == 401, direct.text
+        assert direct.json()["error"]["code"] == "unauthenticated"
+        assert httpx.get(f"{url}/health", headers=headers).status_code == 401
+    assert predict(platform, team_key(team), "parts", [image_bytes()]).status_code == 200
+
+    auth = replica_auth(factory, url)
+    assert httpx.post(f"{url}/models/{version_id}/predict", headers=auth, files=image).is_success
+    missing = httpx.post(f"{url}/models/mv_nope/load", headers=auth)
+    assert missing.status_code == 422, missing.text
+    assert missing.json()["error"] == {
+        "code": "invalid_request",
+        "message": "no model version mv_nope here",
+        "param": "version_id",
+    }
 
 
 def test_bad_requests_get_4xx_naming_the_problem(
@@ -291,7 +331,9 @@ def test_one_endpoint_serves_other_models_of_the_tenant_when_asked(
     assert [d["label"] for d in data] == expected_labels(other, images)
     assert all(len(d["top_k"]) == 2 for d in data)
     # Both models now sit in the replica, each under its own version.
-    health = httpx.get(team.get_endpoint("shared").replica_jobs[0].url + "/health")
+    replica_url = team.get_endpoint("shared").replica_jobs[0].url
+    assert replica_url is not None
+    health = httpx.get(replica_url + "/health", headers=replica_auth(factory, replica_url))
     assert len(health.json()["models"]) == 2
 
     missing = httpx.post(url, headers=auth, files=files, params={"model": "nope"})

@@ -41,7 +41,7 @@ def test_rate_limiter_allows_bursts_and_says_when_to_retry() -> None:
 def test_balancer_prefers_the_least_busy_and_skips_benched_replicas() -> None:
     clock = Clock()
     balancer = Balancer(bench_s=2.0, clock=clock)
-    a, b = ReplicaRoute("a", "http://a"), ReplicaRoute("b", "http://b")
+    a, b = ReplicaRoute("a", "http://a", "sa"), ReplicaRoute("b", "http://b", "sb")
     balancer.started("a")
     assert balancer.pick((a, b), set()) == b
     balancer.bench("b")

@@ -19,7 +19,7 @@ def route(version_id: str) -> Route:
         version_id=version_id,
         max_batch_size=8,
         max_wait_ms=5.0,
-        replicas=(ReplicaRoute("job_1", "http://127.0.0.1:1"),),
+        replicas=(ReplicaRoute("job_1", "http://127.0.0.1:1", "s"),),
     )
 
 

@@ -5,6 +5,7 @@ when its attempt ends."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -23,6 +24,7 @@ from modelfab.db.models import (
     UsageRecord,
 )
 from modelfab.errors import InvalidRequest
+from modelfab.gateway.types import ReplicaRoute
 from modelfab.ids import now
 from modelfab.schemas.endpoints import Endpoint as WireEndpoint
 from modelfab.schemas.endpoints import EndpointUpdate
@@ -32,9 +34,12 @@ from modelfab.services.endpoint_controller import plan_endpoint as plan_with_lim
 from modelfab.services.endpoints import EndpointService
 from modelfab.services.jobs import JobService
 from modelfab.services.tenants import Quota, create_tenant
+from modelfab.serving.models import ModelCache
+from modelfab.serving.replica_app import ReplicaServer, create_replica_app
 from modelfab.settings import ControllerSettings
 from modelfab.tasks import IMAGE_CLASSIFICATION
 from tests.registry_factories import insert_running_job
+from tests.serving.factories import SECRET, DirLoader
 
 T0 = 1_000_000.0
 FAILED_REPLICAS_LIMIT = 3
@@ -176,13 +181,14 @@ def serving_endpoint(factory: sessionmaker[Session], replicas: int) -> tuple[str
         for n, job_id in enumerate(jobs):
             session.add(
                 EndpointReplica(job_id=job_id, endpoint_id="ep_1", url=f"http://127.0.0.{n + 1}:9",
-                                attempt=1, ready_at=at, created_at=at + n)
+                                secret=f"secret-{n + 1}", attempt=1, ready_at=at,
+                                created_at=at + n)
             )  # fmt: skip
     return "ep_1", ["mv_1", "mv_2"]
 
 
 def roll(
-    factory: sessionmaker[Session], warm: Callable[[str, str], str | None]
+    factory: sessionmaker[Session], warm: Callable[[ReplicaRoute, str], str | None]
 ) -> tuple[WireEndpoint, WireEndpoint]:
     """PATCH the endpoint to parts:2, then one controller pass; returns both answers.
     Nothing listens at the replicas' URLs: one failed health probe changes nothing."""
@@ -206,16 +212,19 @@ def test_an_update_answers_at_once_and_the_controller_switches_once_all_are_warm
     factory: sessionmaker[Session],
 ) -> None:
     serving_endpoint(factory, replicas=2)
-    warmed: list[tuple[str, str]] = []
+    warmed: list[tuple[str, str | None, str]] = []
 
-    def warm(url: str, version_id: str) -> str | None:
-        warmed.append((url, version_id))
+    def warm(replica: ReplicaRoute, version_id: str) -> str | None:
+        warmed.append((replica.url, replica.secret, version_id))
         return None
 
     answer, after = roll(factory, warm)
     assert answer.status == "updating" and answer.model.version == 1
     assert answer.rollout is not None and answer.rollout.model.version == 2
-    assert warmed == [("http://127.0.0.1:9", "mv_2"), ("http://127.0.0.2:9", "mv_2")]
+    assert warmed == [
+        ("http://127.0.0.1:9", "secret-1", "mv_2"),
+        ("http://127.0.0.2:9", "secret-2", "mv_2"),
+    ]
     assert after.model.version == 2 and after.status == "ready"
     assert after.rollout is None and after.rollout_error is None
 
@@ -224,7 +233,7 @@ def test_a_version_a_replica_cannot_load_is_refused_and_the_old_one_keeps_servin
     factory: sessionmaker[Session],
 ) -> None:
     serving_endpoint(factory, replicas=2)
-    answer, after = roll(factory, lambda url, v: "not an ONNX graph" if "0.2:" in url else None)
+    answer, after = roll(factory, lambda r, v: "not an ONNX graph" if "0.2:" in r.url else None)
     assert answer.status == "updating"
     assert after.model.version == 1 and after.status == "ready"
     assert after.rollout is None and after.rollout_error is not None
@@ -245,3 +254,30 @@ def test_an_update_to_null_is_refused_and_changes_nothing(
         service.update(tenant, "parts", EndpointUpdate.model_validate({field: None}))
     assert caught.value.param == field
     assert service.get(tenant, "parts") == before
+
+
+@pytest.mark.parametrize(("row_secret", "ready"), [(SECRET, True), (SECRET + "-not", False)])
+def test_the_controller_probes_and_warms_a_new_replica_with_its_secret(
+    factory: sessionmaker[Session], tmp_path: Path, row_secret: str, ready: bool
+) -> None:
+    """A real replica app on loopback (the header on the wire is what is tested): the
+    announced secret gets its model loaded and the replica ready; with another secret the
+    replica answers nothing, so it stays out of the routes and nothing is loaded."""
+    serving_endpoint(factory, replicas=1)
+    cache = ModelCache(DirLoader(tmp_path), budget_bytes=10**9, intra_op_threads=1)
+    server = ReplicaServer(create_replica_app(cache, secret=SECRET))
+    url = server.start()
+    try:
+        with transaction(factory) as session:
+            row = session.scalars(select(EndpointReplica)).one()
+            row.url, row.secret, row.ready_at = url, row_secret, None
+        service = EndpointService(factory, JobService(factory, None, node_ids=[]))
+        EndpointController(factory, service).run_once()
+    finally:
+        server.stop(drain_s=1)
+    with factory() as session:
+        row = session.scalars(select(EndpointReplica)).one()
+        endpoint = session.get(Endpoint, "ep_1")
+        assert endpoint is not None and endpoint.error is None
+    assert (row.ready_at is not None) == ready
+    assert cache.loaded() == (["mv_1"] if ready else [])

@@ -18,6 +18,9 @@ CLASSES = ["cat", "dog", "fox"]
 IMAGE_SIZE = 16
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
+SECRET = "replica-secret-for-tests-0123456789abcdef"
+"""What the platform would give a replica at start; `AUTH` presents it."""
+AUTH = {"Authorization": f"Bearer {SECRET}"}
 
 
 def write_classifier(

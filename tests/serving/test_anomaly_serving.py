@@ -49,7 +49,7 @@ from modelfab.serving.anomaly import (
 from modelfab.serving.inputs import decode_image
 from modelfab.serving.models import LoadedModel, ModelCache, ModelFiles, load_model
 from modelfab.serving.replica_app import create_replica_app
-from tests.serving.factories import CLASSES, image_bytes, model_files
+from tests.serving.factories import AUTH, CLASSES, SECRET, image_bytes, model_files
 
 SIZE = 64
 
@@ -245,7 +245,8 @@ def client(
     files["uncalibrated"].labels["threshold"] = None
     files["clf"] = model_files(tmp_path, "clf")
     cache = ModelCache(files.__getitem__, budget_bytes=10**9, intra_op_threads=1)
-    with TestClient(create_replica_app(cache, workers=2), raise_server_exceptions=False) as c:
+    app = create_replica_app(cache, secret=SECRET, workers=2)
+    with TestClient(app, raise_server_exceptions=False, headers=AUTH) as c:
         yield c
 
 

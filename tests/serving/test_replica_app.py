@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 from modelfab.serving.inputs import decode_image
 from modelfab.serving.models import LoadedModel, ModelCache, softmax
 from modelfab.serving.replica_app import ReplicaServer, create_replica_app
-from tests.serving.factories import CLASSES, DirLoader, image_bytes
+from tests.serving.factories import AUTH, CLASSES, SECRET, DirLoader, image_bytes
 
 
 @pytest.fixture
@@ -33,8 +33,8 @@ def cache(loader: DirLoader) -> ModelCache:
 
 @pytest.fixture
 def client(cache: ModelCache) -> Iterator[TestClient]:
-    app = create_replica_app(cache, max_images=4, max_body_bytes=200_000, workers=2)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    app = create_replica_app(cache, secret=SECRET, max_images=4, max_body_bytes=200_000, workers=2)
+    with TestClient(app, raise_server_exceptions=False, headers=AUTH) as c:
         yield c
 
 
@@ -102,9 +102,47 @@ def test_predict_takes_json_and_defaults_to_top_1(client: TestClient) -> None:
 def test_a_large_body_is_parsed_too(cache: ModelCache) -> None:
     """Over PARSE_INLINE_BYTES the body is split into files in the thread pool."""
     data = image_bytes((300, 300), fmt="BMP")
-    with TestClient(create_replica_app(cache)) as client:
+    with TestClient(create_replica_app(cache, secret=SECRET), headers=AUTH) as client:
         r = client.post("/models/v1/predict", json={"images": [base64.b64encode(data).decode()]})
     assert r.status_code == 200 and r.json()["usage"] == {"items": 1}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {SECRET}x"},
+        {"Authorization": SECRET},  # not a bearer
+        {"Authorization": f"Basic {SECRET}"},
+        {"x-modelfab-replica-secret": SECRET},
+    ],
+)
+def test_a_replica_answers_only_who_presents_its_secret(
+    cache: ModelCache, loader: DirLoader, headers: dict[str, str]
+) -> None:
+    """Only the gateway and the controller know the secret: anything else that finds the
+    port gets 401 on every path, and nothing is loaded or run."""
+    with TestClient(create_replica_app(cache, secret=SECRET)) as http:
+        answers = [
+            http.get("/health", headers=headers),
+            http.post("/models/v1/load", headers=headers),
+            http.post(
+                "/models/v1/predict", headers=headers, files=[("f", ("a.png", image_bytes()))]
+            ),
+            http.get("/nowhere", headers=headers),
+        ]
+        assert [r.status_code for r in answers] == [401] * 4
+        for r in answers:
+            error = r.json()["error"]
+            assert error["code"] == "unauthenticated" and SECRET not in r.text
+        assert loader.calls == [] and cache.loaded() == []
+        assert http.get("/health", headers=AUTH).status_code == 200
+
+
+def test_a_replica_needs_a_real_secret(cache: ModelCache) -> None:
+    with pytest.raises(ValueError, match="secret"):
+        create_replica_app(cache, secret="short")
 
 
 @pytest.mark.parametrize(
@@ -191,7 +229,7 @@ def test_unexpected_errors_are_logged_and_answered_generically(
 
 @pytest.fixture
 def server(cache: ModelCache) -> Iterator[ReplicaServer]:
-    server = ReplicaServer(create_replica_app(cache, workers=4))
+    server = ReplicaServer(create_replica_app(cache, secret=SECRET, workers=4))
     server.start()
     try:
         yield server
@@ -203,7 +241,7 @@ def test_concurrent_requests_are_batched(server: ReplicaServer, batch_sizes: lis
     headers = {"x-modelfab-max-batch-size": "8", "x-modelfab-max-wait-ms": "50"}
 
     async def main() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, headers=AUTH) as http:
             return await asyncio.gather(
                 *(
                     http.post(
@@ -233,25 +271,29 @@ def test_stop_drains_an_in_flight_request(
         release.wait(10)
         return original(self, batch)
 
-    server = ReplicaServer(create_replica_app(cache))
+    server = ReplicaServer(create_replica_app(cache, secret=SECRET))
     url = server.start()
     result: dict[str, httpx.Response] = {}
     stopper = threading.Thread(target=server.stop, kwargs={"drain_s": 10})
     try:
-        assert httpx.get(f"{url}/health").status_code == 200
+        assert httpx.get(f"{url}/health", headers=AUTH).status_code == 200
         monkeypatch.setattr(LoadedModel, "predict", slow_predict)
         request = threading.Thread(
             target=lambda: result.update(
-                r=httpx.post(f"{url}/models/v1/predict", files=[("f", ("a.png", image_bytes()))])
+                r=httpx.post(
+                    f"{url}/models/v1/predict",
+                    files=[("f", ("a.png", image_bytes()))],
+                    headers=AUTH,
+                )
             )
         )
         request.start()
         assert entered.wait(10)
-        assert httpx.get(f"{url}/health").json()["outstanding"] == 1
+        assert httpx.get(f"{url}/health", headers=AUTH).json()["outstanding"] == 1
         stopper.start()
         time.sleep(0.3)
         with pytest.raises(httpx.ConnectError):  # no new connections while draining
-            httpx.get(f"{url}/health", timeout=2)
+            httpx.get(f"{url}/health", headers=AUTH, timeout=2)
         release.set()
         request.join(10)
         stopper.join(15)

@@ -32,6 +32,7 @@ from modelfab.serving.replica_app import create_replica_app
 from modelfab.settings import ServerSettings
 from modelfab.tasks import get_task, task_names, unregister_task
 from tests.e2e.helpers import wait_terminal
+from tests.serving.factories import AUTH, SECRET
 
 MODULE = "tests.tasks.toy_text"
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +91,7 @@ def test_a_replica_serves_the_toy_kind_in_process(toy: ModuleType, tmp_path: Pat
     files = ModelFiles("v1", labels={"task": "toy-text"}, paths={"words.json": words})
     assert isinstance(load_model(files), toy.ToyTextModel)
     cache = ModelCache(lambda _: files, budget_bytes=1 << 20)
-    with TestClient(create_replica_app(cache)) as http:
+    with TestClient(create_replica_app(cache, secret=SECRET), headers=AUTH) as http:
         assert http.post("/models/v1/load").status_code == 200
         body = [("file", ("a.txt", b"rain again", "text/plain"))]
         body.append(("file", ("b.txt", "what a goal \u26bd".encode(), "text/plain")))

@@ -272,6 +272,10 @@ class EndpointReplica(Base):
         ForeignKey("endpoints.id", ondelete="CASCADE"), index=True
     )
     url: Mapped[str | None] = mapped_column(String(256))
+    # The bearer token the replica at `url` requires (announced with it; presented by the
+    # gateway and the controller, never shown to tenants). None only for replicas that
+    # announced before replicas had secrets.
+    secret: Mapped[str | None] = mapped_column(String(128))
     attempt: Mapped[int | None] = mapped_column(Integer)  # the attempt `url` belongs to
     ready_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)

@@ -11,7 +11,7 @@ import aiohttp
 
 from modelfab.gateway.balancer import Balancer
 from modelfab.gateway.errors import GatewayTimeout, Unavailable
-from modelfab.gateway.types import Forwarded, ReplicaRoute, Route
+from modelfab.gateway.types import Forwarded, ReplicaRoute, Route, replica_headers
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,12 @@ class Forwarder:
         headers: dict[str, str],
         params: list[tuple[str, str]],
     ) -> tuple[Forwarded, ReplicaRoute]:
-        """POST `body` to `path` on up to `max_tries` replicas of `route`: a refused or
-        dropped connection benches the replica and tries another (predictions are
-        idempotent), as does a 503 (the replica is draining). Raises Unavailable when no
-        replica answered, GatewayTimeout when one took longer than `timeout_s`."""
+        """POST `body` to `path` on up to `max_tries` replicas of `route`, each with its
+        own secret: a refused or dropped connection benches the replica and tries another
+        (predictions are idempotent), as does a 401 (what answers at that address is not
+        the replica the route names: another one took its port) and a 503 (the replica is
+        draining). Raises Unavailable when no replica answered, GatewayTimeout when one
+        took longer than `timeout_s`."""
         tried: set[str] = set()
         for _ in range(self.max_tries):
             replica = self.balancer.pick(route.replicas, tried)
@@ -57,13 +59,19 @@ class Forwarder:
             tried.add(replica.job_id)
             self.balancer.started(replica.job_id)
             try:
-                answer = await self._post(replica.url + path, body, headers, params)
+                answer = await self._post(
+                    replica.url + path, body, {**headers, **replica_headers(replica.secret)}, params
+                )
             except aiohttp.ClientConnectionError as exc:
                 logger.warning("replica %s failed (%r); trying another", replica.job_id, exc)
                 self.balancer.bench(replica.job_id)
                 continue
             finally:
                 self.balancer.finished(replica.job_id)
+            if answer.status == 401:  # not the replica we know there; never the caller's fault
+                logger.warning("replica %s refused the gateway's secret; benched", replica.job_id)
+                self.balancer.bench(replica.job_id)
+                continue
             if answer.status == 503:  # the replica is draining: another one answers
                 continue
             return answer, replica

@@ -9,10 +9,19 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class ReplicaRoute:
-    """A ready replica: its job and where its server answers."""
+    """A replica: its job, where its server answers, and the secret it requires (None
+    only for a replica that announced before replicas had secrets). The route table lists
+    the ready ones; the endpoint controller probes and warms any announced one."""
 
     job_id: str
     url: str
+    secret: str | None = field(repr=False)  # never in a log line
+
+
+def replica_headers(secret: str | None) -> dict[str, str]:
+    """The header that lets a request through a replica's `RequireSecret`: the gateway
+    sends it with every forward, the endpoint controller with every probe and warm."""
+    return {} if secret is None else {"Authorization": f"Bearer {secret}"}
 
 
 @dataclass(frozen=True)

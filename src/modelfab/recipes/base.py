@@ -109,9 +109,10 @@ class FetchesModels(Protocol):
 
 @runtime_checkable
 class AnnouncesServing(Protocol):
-    """Capability: tell the platform this job (an endpoint replica) answers at a URL."""
+    """Capability: tell the platform this job (an endpoint replica) answers at a URL to
+    requests that present `secret` as a bearer token."""
 
-    def announce_serving(self, url: str) -> None: ...
+    def announce_serving(self, url: str, secret: str) -> None: ...
 
 
 @dataclass(frozen=True)

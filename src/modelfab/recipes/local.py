@@ -74,6 +74,8 @@ class LocalContext:
         self.artifacts: list[dict[str, Any]] = []
         self.model: dict[str, Any] | None = None
         self.serving_url: str | None = None
+        self.serving_secret: str | None = None
+        """What a `serve` recipe announced: its URL and the secret its server asks for."""
         self.cancel_checks = 0
         self._cancel = threading.Event()
         self._lock = threading.Lock()  # recipes may report from their worker threads
@@ -142,8 +144,8 @@ class LocalContext:
         files = self.models[version_id]
         return {"version_id": version_id, **{role: file_ref(p) for role, p in files.items()}}
 
-    def announce_serving(self, url: str) -> None:
-        self.serving_url = url
+    def announce_serving(self, url: str, secret: str) -> None:
+        self.serving_url, self.serving_secret = url, secret
         logger.info("job %s serving at %s", self.job_id, url)
 
     # -- for the caller ---------------------------------------------------------------------

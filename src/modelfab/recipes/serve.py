@@ -2,15 +2,17 @@
 
 The platform queues this recipe for each replica of an endpoint (tenants cannot); the
 scheduler places it like any job, so it holds its devices and counts against quota. The
-replica announces its URL once it answers; the endpoint controller loads the endpoint's
-model on it, then the gateway routes requests to it. Models are loaded on first use (or
-when the controller warms one before a rollout) and evicted LRU within
-`memory_budget_bytes`.
+replica answers only requests that present the secret it makes at start (the gateway and
+the endpoint controller do), and announces its URL with that secret once it answers; the
+controller loads the endpoint's model on it, then the gateway routes requests to it. Models
+are loaded on first use (or when the controller warms one before a rollout) and evicted LRU
+within `memory_budget_bytes`.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from typing import Any
 
@@ -54,8 +56,10 @@ def run(ctx: RecipeContext, params: Params) -> dict[str, Any]:
         use_cuda=_has_gpu(),
         intra_op_threads=params.intra_op_threads,
     )
+    secret = secrets.token_urlsafe(32)  # per attempt; only the control plane learns it
     app = create_replica_app(
         cache,
+        secret=secret,
         max_images=params.max_images,
         max_body_bytes=params.max_body_bytes,
         workers=params.intra_op_threads,
@@ -64,7 +68,7 @@ def run(ctx: RecipeContext, params: Params) -> dict[str, Any]:
     url = server.start()
     started = time.monotonic()
     try:
-        ctx.announce_serving(url)
+        ctx.announce_serving(url, secret)
         ctx.event(f"Replica serving at {url}", data={"url": url, "status": "serving"})
         while not ctx.cancelled():
             time.sleep(POLL_S)

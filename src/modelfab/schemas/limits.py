@@ -64,6 +64,9 @@ MAX_BATCH_SIZE = 1024
 MAX_WAIT_MS = 1000.0
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_MAX_WAIT_MS = 5.0
+REPLICA_SECRET_MIN_CHARS, REPLICA_SECRET_MAX_CHARS = 32, 128
+"""Length of the secret a replica accepts requests with (the gateway and the endpoint
+controller present it; a replica makes a 43-character one at start)."""
 MAX_IMAGES_PER_REQUEST = 64
 """Images (inputs) one predict request may carry; the SDK splits larger calls."""
 PREDICT_CHUNK_BYTES = 16 << 20

@@ -58,6 +58,13 @@ class WorkerComplete(RequestModel):
 
 class ServingAnnounce(RequestModel):
     url: str = Field(description="Where the replica's server answers, http://host:port.")
+    secret: str = Field(
+        min_length=limits.REPLICA_SECRET_MIN_CHARS,
+        max_length=limits.REPLICA_SECRET_MAX_CHARS,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The bearer token the replica's server requires: the gateway and the "
+        "endpoint controller present it; it is never shown to tenants.",
+    )
 
 
 class BaseWeights(WireModel):

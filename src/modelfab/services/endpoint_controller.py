@@ -28,6 +28,7 @@ from modelfab.compute.lifecycle import FAILED, QUEUED, RUNNING, TERMINAL, VALIDA
 from modelfab.db.engine import transaction
 from modelfab.db.models import Endpoint, EndpointReplica, Job
 from modelfab.errors import ModelfabError
+from modelfab.gateway.types import ReplicaRoute, replica_headers
 from modelfab.ids import now
 from modelfab.services.endpoints import ACTIVE, DELETING, SERVE_RECIPE, EndpointService
 from modelfab.services.endpoints.rows import (
@@ -95,11 +96,12 @@ class EndpointController:
         *,
         settings: ControllerSettings | None = None,
         clock: Callable[[], float] = now,
-        warm: Callable[[str, str], str | None] | None = None,
+        warm: Callable[[ReplicaRoute, str], str | None] | None = None,
     ):
-        """`warm(url, version id)` loads a version on a replica: None when loaded, else
-        the reason; raises httpx.HTTPError when the replica does not answer (the default
-        POSTs `/models/{version}/load`; tests inject one)."""
+        """`warm(replica, version id)` loads a version on a replica: None when loaded,
+        else the reason; raises httpx.HTTPError when the replica does not answer (the
+        default POSTs `/models/{version}/load` with the replica's secret; tests inject
+        one)."""
         self.factory = factory
         self.endpoints = endpoints
         self.settings = s = settings if settings is not None else ControllerSettings()
@@ -171,6 +173,7 @@ class EndpointController:
                 select(
                     EndpointReplica.job_id,
                     EndpointReplica.url,
+                    EndpointReplica.secret,
                     EndpointReplica.ready_at,
                     Endpoint.id,
                     Endpoint.model_version_id,
@@ -183,27 +186,28 @@ class EndpointController:
                     EndpointReplica.url.is_not(None),
                 )
             ).all()
-        for job_id, url, ready_at, endpoint_id, version_id in rows:
+        for job_id, url, secret, ready_at, endpoint_id, version_id in rows:
             assert url is not None  # filtered above
-            healthy = self._healthy(url)
+            replica = ReplicaRoute(job_id, url, secret)
+            healthy = self._healthy(replica)
             failures = 0 if healthy else self._probe_failures.get(job_id, 0) + 1
             self._probe_failures[job_id] = failures
             if healthy and ready_at is None:
-                self._warm(job_id, url, endpoint_id, version_id)
+                self._warm(replica, endpoint_id, version_id)
             elif failures == self.settings.unhealthy_after and ready_at is not None:
                 logger.warning("replica %s at %s stopped answering", job_id, url)
                 self._set_ready(job_id, None)
 
-    def _warm(self, job_id: str, url: str, endpoint_id: str, version_id: str) -> None:
+    def _warm(self, replica: ReplicaRoute, endpoint_id: str, version_id: str) -> None:
         """Load the model on the replica; ready when it loaded. A model that cannot load
         fails the endpoint (every replica would fail the same way)."""
         try:
-            problem = self._warm_fn(url, version_id)
+            problem = self._warm_fn(replica, version_id)
         except httpx.HTTPError as exc:
-            logger.warning("replica %s did not load its model yet: %s", job_id, exc)
+            logger.warning("replica %s did not load its model yet: %s", replica.job_id, exc)
             return
         if problem is None:
-            self._set_ready(job_id, self.clock())
+            self._set_ready(replica.job_id, self.clock())
             return
         with transaction(self.factory) as session:
             endpoint = session.get(Endpoint, endpoint_id)
@@ -220,16 +224,20 @@ class EndpointController:
         that does not answer is skipped (it is replaced, and its successor loads the
         version on first use). Blocks this loop while replicas load."""
         with self.factory() as session:
-            urls = [r.url for r in ready_replicas(session, endpoint_id) if r.url is not None]
-        for warmed in range(len(urls) + 1):
-            if not self._progress(endpoint_id, target, warmed, len(urls)):
+            replicas = [
+                ReplicaRoute(r.job_id, r.url, r.secret)
+                for r in ready_replicas(session, endpoint_id)
+                if r.url is not None
+            ]
+        for warmed in range(len(replicas) + 1):
+            if not self._progress(endpoint_id, target, warmed, len(replicas)):
                 return  # another update replaced the target, or the endpoint went
-            if warmed == len(urls):
+            if warmed == len(replicas):
                 break
             try:
-                problem = self._warm_fn(urls[warmed], target)
+                problem = self._warm_fn(replicas[warmed], target)
             except httpx.HTTPError as exc:
-                logger.warning("could not warm %s on %s: %s", target, urls[warmed], exc)
+                logger.warning("could not warm %s on %s: %s", target, replicas[warmed].url, exc)
                 continue
             if problem is not None:
                 error = {
@@ -267,9 +275,12 @@ class EndpointController:
             e.target_ref = e.target_version_id = e.rollout = None
         self.endpoints.on_routes_change()
 
-    def _healthy(self, url: str) -> bool:
+    def _healthy(self, replica: ReplicaRoute) -> bool:
+        """The replica answers its /health to our secret (a 401 means whatever answers at
+        that address is not this replica)."""
         try:
-            return self._http.get(f"{url}/health").status_code == 200
+            resp = self._http.get(f"{replica.url}/health", headers=replica_headers(replica.secret))
+            return resp.status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -311,10 +322,14 @@ class EndpointController:
             session.execute(delete(EndpointReplica).where(EndpointReplica.job_id.in_(old)))
 
 
-def warm_one(http: httpx.Client, url: str, version_id: str) -> str | None:
-    """Load `version_id` on the replica at `url`: None when loaded, else the reason.
-    Raises httpx.HTTPError when the replica does not answer."""
-    resp = http.post(f"{url}/models/{version_id}/load")
+def warm_one(http: httpx.Client, replica: ReplicaRoute, version_id: str) -> str | None:
+    """Load `version_id` on `replica` (presenting its secret): None when loaded, else the
+    reason. Raises httpx.HTTPError when the replica does not answer."""
+    resp = http.post(
+        f"{replica.url}/models/{version_id}/load", headers=replica_headers(replica.secret)
+    )
+    if resp.status_code == 401:  # not this replica at that address: as if none answered
+        resp.raise_for_status()
     if resp.status_code < 400:
         return None
     try:

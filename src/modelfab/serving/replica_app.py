@@ -13,6 +13,7 @@ models only through `serving.protocol`.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import threading
@@ -27,13 +28,19 @@ from typing import Any, TypeVar
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelfab import httpd
 from modelfab.errors import InvalidRequest, ModelfabError
-from modelfab.schemas.limits import MAX_IMAGES_PER_REQUEST
+from modelfab.schemas.limits import (
+    MAX_IMAGES_PER_REQUEST,
+    REPLICA_SECRET_MAX_CHARS,
+    REPLICA_SECRET_MIN_CHARS,
+)
 from modelfab.serving.batching import DynamicBatcher
 from modelfab.serving.inputs import (
     NamedBytes,
@@ -177,18 +184,63 @@ def _prepare(model: ServedModel, name: str, data: bytes) -> Any:
     return model.prepare(decoded)
 
 
+class RequireSecret:
+    """ASGI middleware: an HTTP request that does not carry `Authorization: Bearer
+    <secret>` is answered 401 before anything else runs (no route, no body read), so only
+    the platform (the gateway, the endpoint controller) reaches the replica."""
+
+    def __init__(self, app: ASGIApp, *, secret: str) -> None:
+        _check_secret(secret)
+        self.app = app
+        self._secret = secret.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._presented(scope):
+            refused = _error(
+                401,
+                "unauthenticated",
+                "a replica answers only the modelfab gateway; send requests to "
+                "/v1/endpoints/{name}/predict on the control plane",
+            )
+            refused.headers["www-authenticate"] = "Bearer"
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _presented(self, scope: Scope) -> bool:
+        """The request's bearer token is the secret (compared in constant time)."""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    token.strip(), self._secret
+                )
+        return False
+
+
+def _check_secret(secret: str) -> None:
+    if not REPLICA_SECRET_MIN_CHARS <= len(secret) <= REPLICA_SECRET_MAX_CHARS:
+        raise ValueError(
+            f"a replica secret has {REPLICA_SECRET_MIN_CHARS} to "
+            f"{REPLICA_SECRET_MAX_CHARS} characters"
+        )
+
+
 def create_replica_app(
     cache: ModelCache,
     *,
+    secret: str,
     max_images: int = MAX_IMAGES_PER_REQUEST,
     max_body_bytes: int = 32 * 1024 * 1024,
     default_max_batch_size: int = 8,
     default_max_wait_ms: float = 5.0,
     workers: int | None = None,
 ) -> Starlette:
-    """The replica's ASGI app over `cache`. `workers` sizes the decoding/preprocessing
-    thread pool (default: one per CPU). Shutting the app down (ASGI lifespan) drains the
-    batchers."""
+    """The replica's ASGI app over `cache`, answering only requests that present `secret`
+    as a bearer token (`RequireSecret`; raises ValueError for a secret of the wrong
+    length). `workers` sizes the decoding/preprocessing thread pool (default: one per
+    CPU). Shutting the app down (ASGI lifespan) drains the batchers."""
+    _check_secret(secret)  # now, not at the first request (Starlette builds middleware late)
     limits = ReplicaLimits(max_images, max_body_bytes, default_max_batch_size, default_max_wait_ms)
     replica = Replica(cache, limits, workers)
 
@@ -211,7 +263,10 @@ def create_replica_app(
         ),
     ]
     return Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(RequireSecret, secret=secret)],
+        exception_handlers={HTTPException: _http_error},
     )
 
 

@@ -57,8 +57,8 @@ def upload_artifact(
 def announce_serving(
     job_id: str, body: ServingAnnounce, ctx: Ctx, token: JobToken
 ) -> ReplicaAnnounced:
-    """An endpoint replica's server answers: route requests to it."""
-    return ctx.endpoints.announce(job_id, token, body.url)
+    """An endpoint replica's server answers: route requests to it, with its secret."""
+    return ctx.endpoints.announce(job_id, token, url=body.url, secret=body.secret)
 
 
 @router.get("/models/{version_id}")

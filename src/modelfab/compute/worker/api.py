@@ -10,18 +10,53 @@ from typing import Any
 
 import httpx
 
+from modelfab.errors import ModelfabError
+
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "MODELFAB_JOB_TOKEN"
 URL_ENV = "MODELFAB_URL"
 
 
+ATTEMPT_OVER = (401, 404, 409)
+"""What the control plane answers a worker whose attempt it no longer runs."""
+
+
 class AttemptOver(Exception):
     """The control plane no longer treats this process as the job's running attempt."""
 
 
+class ControlPlaneRefused(ModelfabError):
+    """The control plane answered a request of this worker with a 4xx error: its status,
+    code, message and param, so a replica can pass them on to whoever asked it."""
+
+    def __init__(self, status: int, message: str, *, code: str, param: str | None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status = status
+
+    @classmethod
+    def of(cls, resp: httpx.Response) -> ControlPlaneRefused:
+        """The error in `resp`'s `{"error": {...}}` body, or one naming its status."""
+        try:
+            error = resp.json()["error"]
+            message, code, param = str(error["message"]), str(error["code"]), error.get("param")
+        except (ValueError, KeyError, TypeError):
+            message = f"the control plane answered HTTP {resp.status_code}"
+            code, param = "control_plane_refused", None
+        return cls(resp.status_code, message, code=code, param=param)
+
+
 class WorkerAPI:
-    def __init__(self, url: str, token: str, job_id: str, *, retry_for_s: float = 600.0):
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        job_id: str,
+        *,
+        retry_for_s: float = 600.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        """`transport` replaces the network (tests pass an `httpx.MockTransport`)."""
         self.job_id = job_id
         self.retry_for_s = retry_for_s
         self._http = httpx.Client(
@@ -30,6 +65,7 @@ class WorkerAPI:
             timeout=30.0,
             # Building a TLS context costs ~50 ms per worker start; plain HTTP needs none.
             verify=url.startswith("https://"),
+            transport=transport,
         )
 
     def spec(self) -> dict[str, Any]:
@@ -41,14 +77,16 @@ class WorkerAPI:
     def complete(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/complete", json=payload)
 
-    def announce_serving(self, url: str) -> dict[str, Any]:
-        """Tell the control plane this replica answers at `url` (endpoint replicas only)."""
-        return self._call("POST", "/serving", json={"url": url})
+    def announce_serving(self, url: str, secret: str) -> dict[str, Any]:
+        """Tell the control plane this replica answers at `url` to whoever presents
+        `secret` (endpoint replicas only)."""
+        return self._call("POST", "/serving", json={"url": url, "secret": secret})
 
     def model_files(self, version_id: str) -> dict[str, Any]:
         """Where a model version's files are, for a replica of its tenant: {onnx, labels}
-        each `{uri, sha256}`."""
-        return self._call("GET", f"/models/{version_id}")
+        each `{uri, sha256}`. Raises AttemptOver on 401 (the token no longer holds),
+        ControlPlaneRefused on any other 4xx (e.g. 422: no such version of the tenant)."""
+        return self._call("GET", f"/models/{version_id}", pass_on=True)
 
     def upload_artifact(self, path: Path, *, name: str, format: str) -> dict[str, Any]:
         """Upload a file to the artifact store; the server checks it against our sha256.
@@ -63,17 +101,29 @@ class WorkerAPI:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        pass_on: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         """Retry connection errors and 5xx with backoff for `retry_for_s`.
 
-        Raises AttemptOver on 401/404/409, httpx.HTTPError when retries run out."""
+        Raises AttemptOver on 401/404/409, httpx.HTTPStatusError on another 4xx,
+        httpx.HTTPError when retries run out. With `pass_on` (calls that name a resource
+        besides the job, whose 404 or 409 is about that resource) only 401 is AttemptOver
+        and any other 4xx raises ControlPlaneRefused."""
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.1
         while True:
             try:
                 resp = self._http.request(method, path, **kwargs)
-                if resp.status_code in (401, 404, 409):
+                if resp.status_code in ((401,) if pass_on else ATTEMPT_OVER):
                     raise AttemptOver(resp.text)
+                if pass_on and 400 <= resp.status_code < 500:
+                    raise ControlPlaneRefused.of(resp)
                 if resp.status_code < 500:
                     resp.raise_for_status()
                     out: dict[str, Any] = resp.json()

@@ -10,11 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from modelfab.compute.worker.api import AttemptOver, WorkerAPI
+from modelfab.errors import ModelfabError
 
 logger = logging.getLogger(__name__)
 
 MAX_BUFFER = 10_000
 SHIP_INTERVAL_S = 0.2
+
+
+class ReplicaStopping(ModelfabError):
+    """A replica whose attempt is over was asked for a model: another replica answers."""
+
+    status = 503
+    code = "replica_stopping"
 
 
 class WorkerContext:
@@ -79,11 +87,21 @@ class WorkerContext:
         version is created in the same transaction that marks the job succeeded."""
         self.model = model
 
-    def announce_serving(self, url: str) -> None:
-        self._api.announce_serving(url)
+    def announce_serving(self, url: str, secret: str) -> None:
+        self._api.announce_serving(url, secret)
 
     def model_files(self, version_id: str) -> dict[str, Any]:
-        return self._api.model_files(version_id)
+        """The version's file refs. Raises ControlPlaneRefused (the control plane's 4xx,
+        passed on), or ReplicaStopping (503) once the attempt is over, which also makes
+        `cancelled()` true so the replica drains."""
+        try:
+            return self._api.model_files(version_id)
+        except AttemptOver as exc:
+            self.attempt_over.set()
+            raise ReplicaStopping(
+                "this replica is stopping (its job is no longer running); retry, another "
+                "replica answers"
+            ) from exc
 
     def cancelled(self) -> bool:
         return self._signalled or self._cancel.is_set() or self.attempt_over.is_set()

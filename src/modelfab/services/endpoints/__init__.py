@@ -59,8 +59,8 @@ class EndpointService(EndpointCommands):
         self.replica_calls = ReplicaCalls(factory)
         self.view = RouteView(factory)
 
-    def announce(self, job_id: str, token: str, url: str) -> ReplicaAnnounced:
-        return self.replica_calls.announce(job_id, token, url)
+    def announce(self, job_id: str, token: str, *, url: str, secret: str) -> ReplicaAnnounced:
+        return self.replica_calls.announce(job_id, token, url=url, secret=secret)
 
     def model_files(self, job_id: str, token: str, version_id: str) -> ModelFiles:
         return self.replica_calls.model_files(job_id, token, version_id)

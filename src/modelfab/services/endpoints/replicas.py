@@ -18,10 +18,11 @@ class ReplicaCalls:
     def __init__(self, factory: sessionmaker[Session]):
         self.factory = factory
 
-    def announce(self, job_id: str, token: str, url: str) -> ReplicaAnnounced:
-        """A replica's server answers at `url`. The controller loads the endpoint's model
-        on it (`warm`) before the gateway routes requests to it. Raises InvalidRequest,
-        Unauthenticated (a bad token)."""
+    def announce(self, job_id: str, token: str, *, url: str, secret: str) -> ReplicaAnnounced:
+        """A replica's server answers at `url` to requests that present `secret` (kept
+        with the replica row for the gateway and the controller, never shown to tenants).
+        The controller loads the endpoint's model on it (`warm`) before the gateway routes
+        requests to it. Raises InvalidRequest, Unauthenticated (a bad token)."""
         if not url.startswith(("http://", "https://")):
             raise InvalidRequest("url must be http(s)://host:port", param="url")
         with transaction(self.factory) as session:
@@ -29,7 +30,8 @@ class ReplicaCalls:
             replica = session.get(EndpointReplica, job.id)
             if replica is None:
                 raise InvalidRequest(f"job {job_id} is not an endpoint replica", param="job_id")
-            replica.url, replica.attempt, replica.ready_at = url, job.attempt, None
+            replica.url, replica.secret = url, secret
+            replica.attempt, replica.ready_at = job.attempt, None
             lifecycle.add_event(session, job, f"Replica answering at {url}", at=now())
         return ReplicaAnnounced(job_id=job_id, url=url, ready=False)
 

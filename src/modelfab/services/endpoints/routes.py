@@ -31,7 +31,8 @@ class RouteView:
         for r, j in rows:
             if is_ready(r, j):
                 assert r.url is not None  # ready replicas announced one
-                by_endpoint.setdefault(r.endpoint_id, []).append(ReplicaRoute(j.id, r.url))
+                route = ReplicaRoute(j.id, r.url, r.secret)
+                by_endpoint.setdefault(r.endpoint_id, []).append(route)
         return {
             (e.tenant_id, e.name): Route(
                 endpoint_id=e.id,

@@ -14,9 +14,10 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -24,10 +25,15 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from modelfab.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from modelfab.schemas.common import ErrorResponse
 
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
 MAX_FIELD_BYTES = 64 * 2**10
 """Largest value of a plain (non-file) form field."""
 
-UNSUPPORTED = {415: {"model": ErrorResponse, "description": "Not multipart/form-data"}}
+UNSUPPORTED: dict[int | str, dict[str, Any]] = {
+    415: {"model": ErrorResponse, "description": "Not multipart/form-data"}
+}
 """The extra response a streamed multipart route documents."""
 
 
@@ -69,8 +75,8 @@ class FilePart:
 class Multipart:
     """The parts of one multipart body that the route asked for."""
 
-    fields: dict[str, str] = field(default_factory=dict)
-    files: dict[str, FilePart] = field(default_factory=dict)
+    fields: dict[str, str] = dataclass_field(default_factory=dict)
+    files: dict[str, FilePart] = dataclass_field(default_factory=dict)
 
     def field(self, name: str) -> str:
         """The value of form field `name`. Raises InvalidRequest (param `name`) when absent."""
@@ -98,7 +104,7 @@ class _Reader:
         self._file: FilePart | None = None
         self._sink: IO[bytes] | None = None
 
-    def callbacks(self) -> dict[str, Any]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._begin,
             "on_header_field": self._on_header_field,
@@ -155,7 +161,7 @@ class _Reader:
         if self._sink is not None:
             self._sink.close()
             self._sink = None
-        elif self._name in self.wanted and self._file is None:
+        elif self._name is not None and self._name in self.wanted and self._file is None:
             self.out.fields[self._name] = self._value.decode("utf-8", "replace")
 
     @property

@@ -17,6 +17,7 @@ from modelfab.schemas.datasets import (
 
 router = APIRouter(tags=["datasets"], responses=ERRORS)
 
+
 @router.post("/datasets", status_code=201, responses={200: {"model": DatasetCreated}})
 def create_from_path(
     body: DatasetFromPath, ctx: Ctx, principal: Caller, response: Response

@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 
 from modelfab.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from modelfab.schemas.common import ErrorResponse
@@ -35,6 +36,8 @@ UNSUPPORTED: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorResponse, "description": "Not multipart/form-data"}
 }
 """The extra response a streamed multipart route documents."""
+
+_WRITE_BATCH = 2**20
 
 
 def multipart_body(
@@ -103,6 +106,9 @@ class _Reader:
         self._value = bytearray()
         self._file: FilePart | None = None
         self._sink: IO[bytes] | None = None
+        self._pending: list[tuple[IO[bytes], bytes | None]] = []
+        """Writes (and closes, as None) not done yet: done off the event loop by `drain`."""
+        self._pending_bytes = 0
 
     def callbacks(self) -> MultipartCallbacks:
         return {
@@ -149,7 +155,8 @@ class _Reader:
                     f"{name} is larger than {self.limits[name]} bytes; send a smaller file",
                     param=name,
                 )
-            self._sink.write(chunk)  # page-cache writes of one network chunk: short
+            self._pending.append((self._sink, chunk))
+            self._pending_bytes += len(chunk)
         elif name in self.wanted:
             self._value += chunk
             if len(self._value) > MAX_FIELD_BYTES:
@@ -159,7 +166,7 @@ class _Reader:
 
     def _on_end(self) -> None:
         if self._sink is not None:
-            self._sink.close()
+            self._pending.append((self._sink, None))
             self._sink = None
         elif self._name is not None and self._name in self.wanted and self._file is None:
             self.out.fields[self._name] = self._value.decode("utf-8", "replace")
@@ -169,12 +176,30 @@ class _Reader:
         """Whether a file part was begun and not ended (a truncated body)."""
         return self._sink is not None
 
+    async def drain(self, *, force: bool = False) -> None:
+        """Do the pending writes in a worker thread (the event loop also serves predictions)
+        once about `_WRITE_BATCH` bytes are pending, or at once with `force`."""
+        if not self._pending or (self._pending_bytes < _WRITE_BATCH and not force):
+            return
+        ops, self._pending, self._pending_bytes = self._pending, [], 0
+        await run_in_threadpool(_apply, ops)
+
     def close(self) -> None:
+        for sink, _ in self._pending:
+            sink.close()
         if self._sink is not None:
             self._sink.close()
         for part in self.out.files.values():
             with suppress(FileNotFoundError):
                 part.path.unlink()
+
+
+def _apply(ops: list[tuple[IO[bytes], bytes | None]]) -> None:
+    for sink, data in ops:
+        if data is None:
+            sink.close()
+        else:
+            sink.write(data)
 
 
 def _boundary(request: Request) -> bytes:
@@ -206,7 +231,9 @@ async def read_multipart(
         try:
             async for chunk in request.stream():
                 parser.write(chunk)
+                await reader.drain()
             parser.finalize()
+            await reader.drain(force=True)
         except ValueError as exc:  # python-multipart's MultipartParseError
             raise InvalidRequest(f"malformed multipart body: {exc}", param="file") from exc
         if reader.inside_part:

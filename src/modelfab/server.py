@@ -191,7 +191,13 @@ def build_context(
     return AppContext(
         settings=settings,
         factory=factory,
-        datasets=DatasetService(factory, store, scratch=settings.home / "tmp"),
+        datasets=DatasetService(
+            factory,
+            store,
+            scratch=settings.home / "tmp",
+            max_extract_bytes=settings.max_extract_bytes,
+            max_archive_members=settings.max_archive_members,
+        ),
         jobs=jobs,
         endpoints=endpoints,
         gateway=gateway,

@@ -105,6 +105,15 @@ class ServerSettings(BaseSettings):
     scheduler_interval_s: float = Field(default=0.5, gt=0, description="Idle tick of the loop.")
     cancel_grace_s: float = Field(default=5.0, ge=0, description="SIGTERM to SIGKILL, seconds.")
     max_upload_bytes: int = Field(default=20 * 2**30, description="Largest dataset archive.")
+    max_extract_bytes: int = Field(
+        default=20 * 2**30,
+        gt=0,
+        description="Most bytes one dataset archive may unpack to (refused with 413 as soon "
+        "as extraction passes it).",
+    )
+    max_archive_members: int = Field(
+        default=1_000_000, gt=0, description="Most files and folders one dataset archive holds."
+    )
     usage_window_s: float = Field(
         default=7 * 86400, description="How far back usage counts towards fair share."
     )

@@ -3,8 +3,10 @@ the offending file and leave nothing behind."""
 
 from __future__ import annotations
 
+import io
 import random
 import re
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +248,59 @@ def test_upload_over_the_size_limit_is_refused(
     )
     assert names(api, member) == []
     assert list((settings.home / "tmp").iterdir()) == []
+
+
+def _tar_of(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def capped(settings: ServerSettings, request: pytest.FixtureRequest) -> Api:
+    """The API with archives capped at 1 MiB unpacked and 50 entries (set before it starts)."""
+    settings.max_extract_bytes = 2**20
+    settings.max_archive_members = 50
+    api: Api = request.getfixturevalue("api")
+    return api
+
+
+@pytest.mark.parametrize(
+    ("members", "limit"),
+    [
+        ({f"ds/cat/{i}.png": b"\0" * 2**19 for i in range(8)}, str(2**20)),
+        ({f"ds/cat/{i}.png": b"" for i in range(60)}, "50 entries"),
+    ],
+    ids=["bytes", "members"],
+)
+def test_archive_bomb_is_refused_and_leaves_nothing(
+    capped: Api, settings: ServerSettings, members: dict[str, bytes], limit: str
+) -> None:
+    key = str(capped.create_tenant()["api_key"])
+    blob = _tar_of(members)
+    resp = upload(capped, key, "pets", blob, filename="bomb.tar.gz")
+    assert resp.status_code == 413, resp.text
+    err = resp.json()["error"]
+    assert (err["code"], err["param"]) == ("payload_too_large", "file")
+    assert "'bomb.tar.gz'" in err["message"] and limit in err["message"]
+    assert list((settings.home / "tmp").iterdir()) == []
+    assert not settings.datasets_dir.exists() or list(settings.datasets_dir.iterdir()) == []
+
+
+def test_overlong_member_name_is_a_422_naming_it(api: Api, member: str, tmp_path: Path) -> None:
+    long_name = "ds/cat/" + "a" * 300 + ".png"
+    resp = upload(api, member, "pets", _tar_of({long_name: b"png"}))
+    assert resp.status_code == 422, resp.text
+    err = resp.json()["error"]
+    assert (err["code"], err["param"]) == ("dataset_invalid", "file")
+    assert "a" * 60 in err["message"] and "255 bytes" in err["message"]
+    # the next request is answered as usual
+    ok = upload(api, member, "pets", targz(make_classification(tmp_path / "ok")))
+    assert ok.status_code == 201, ok.text
 
 
 # --------------------------------------------------------------------------- server paths

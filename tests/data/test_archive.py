@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from modelfab.data import extract_archive, scan_dataset
-from modelfab.errors import InvalidRequest, PayloadTooLarge
+from modelfab.errors import DatasetInvalid, InvalidRequest, PayloadTooLarge
 from modelfab.tasks import ANOMALY_DETECTION, IMAGE_CLASSIFICATION, get_task
 
 from .conftest import make_anomaly
@@ -176,6 +176,64 @@ def test_zip_declared_size_counts_against_limit(tmp_path: Path) -> None:
     assert archive.stat().st_size < 10_000
     with pytest.raises(PayloadTooLarge):
         extract_archive(archive, tmp_path / "dest", max_bytes=2**19)
+
+
+def _zeros_archive(path: Path, kind: str, size: int, members: int = 1) -> Path:
+    """An archive of `members` files of `size` zero bytes each: tiny packed, large unpacked."""
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            for i in range(members):
+                with zf.open(f"ds/cat/{i}.png", "w") as out:
+                    for _ in range(size // 2**20):
+                        out.write(b"\0" * 2**20)
+        return path
+    with tarfile.open(path, "w:gz") as tf:
+        for i in range(members):
+            info = tarfile.TarInfo(f"ds/cat/{i}.png")
+            info.size = size
+            tf.addfile(info, io.BytesIO(b"\0" * size))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["tgz", "zip"])
+def test_bomb_is_refused_at_the_cap_naming_archive_and_limit(tmp_path: Path, kind: str) -> None:
+    archive = _zeros_archive(tmp_path / f"bomb.{kind}", kind, 32 * 2**20)
+    assert archive.stat().st_size < 2**20
+    with pytest.raises(PayloadTooLarge) as info:
+        extract_archive(archive, tmp_path / "dest", max_bytes=2**20, label="pets.tar.gz")
+    assert info.value.param == "file"
+    assert "'pets.tar.gz'" in info.value.message and str(2**20) in info.value.message
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["tgz", "zip"])
+def test_member_count_is_capped(tmp_path: Path, kind: str) -> None:
+    archive = _zeros_archive(tmp_path / f"many.{kind}", kind, 0, members=20)
+    with pytest.raises(PayloadTooLarge, match="more than 10 entries"):
+        extract_archive(archive, tmp_path / "dest", max_files=10)
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+@pytest.mark.parametrize(
+    "name",
+    ["ds/cat/" + "a" * 256 + ".png", "ds/" + "/".join(["b" * 200] * 6) + "/x.png"],
+    ids=["long-name", "long-path"],
+)
+def test_overlong_member_names_are_refused_before_writing(
+    tmp_path: Path, kind: str, name: str
+) -> None:
+    ok = ("ds/dog/1.png", b"png")
+    if kind == "tar":
+        members = [(tarfile.TarInfo(n), d) for n, d in (ok, (name, b"png"))]
+        archive = _tar_with(tmp_path / "long.tar", members)
+    else:
+        archive = _zip_with(tmp_path / "long.zip", [ok, (name, b"png")])
+    with pytest.raises(DatasetInvalid) as info:
+        extract_archive(archive, tmp_path / "dest")
+    assert info.value.param == "file"
+    assert name[:40] in info.value.message
+    assert list((tmp_path / "dest").iterdir()) == []
 
 
 def test_non_empty_dest_is_a_caller_bug(cls_root: Path, tmp_path: Path) -> None:

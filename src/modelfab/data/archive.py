@@ -7,6 +7,7 @@ written. Tar members go through tarfile's "data" filter as a second line of defe
 
 from __future__ import annotations
 
+import errno
 import gzip
 import logging
 import lzma
@@ -19,16 +20,26 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from modelfab.data.validate import is_ignored
-from modelfab.errors import InvalidRequest, PayloadTooLarge
+from modelfab.errors import DatasetInvalid, InvalidRequest, PayloadTooLarge
 
 logger = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 """Upload names the API accepts as archives; extraction itself sniffs the content."""
 
+MAX_NAME_BYTES = 255
+"""Longest file or folder name (UTF-8 bytes) a member path may have: what filesystems take."""
+MAX_PATH_BYTES = 1024
+"""Longest member path (UTF-8 bytes)."""
+
+DEFAULT_MAX_EXTRACT_BYTES = 20 * 2**30
+DEFAULT_MAX_MEMBERS = 1_000_000
+
 _CHUNK_BYTES = 2**20
+_SERVER_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _FORMAT_ERRORS: tuple[type[BaseException], ...] = (
     tarfile.TarError,
@@ -46,26 +57,40 @@ _FORMAT_ERRORS: tuple[type[BaseException], ...] = (
 
 @dataclass
 class _Budget:
-    """Running totals against the caller's limits."""
+    """Running totals against the caller's limits; `label` names the archive in errors."""
 
+    label: str
     max_bytes: int
     max_files: int
     bytes: int = 0
+    """Declared sizes of the members seen so far."""
+    written: int = 0
+    """Bytes actually written (zip members; tarfile writes exactly the declared size)."""
     files: int = 0
 
     def add(self, size: int) -> None:
-        """Count one member of `size` bytes. Raises PayloadTooLarge past a limit."""
+        """Count one member declaring `size` bytes, before it is written. Raises
+        PayloadTooLarge past a limit."""
         self.files += 1
-        self.bytes += size
         if self.files > self.max_files:
             raise PayloadTooLarge(
-                f"the archive holds more than {self.max_files} entries; split the dataset",
+                f"archive {self.label!r} holds more than {self.max_files} entries, the "
+                "limit here; split the dataset",
                 param="file",
             )
-        if self.bytes > self.max_bytes:
+        self.bytes += size
+        self._check(self.bytes)
+
+    def wrote(self, size: int) -> None:
+        """Count `size` bytes written. Raises PayloadTooLarge past `max_bytes`."""
+        self.written += size
+        self._check(self.written)
+
+    def _check(self, total: int) -> None:
+        if total > self.max_bytes:
             raise PayloadTooLarge(
-                f"the archive unpacks to more than {self.max_bytes} bytes; "
-                "upload a smaller dataset",
+                f"archive {self.label!r} unpacks to more than {self.max_bytes} bytes, the "
+                "limit here; upload a smaller dataset",
                 param="file",
             )
 
@@ -84,6 +109,14 @@ def _safe_relpath(name: str) -> str:
         raise InvalidRequest(
             f"archive member {name!r} points outside the archive (absolute path or '..'); "
             "re-create the archive from inside the dataset folder",
+            param="file",
+        )
+    too_long = [p for p in parts if len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES]
+    if too_long or len(norm.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise DatasetInvalid(
+            f"archive member {name[:80]!r}... has a name longer than {MAX_NAME_BYTES} bytes "
+            f"or a path longer than {MAX_PATH_BYTES} bytes; shorten it and re-create the "
+            "archive",
             param="file",
         )
     return "/".join(parts)
@@ -142,9 +175,16 @@ def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            # ZipExtFile stops at the declared file_size and checks the CRC at the end.
             with zf.open(info) as src, target.open("wb") as out:
-                shutil.copyfileobj(src, out, _CHUNK_BYTES)
+                _copy_counted(src, out, budget)
+
+
+def _copy_counted(src: IO[bytes], out: IO[bytes], budget: _Budget) -> None:
+    """Copy while counting what is written: declared sizes were counted before anything
+    was written, but a zip's can lie, so the real bytes are held to the cap too."""
+    while chunk := src.read(_CHUNK_BYTES):
+        budget.wrote(len(chunk))
+        out.write(chunk)
 
 
 def _clear(dest: Path) -> None:
@@ -174,27 +214,33 @@ def extract_archive(
     archive: Path,
     dest: Path,
     *,
-    max_bytes: int = 20 * 2**30,
-    max_files: int = 1_000_000,
+    max_bytes: int = DEFAULT_MAX_EXTRACT_BYTES,
+    max_files: int = DEFAULT_MAX_MEMBERS,
+    label: str | None = None,
 ) -> Path:
     """Extract `archive` (zip, or tar optionally gz/bz2/xz-compressed) into `dest`.
 
     `dest` is created if missing and must be empty. The format is sniffed from the
-    content, not the name. Blocks for the whole extraction. On any error `dest` is
-    emptied again, so nothing half-extracted remains.
+    content, not the name. Blocks for the whole extraction. Sizes are counted before each
+    member is written and again as its bytes are written, so a bomb stops at the cap. On
+    any error `dest` is emptied again, so nothing half-extracted remains. `label` names the
+    archive in messages (the upload's file name; `archive`'s own name by default).
 
     Returns:
         The dataset root (see `dataset_root`).
 
     Raises:
-        InvalidRequest: (param "file") for a corrupt, unsupported or unsafe archive.
+        InvalidRequest: (param "file") for a corrupt, unsupported or unsafe archive, or a
+            member the filesystem refuses; DatasetInvalid for a member name over
+            MAX_NAME_BYTES or a path over MAX_PATH_BYTES.
+        OSError: when the server's disk is full (ENOSPC, EDQUOT): not the caller's fault.
         PayloadTooLarge: (param "file") past `max_bytes` uncompressed or `max_files` entries.
         ValueError: when `dest` is not empty (a caller bug).
     """
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise ValueError(f"extraction destination {dest} is not empty")
-    budget = _Budget(max_bytes=max_bytes, max_files=max_files)
+    budget = _Budget(label=label or archive.name, max_bytes=max_bytes, max_files=max_files)
     try:
         if zipfile.is_zipfile(archive):
             _extract_zip(archive, dest, budget)
@@ -212,8 +258,17 @@ def extract_archive(
             f"the archive is corrupt or unsupported ({reason}); re-create it and upload again",
             param="file",
         ) from exc
+    except OSError as exc:
+        _clear(dest)
+        if exc.errno in _SERVER_ERRNOS:
+            raise
+        raise InvalidRequest(
+            f"a member of archive {budget.label!r} could not be written ({exc.strerror}); "
+            "check its names and re-create the archive",
+            param="file",
+        ) from exc
     except BaseException:
         _clear(dest)
         raise
-    logger.info("extracted %s: %d entries, %d bytes", archive.name, budget.files, budget.bytes)
+    logger.info("extracted %s: %d entries, %d bytes", budget.label, budget.files, budget.bytes)
     return dataset_root(dest)

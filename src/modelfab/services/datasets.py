@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.data import DatasetStore, StoredDataset, extract_archive
+from modelfab.data.archive import DEFAULT_MAX_EXTRACT_BYTES, DEFAULT_MAX_MEMBERS
 from modelfab.db.engine import transaction
 from modelfab.db.models import Dataset, DatasetVersion
 from modelfab.errors import Conflict, Forbidden, InvalidRequest
@@ -65,10 +66,20 @@ def version_by_id(session: Session, version_id: str | None) -> wire.DatasetVersi
 
 
 class DatasetService:
-    def __init__(self, factory: sessionmaker[Session], store: DatasetStore, *, scratch: Path):
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        store: DatasetStore,
+        *,
+        scratch: Path,
+        max_extract_bytes: int = DEFAULT_MAX_EXTRACT_BYTES,
+        max_archive_members: int = DEFAULT_MAX_MEMBERS,
+    ):
         self.factory = factory
         self.store = store
         self.scratch = scratch
+        self.max_extract_bytes = max_extract_bytes
+        self.max_archive_members = max_archive_members
 
     def create_from_path(
         self, principal: Principal, *, name: str, task: str, path: Path
@@ -86,15 +97,30 @@ class DatasetService:
         return self._register(principal, name, task, stored)
 
     def create_from_archive(
-        self, principal: Principal, *, name: str, task: str, archive: Path
+        self,
+        principal: Principal,
+        *,
+        name: str,
+        task: str,
+        archive: Path,
+        filename: str | None = None,
     ) -> wire.DatasetCreated:
-        """Import an uploaded .zip/.tar/.tar.gz; validated before anything is registered."""
+        """Import an uploaded .zip/.tar/.tar.gz (blocks); validated before anything is
+        registered. `filename` is the upload's name, shown in errors. Raises PayloadTooLarge
+        past `max_extract_bytes` unpacked or `max_archive_members` entries, DatasetInvalid
+        or InvalidRequest (see `extract_archive` and the task's validation)."""
         check_name(name)
         spec = get_task(task)
         self.scratch.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="upload-", dir=self.scratch))
         try:
-            root = extract_archive(archive, workdir / "x")
+            root = extract_archive(
+                archive,
+                workdir / "x",
+                max_bytes=self.max_extract_bytes,
+                max_files=self.max_archive_members,
+                label=filename,
+            )
             stored = self.store.ingest(root, spec)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -44,19 +44,10 @@ def list_models(hub_dir: Path) -> list[HubModel]:
     return [_entry_view(e, hub_dir) for e in CATALOG]
 
 
-def import_weights(
-    principal: Principal,
-    hub_dir: Path,
-    model_id: str,
-    upload_path: Path,
-    *,
-    original_filename: str | None = None,
-) -> HubModelImported:
-    """Keep `upload_path` as the weights of `model_id`, replacing earlier ones (blocks).
-
-    Raises Forbidden for non-admins, NotFound for an unknown id, InvalidRequest for a model
-    that takes no weights or an empty file, PayloadTooLarge past 2 GiB.
-    """
+def check_import(principal: Principal, model_id: str) -> HubEntry:
+    """The entry `model_id` if `principal` may import weights for it; call it before reading
+    an upload. Raises Forbidden for non-admins, NotFound for an unknown id, InvalidRequest
+    for a model that takes no weights."""
     if not principal.is_admin:
         raise Forbidden(
             "only admins may import hub weights: every tenant's jobs would use them",
@@ -68,6 +59,23 @@ def import_weights(
             f"{model_id} is a {entry.source} model and takes no imported weights",
             param="model_id",
         )
+    return entry
+
+
+def import_weights(
+    principal: Principal,
+    hub_dir: Path,
+    model_id: str,
+    upload_path: Path,
+    *,
+    original_filename: str | None = None,
+) -> HubModelImported:
+    """Keep `upload_path` as the weights of `model_id`, replacing earlier ones (blocks).
+
+    Raises what `check_import` raises, InvalidRequest for an empty file, PayloadTooLarge
+    past 2 GiB.
+    """
+    entry = check_import(principal, model_id)
     size = upload_path.stat().st_size
     if size == 0:
         raise InvalidRequest("the weights file is empty", param="file")

@@ -100,6 +100,12 @@ class WorkerService:
                 )
             return wire.EventsAccepted(accepted=len(events), cancel_requested=job.cancel_requested)
 
+    def check_token(self, job_id: str, token: str) -> None:
+        """Raises Unauthenticated unless `token` is the running attempt's of `job_id`: what
+        a route checks before it reads an upload's body."""
+        with self.factory() as session:
+            authorized(session, job_id, token)
+
     def upload_artifact(
         self, job_id: str, token: str, *, name: str, format: str, sha256: str, stream: BinaryIO
     ) -> wire.ArtifactStored:

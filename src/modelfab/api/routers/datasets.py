@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from modelfab.api.deps import Caller, Ctx
-from modelfab.errors import PayloadTooLarge
+from modelfab.api.uploads import UNSUPPORTED, multipart_body, read_multipart
 from modelfab.schemas.common import ERRORS, List
 from modelfab.schemas.datasets import (
     Dataset,
@@ -17,8 +16,6 @@ from modelfab.schemas.datasets import (
 )
 
 router = APIRouter(tags=["datasets"], responses=ERRORS)
-
-CHUNK = 1 << 20
 
 
 @router.post("/datasets", status_code=201, responses={200: {"model": DatasetCreated}})
@@ -33,35 +30,38 @@ def create_from_path(
     return out
 
 
-@router.post("/datasets/upload", status_code=201, responses={200: {"model": DatasetCreated}})
-def upload(
-    ctx: Ctx,
-    principal: Caller,
-    response: Response,
-    name: Annotated[str, Form()],
-    task: Annotated[str, Form()],
-    file: Annotated[UploadFile, File(description=".zip, .tar or .tar.gz of the dataset folder")],
+@router.post(
+    "/datasets/upload",
+    status_code=201,
+    responses={200: {"model": DatasetCreated}, **UNSUPPORTED},
+    openapi_extra=multipart_body(
+        "Body_upload_v1_datasets_upload_post",
+        fields={"name": "", "task": ""},
+        files={"file": ".zip, .tar or .tar.gz of the dataset folder"},
+    ),
+)
+async def upload(
+    request: Request, ctx: Ctx, principal: Caller, response: Response
 ) -> DatasetCreated:
-    scratch = ctx.settings.home / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(Path(file.filename or "upload.tar.gz").suffixes[-2:])
-    with tempfile.NamedTemporaryFile(dir=scratch, suffix=suffix) as tmp:
-        _copy_limited(file, tmp, ctx.settings.max_upload_bytes)
-        tmp.flush()
-        out = ctx.datasets.create_from_archive(
-            principal, name=name, task=task, archive=Path(tmp.name)
+    """Multipart fields `name`, `task` and the archive as `file`. The body is read only
+    after the key is checked."""
+    async with read_multipart(
+        request,
+        scratch=ctx.settings.home / "tmp",
+        files={"file": ctx.settings.max_upload_bytes},
+        fields=("name", "task"),
+    ) as form:
+        archive = form.file("file")
+        out = await run_in_threadpool(
+            ctx.datasets.create_from_archive,
+            principal,
+            name=form.field("name"),
+            task=form.field("task"),
+            archive=archive.path,
+            filename=archive.filename,
         )
     response.status_code = 201 if out.created else 200
     return out
-
-
-def _copy_limited(src: UploadFile, dst: Any, limit: int) -> None:
-    total = 0
-    while chunk := src.file.read(CHUNK):
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"upload is larger than {limit} bytes", param="file")
-        dst.write(chunk)
 
 
 @router.get("/datasets")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from modelfab.api.deps import Ctx, JobToken
+from modelfab.api.uploads import UNSUPPORTED, multipart_body, read_multipart
 from modelfab.schemas.common import ERRORS
 from modelfab.schemas.worker import (
     ArtifactStored,
@@ -38,19 +40,47 @@ def complete(job_id: str, body: WorkerComplete, ctx: Ctx, token: JobToken) -> At
     return ctx.worker.complete(job_id, token, body)
 
 
-@router.post("/artifacts", status_code=201)
-def upload_artifact(
-    job_id: str,
-    ctx: Ctx,
-    token: JobToken,
-    file: Annotated[UploadFile, File(description="The artifact's bytes.")],
-    name: Annotated[str, Form(description="File name in the model, e.g. weights.pt.")],
-    format: Annotated[str, Form(description="pytorch, onnx or json.")],
-    sha256: Annotated[str, Form(description="sha256 of the bytes, checked on arrival.")],
+def attempt_token(job_id: str, ctx: Ctx, token: JobToken) -> str:
+    """The job token, checked against the running attempt (before any body is read)."""
+    ctx.worker.check_token(job_id, token)
+    return token
+
+
+@router.post(
+    "/artifacts",
+    status_code=201,
+    responses=UNSUPPORTED,
+    openapi_extra=multipart_body(
+        "Body_upload_artifact_v1_worker_jobs__job_id__artifacts_post",
+        fields={
+            "name": "File name in the model, e.g. weights.pt.",
+            "format": "pytorch, onnx or json.",
+            "sha256": "sha256 of the bytes, checked on arrival.",
+        },
+        files={"file": "The artifact's bytes."},
+    ),
+)
+async def upload_artifact(
+    job_id: str, request: Request, ctx: Ctx, token: Annotated[str, Depends(attempt_token)]
 ) -> ArtifactStored:
-    return ctx.worker.upload_artifact(
-        job_id, token, name=name, format=format, sha256=sha256, stream=file.file
-    )
+    """Multipart fields `name`, `format`, `sha256` and the bytes as `file`. The body is read
+    only after the job token is checked."""
+    async with read_multipart(
+        request,
+        scratch=ctx.settings.home / "tmp",
+        files={"file": ctx.worker.max_artifact_bytes},
+        fields=("name", "format", "sha256"),
+    ) as form:
+        with form.file("file").path.open("rb") as stream:
+            return await run_in_threadpool(
+                ctx.worker.upload_artifact,
+                job_id,
+                token,
+                name=form.field("name"),
+                format=form.field("format"),
+                sha256=form.field("sha256"),
+                stream=stream,
+            )
 
 
 @router.post("/serving")

@@ -4,6 +4,7 @@ local executor. `Platform.start()` / `stop()` are public so tests run it in-proc
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -27,6 +28,7 @@ from modelfab.compute.scheduler.loop import Scheduler, SchedulerConfig
 from modelfab.data import DatasetStore
 from modelfab.db import migrate
 from modelfab.db.engine import make_engine, make_sessionmaker
+from modelfab.errors import ModelfabError
 from modelfab.gateway import EndpointDeleter, Gateway
 from modelfab.plugins import PLUGINS_ENV, load_plugins
 from modelfab.services.auth import authenticate, bootstrap_admin
@@ -66,10 +68,11 @@ class Platform:
         self._threads: list[threading.Thread] = []
 
     def setup(self) -> Started:
-        """Migrate, register the node, re-adopt running work, build the app. Binds the port."""
+        """Migrate, register the node, re-adopt running work, build the app. Binds the port
+        first: raises ModelfabError code "port_unavailable" (param "port") when it cannot."""
         s = self.settings
         s.home.mkdir(parents=True, exist_ok=True)
-        self._sock = httpd.bind(s.host, s.port)
+        self._sock = _bind(s.host, s.port)
         self._sock.set_inheritable(True)
         port = self._sock.getsockname()[1]
         self.settings = s = s.model_copy(update={"port": port})
@@ -209,6 +212,21 @@ def build_context(
         ),
         registry=RegistryService(factory, artifacts),
     )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """`httpd.bind`, its OSError (taken, not ours to use, no such address) told as what to do."""
+    try:
+        return httpd.bind(host, port)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ModelfabError(
+            f"cannot listen on {host}:{port} ({why}): is modelfab already "
+            "running there? Stop it, or pick another port (--port or MODELFAB_PORT; "
+            "0 picks a free one)",
+            param="port",
+            code="port_unavailable",
+        ) from exc
 
 
 def _exit_on_sigterm(*_: object) -> None:

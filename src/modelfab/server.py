@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -26,6 +27,7 @@ from modelfab.compute.executors.local import LocalExecutor
 from modelfab.compute.pool import NodeSpec, detect_node, register_node
 from modelfab.compute.scheduler.loop import Scheduler, SchedulerConfig
 from modelfab.data import DatasetStore
+from modelfab.data.store import sweep_staging
 from modelfab.db import migrate
 from modelfab.db.engine import make_engine, make_sessionmaker
 from modelfab.errors import ModelfabError
@@ -42,6 +44,10 @@ from modelfab.settings import ServerSettings
 from modelfab.usage_journal import UsageJournal
 
 logger = logging.getLogger(__name__)
+
+
+SWEEP_INTERVAL_S = 600.0
+"""How often a running platform removes staging leftovers (`ServerSettings.staging_grace_s`)."""
 
 
 @dataclass
@@ -61,6 +67,7 @@ class Platform:
         self.journal: UsageJournal | None = None
         self.controller: EndpointController | None = None
         self.app: FastAPI | None = None
+        self.datasets: DatasetService | None = None
         self.url = ""
         self._sock: socket.socket | None = None
         self._server: uvicorn.Server | None = None
@@ -108,6 +115,8 @@ class Platform:
             journal=self.journal,
         )
         self.controller = EndpointController(factory, ctx.endpoints, settings=s.controller)
+        self.datasets = ctx.datasets
+        self.sweep_leftovers()  # what a killed predecessor's uploads left
         self.app = create_app(ctx)
         return Started(url=self.url, admin_key=admin_key)
 
@@ -148,9 +157,31 @@ class Platform:
         if self.engine is not None:
             self.engine.dispose()
 
+    def sweep_leftovers(self) -> list[Path]:
+        """Remove upload and staging leftovers untouched for `staging_grace_s` (dataset
+        uploads, half-stored datasets and artifacts); uploads in progress, in this process
+        or another sharing the home, are kept. Returns what went. Blocks. After `setup()`."""
+        assert self.datasets is not None, "call setup() first"
+        grace = self.settings.staging_grace_s
+        return [*self.datasets.sweep_staging(grace),
+                *sweep_staging(self.settings.artifacts_dir, grace)]  # fmt: skip
+
+    def _sweep_loop(self, stop: threading.Event) -> None:
+        """`sweep_leftovers` every `SWEEP_INTERVAL_S` until `stop`; a failed sweep is logged."""
+        while not stop.wait(SWEEP_INTERVAL_S):
+            try:
+                self.sweep_leftovers()
+            except Exception:
+                logger.exception("sweeping staging leftovers failed; retrying later")
+
     def _start_scheduler(self) -> None:
         assert self.scheduler is not None and self.controller is not None
-        for name, loop in (("scheduler", self.scheduler.run), ("endpoints", self.controller.run)):
+        loops = (
+            ("scheduler", self.scheduler.run),
+            ("endpoints", self.controller.run),
+            ("sweeper", self._sweep_loop),
+        )
+        for name, loop in loops:
             thread = threading.Thread(target=loop, args=(self._stop,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)

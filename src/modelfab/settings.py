@@ -105,6 +105,13 @@ class ServerSettings(BaseSettings):
     scheduler_interval_s: float = Field(default=0.5, gt=0, description="Idle tick of the loop.")
     cancel_grace_s: float = Field(default=5.0, ge=0, description="SIGTERM to SIGKILL, seconds.")
     max_upload_bytes: int = Field(default=20 * 2**30, description="Largest dataset archive.")
+    staging_grace_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Upload and staging leftovers of a killed process (under home/tmp, "
+        ".tmp-* in datasets and artifacts) in which nothing was written for this long are "
+        "removed, at start and every 10 minutes; must exceed any one step of an upload.",
+    )
     usage_window_s: float = Field(
         default=7 * 86400, description="How far back usage counts towards fair share."
     )

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.data import DatasetStore, StoredDataset, extract_archive
+from modelfab.data.store import sweep_staging
 from modelfab.db.engine import transaction
 from modelfab.db.models import Dataset, DatasetVersion
 from modelfab.errors import Conflict, Forbidden, InvalidRequest
@@ -69,6 +70,13 @@ class DatasetService:
         self.factory = factory
         self.store = store
         self.scratch = scratch
+
+    def sweep_staging(self, older_than_s: float) -> list[Path]:
+        """Remove what killed uploads left, untouched for `older_than_s` seconds: archives
+        and `upload-*` folders in the scratch folder (everything there is an upload's),
+        `.tmp-*` copies in the store. Uploads in progress are kept. Blocks."""
+        return [*sweep_staging(self.scratch, older_than_s, pattern="*"),
+                *self.store.sweep(older_than_s)]  # fmt: skip
 
     def create_from_path(
         self, principal: Principal, *, name: str, task: str, path: Path

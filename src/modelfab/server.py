@@ -4,12 +4,14 @@ local executor. `Platform.start()` / `stop()` are public so tests run it in-proc
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -25,8 +27,10 @@ from modelfab.compute.executors.local import LocalExecutor
 from modelfab.compute.pool import NodeSpec, detect_node, register_node
 from modelfab.compute.scheduler.loop import Scheduler, SchedulerConfig
 from modelfab.data import DatasetStore
+from modelfab.data.store import sweep_staging
 from modelfab.db import migrate
 from modelfab.db.engine import make_engine, make_sessionmaker
+from modelfab.errors import ModelfabError
 from modelfab.gateway import EndpointDeleter, Gateway
 from modelfab.plugins import PLUGINS_ENV, load_plugins
 from modelfab.services.auth import authenticate, bootstrap_admin
@@ -41,6 +45,10 @@ from modelfab.settings import ServerSettings
 from modelfab.usage_journal import UsageJournal
 
 logger = logging.getLogger(__name__)
+
+
+SWEEP_INTERVAL_S = 600.0
+"""How often a running platform removes staging leftovers (`ServerSettings.staging_grace_s`)."""
 
 
 @dataclass
@@ -60,6 +68,7 @@ class Platform:
         self.journal: UsageJournal | None = None
         self.controller: EndpointController | None = None
         self.app: FastAPI | None = None
+        self.datasets: DatasetService | None = None
         self.url = ""
         self._sock: socket.socket | None = None
         self._server: uvicorn.Server | None = None
@@ -67,10 +76,11 @@ class Platform:
         self._threads: list[threading.Thread] = []
 
     def setup(self) -> Started:
-        """Migrate, register the node, re-adopt running work, build the app. Binds the port."""
+        """Migrate, register the node, re-adopt running work, build the app. Binds the port
+        first: raises ModelfabError code "port_unavailable" (param "port") when it cannot."""
         s = self.settings
         s.home.mkdir(parents=True, exist_ok=True)
-        self._sock = httpd.bind(s.host, s.port)
+        self._sock = _bind(s.host, s.port)
         self._sock.set_inheritable(True)
         port = self._sock.getsockname()[1]
         self.settings = s = s.model_copy(update={"port": port})
@@ -106,6 +116,8 @@ class Platform:
             journal=self.journal,
         )
         self.controller = EndpointController(factory, ctx.endpoints, settings=s.controller)
+        self.datasets = ctx.datasets
+        self.sweep_leftovers()  # what a killed predecessor's uploads left
         self.app = create_app(ctx)
         return Started(url=self.url, admin_key=admin_key)
 
@@ -146,9 +158,31 @@ class Platform:
         if self.engine is not None:
             self.engine.dispose()
 
+    def sweep_leftovers(self) -> list[Path]:
+        """Remove upload and staging leftovers untouched for `staging_grace_s` (dataset
+        uploads, half-stored datasets and artifacts); uploads in progress, in this process
+        or another sharing the home, are kept. Returns what went. Blocks. After `setup()`."""
+        assert self.datasets is not None, "call setup() first"
+        grace = self.settings.staging_grace_s
+        return [*self.datasets.sweep_staging(grace),
+                *sweep_staging(self.settings.artifacts_dir, grace)]  # fmt: skip
+
+    def _sweep_loop(self, stop: threading.Event) -> None:
+        """`sweep_leftovers` every `SWEEP_INTERVAL_S` until `stop`; a failed sweep is logged."""
+        while not stop.wait(SWEEP_INTERVAL_S):
+            try:
+                self.sweep_leftovers()
+            except Exception:
+                logger.exception("sweeping staging leftovers failed; retrying later")
+
     def _start_scheduler(self) -> None:
         assert self.scheduler is not None and self.controller is not None
-        for name, loop in (("scheduler", self.scheduler.run), ("endpoints", self.controller.run)):
+        loops = (
+            ("scheduler", self.scheduler.run),
+            ("endpoints", self.controller.run),
+            ("sweeper", self._sweep_loop),
+        )
+        for name, loop in loops:
             thread = threading.Thread(target=loop, args=(self._stop,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -217,6 +251,21 @@ def build_context(
         registry=RegistryService(factory, artifacts),
         keys=KeyService(factory, on_key_revoked=gateway.forget_key),
     )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """`httpd.bind`, its OSError (taken, not ours to use, no such address) told as what to do."""
+    try:
+        return httpd.bind(host, port)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ModelfabError(
+            f"cannot listen on {host}:{port} ({why}): is modelfab already "
+            "running there? Stop it, or pick another port (--port or MODELFAB_PORT; "
+            "0 picks a free one)",
+            param="port",
+            code="port_unavailable",
+        ) from exc
 
 
 def _exit_on_sigterm(*_: object) -> None:

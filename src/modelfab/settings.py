@@ -114,6 +114,13 @@ class ServerSettings(BaseSettings):
     max_archive_members: int = Field(
         default=1_000_000, gt=0, description="Most files and folders one dataset archive holds."
     )
+    staging_grace_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Upload and staging leftovers of a killed process (under home/tmp, "
+        ".tmp-* in datasets and artifacts) in which nothing was written for this long are "
+        "removed, at start and every 10 minutes; must exceed any one step of an upload.",
+    )
     usage_window_s: float = Field(
         default=7 * 86400, description="How far back usage counts towards fair share."
     )

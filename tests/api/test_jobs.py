@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab import metering
+from modelfab.db.models import Job
 from tests.api.factories import AD, CLS, make_anomaly, make_classification, targz, upload
 from tests.conftest import Api
 
@@ -209,6 +210,32 @@ def test_logs_of_own_queued_job_are_empty(api: Api, member: str) -> None:
     assert resp.status_code == 200
     assert resp.json()["text"] == ""
     assert resp.json()["eof"] is False
+
+
+def test_logs_of_an_attempt_the_job_never_had_are_not_found(
+    api: Api, member: str, factory: sessionmaker[Session]
+) -> None:
+    """Attempt 99 of a job that ran twice is a 404 naming `attempt`, not an empty 200."""
+    job = queued_job(api, member)
+    with factory() as session, session.begin():
+        row = session.get(Job, job["id"])
+        assert row is not None
+        row.attempt = 2
+    for attempt in (3, 99):
+        resp = api.call("GET", f"/jobs/{job['id']}/logs", member, params={"attempt": attempt})
+        assert_error(resp, 404, "not_found", "attempt")
+        assert "has had 2 attempts" in resp.json()["error"]["message"]
+    for attempt in (1, 2):
+        resp = api.call("GET", f"/jobs/{job['id']}/logs", member, params={"attempt": attempt})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["attempt"] == attempt
+
+
+def test_logs_of_attempt_one_of_a_job_not_started_are_not_found(api: Api, member: str) -> None:
+    job = queued_job(api, member)
+    resp = api.call("GET", f"/jobs/{job['id']}/logs", member, params={"attempt": 1})
+    assert_error(resp, 404, "not_found", "attempt")
+    assert "not started" in resp.json()["error"]["message"]
 
 
 def test_list_shows_only_own_jobs_and_filters_by_status(api: Api, member: str) -> None:

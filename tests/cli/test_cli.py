@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from modelfab.cli.main import EXIT_API_ERROR, EXIT_UNREACHABLE
+from modelfab.cli.main import EXIT_API_ERROR, EXIT_UNREACHABLE, main
 
 
 def as_json(out: str) -> Any:
@@ -90,3 +91,19 @@ def test_piped_tables_cut_nothing(cli: Any, monkeypatch: pytest.MonkeyPatch) -> 
     code, out, _ = cli("tenants", "create", "a-team-with-a-rather-long-name-indeed", "-o", "json")
     code, out, _ = cli("tenants", "list")
     assert code == 0 and "a-team-with-a-rather-long-name-indeed" in out, out
+
+
+def test_up_on_a_taken_port_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second `modelfab up` on a busy port: one line naming the port and what to do, exit 1,
+    no traceback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        code = main(["up", "--home", str(tmp_path / "home"), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == EXIT_API_ERROR, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"127.0.0.1:{port}" in err and "--port" in err and "port_unavailable" in err

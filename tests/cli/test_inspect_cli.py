@@ -94,7 +94,7 @@ def test_report_csv_and_exit_1_when_a_file_is_corrupt(
     assert "04.png" in err and "not a readable image" in err
     assert "scored 6 of 7 images with mv_fake" in out and "2 anomalies, 4 good, 1 errors" in out
     assert "top anomalies" in out and "02.png" in out and str(report) in out
-    assert seen[0] == {"name": "detector", "top_k": 1, "threshold": 0.5, "heatmap": True}
+    assert seen[0] == {"name": "detector", "top_k": 1, "threshold": 0.5, "heatmap": None}
     rows = read_csv(tmp_path / "out" / "line 3.csv")
     assert [Path(r["path"]).name for r in rows] == ["01.png", "02.png", "03.jpg", "04.png",
                                                     "05.png", "06.bmp", "07.png"]  # fmt: skip

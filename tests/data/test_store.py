@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,3 +174,80 @@ def test_path_for_unknown_is_not_found(tmp_path: Path, sha: str) -> None:
     assert info.value.param == "sha256"
     with pytest.raises(NotFound):
         store.verify(sha)
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+HOUR = 3600.0
+
+
+def _age(path: Path, seconds: float) -> Path:
+    """Set the mtime of `path` and of everything under it `seconds` in the past."""
+    when = time.time() - seconds
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.utime(p, (when, when), follow_symlinks=False)
+    return path
+
+
+def _leftover(root: Path, name: str, files: int = 3) -> Path:
+    """A staging folder as a killed ingest leaves it: some files copied, in subfolders."""
+    for i in range(files):
+        (root / name / "cat").mkdir(parents=True, exist_ok=True)
+        (root / name / "cat" / f"{i}.png").write_bytes(b"x" * i)
+    return root / name
+
+
+def test_sweep_removes_old_staging_and_keeps_fresh_staging_and_datasets(
+    cls_root: Path, tmp_path: Path
+) -> None:
+    store = DatasetStore(tmp_path / "store")
+    published = store.ingest(cls_root, CLS).path
+    _age(published, 2 * HOUR)  # a dataset is never staging, however old
+    old = _age(_leftover(store.root, ".tmp-old"), 2 * HOUR)
+    old_file = store.root / ".tmp-file"  # mkstemp leftovers are files
+    old_file.write_bytes(b"half")
+    _age(old_file, 2 * HOUR)
+    fresh = _leftover(store.root, ".tmp-fresh")
+    # An old folder in which a file was just written is a copy in progress.
+    busy = _age(_leftover(store.root, ".tmp-busy"), 2 * HOUR)
+    (busy / "cat" / "new.png").write_bytes(b"new")
+
+    removed = store_mod.sweep_staging(store.root, older_than_s=HOUR)
+
+    assert sorted(p.name for p in removed) == [".tmp-file", ".tmp-old"]
+    assert not old.exists() and not old_file.exists()
+    assert _entries(store.root) == sorted([published.name, ".tmp-busy", ".tmp-fresh"])
+    assert fresh.is_dir() and busy.is_dir()
+    store.verify(published.name)
+
+
+def test_sweep_with_a_pattern_takes_only_matching_entries(tmp_path: Path) -> None:
+    root = tmp_path / "scratch"
+    root.mkdir()
+    for name in ("upload-1", "tmpab12.tar.gz", "keep.txt"):
+        (root / name).write_text("x")
+        _age(root / name, 2 * HOUR)
+    removed = store_mod.sweep_staging(root, older_than_s=HOUR, pattern="*")
+    assert len(removed) == 3 and _entries(root) == []
+    assert store_mod.sweep_staging(tmp_path / "absent", older_than_s=HOUR) == []
+
+
+def test_an_ingest_in_progress_survives_a_sweep(
+    cls_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep run (as another process's would) while files are being copied into the
+    staging folder leaves it alone, and the ingest publishes a complete copy."""
+    store = DatasetStore(tmp_path / "store")
+    swept: list[list[Path]] = []
+    copy = store_mod._copy_verified
+
+    def copy_then_sweep(src: Path, dst: Path, entry: Any) -> None:
+        copy(src, dst, entry)
+        swept.append(store.sweep(older_than_s=HOUR))
+
+    monkeypatch.setattr(store_mod, "_copy_verified", copy_then_sweep)
+    stored = store.ingest(cls_root, CLS)
+    assert swept and all(removed == [] for removed in swept)
+    store.verify(stored.sha256)
+    assert _entries(store.root) == [stored.sha256]

@@ -334,7 +334,7 @@ def test_a_tiled_detector_answers_at_full_resolution(client: TestClient) -> None
 
 
 def test_a_classifier_still_answers_top_k_beside_detectors(client: TestClient) -> None:
-    r = post(client, "clf", [image_bytes(seed=1)], "?top_k=2&threshold=abc&heatmap=false")
+    r = post(client, "clf", [image_bytes(seed=1)], "?top_k=2&heatmap=false")
     assert r.status_code == 200
     body = r.json()
     assert (body["task"], "threshold" in body) == ("image-classification", False)
@@ -343,6 +343,10 @@ def test_a_classifier_still_answers_top_k_beside_detectors(client: TestClient) -
     assert item["label"] in CLASSES and set(item) == {"index", "name", "label", "score", "top_k"}
     bad = post(client, "clf", [image_bytes()], "?top_k=4").json()["error"]
     assert bad["param"] == "top_k" and "at most 3" in bad["message"]
+    # A detector's option is refused by name rather than ignored (issue 10, defect 9).
+    refused = post(client, "clf", [image_bytes()], "?top_k=2&threshold=abc")
+    assert refused.status_code == 422
+    assert refused.json()["error"]["param"] == "threshold"
 
 
 def test_classifier_infer_matches_predict(tmp_path: Path) -> None:

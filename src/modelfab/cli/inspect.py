@@ -94,8 +94,10 @@ def inspect(
     with client() as c, _progress(len(files)) as advance:
 
         def predict(batch: list[Path]) -> dict[str, Any]:
+            # heatmap None (a detector's default: drawn) rather than True: a classifier
+            # refuses heatmap=true, and which kind answers is only known from the answer.
             answer = c.predict(endpoint, list(batch), top_k=1, threshold=threshold,
-                               heatmap=outputs.assets is not None)  # fmt: skip
+                               heatmap=None if outputs.assets is not None else False)  # fmt: skip
             return answer.model_dump(mode="json")
 
         result = score_images(predict, files, batch_size=batch_size, concurrency=concurrency,

@@ -35,7 +35,8 @@ def up(
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
-    """Run the control plane: API, scheduler and local executor, in this process."""
+    """Run the control plane: API, scheduler and local executor, in this process. Exits 1
+    with one line when the port is taken."""
     configure_logging(log_level)
     given: dict[str, Any] = dict(
         home=home, host=host, port=port, database_url=database_url, fake_gpus=fake_gpus, cpus=cpus,

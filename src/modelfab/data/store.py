@@ -4,6 +4,10 @@ Layout: `<root>/<sha256>/` holds the dataset's files at their relpaths plus
 `.modelfab-dataset.json` (task, sha256, stats, file_count, size_bytes). A copy is staged
 in `<root>/.tmp-<random>/` and published by one `os.rename`, so `<root>/<sha256>` is
 either absent or complete, across threads and processes alike.
+
+A process killed mid-ingest leaves its `.tmp-*` folder behind; `sweep_staging` removes
+such leftovers once nothing in them has been written for a grace period, so a copy in
+progress (in this process or another sharing the store) is never touched.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +36,9 @@ from modelfab.data.validate import (
 from modelfab.errors import DatasetInvalid, ModelfabError, NotFound
 
 logger = logging.getLogger(__name__)
+
+STAGING_PREFIX = ".tmp-"
+"""Names of staging entries: datasets being copied here, artifacts being hashed."""
 
 METADATA_NAME = ".modelfab-dataset.json"
 """Metadata file inside each stored copy; hidden, so scans of the copy ignore it."""
@@ -128,7 +136,7 @@ class DatasetStore:
 
     def _stage(self, src: Path, scan: DatasetScan) -> Path:
         """Copy the scanned files and the metadata into a fresh temp folder of the store."""
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
         try:
             with ThreadPoolExecutor(_WORKERS, "modelfab-store") as pool:
                 list(pool.map(lambda e: _copy_verified(src, tmp, e), scan.files))
@@ -149,6 +157,10 @@ class DatasetStore:
             logger.info("dataset %s was stored concurrently; reusing it", final.name[:12])
         else:
             logger.info("stored dataset %s", final.name[:12])
+
+    def sweep(self, older_than_s: float) -> list[Path]:
+        """Remove what killed ingests left (see `sweep_staging`); returns what went."""
+        return sweep_staging(self.root, older_than_s)
 
     def path_for(self, sha256: str) -> Path:
         """The folder of a stored dataset. Raises NotFound (param "sha256") if absent."""
@@ -209,3 +221,53 @@ def _stored_files(path: Path, sha256: str) -> list[str]:
                 raise _corrupt(sha256, f"{base}/{name} is not a regular file")
         rels.extend(name if base == "." else f"{base}/{name}" for name in filenames)
     return sorted(r for r in rels if r != METADATA_NAME)
+
+
+def sweep_staging(
+    root: Path, older_than_s: float, *, pattern: str = f"{STAGING_PREFIX}*"
+) -> list[Path]:
+    """Remove the entries of `root` named like `pattern` (files or whole folders) in which
+    nothing was modified for `older_than_s` seconds: leftovers of a process killed while
+    staging. Returns the paths removed; a missing `root` has none.
+
+    An entry is judged by the newest mtime of anything in it, so a staging folder being
+    written to (by any process) survives; `older_than_s` must exceed the longest pause
+    between two writes of one staging step. Blocks while walking and removing. Errors
+    removing one entry are logged and the sweep goes on.
+    """
+    cutoff = time.time() - older_than_s
+    removed: list[Path] = []
+    for path in sorted(root.glob(pattern)) if root.is_dir() else []:
+        try:
+            if _modified_since(path, cutoff):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue  # its owner finished (or another sweep got there) meanwhile
+        except OSError as exc:
+            logger.warning("could not remove staging leftover %s: %s", path, exc)
+            continue
+        removed.append(path)
+    if removed:
+        logger.info("removed %d staging leftovers from %s", len(removed), root)
+    return removed
+
+
+def _modified_since(path: Path, cutoff: float) -> bool:
+    """Whether `path` or anything under it (links not followed) has an mtime after
+    `cutoff`; stops at the first such entry."""
+    if path.lstat().st_mtime > cutoff:
+        return True
+    if not path.is_dir() or path.is_symlink():
+        return False
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            try:
+                if os.lstat(os.path.join(dirpath, name)).st_mtime > cutoff:
+                    return True
+            except FileNotFoundError:
+                return True  # something is changing in there
+    return False

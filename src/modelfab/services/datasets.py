@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.data import DatasetStore, StoredDataset, extract_archive
 from modelfab.data.archive import DEFAULT_MAX_EXTRACT_BYTES, DEFAULT_MAX_MEMBERS
+from modelfab.data.store import sweep_staging
 from modelfab.db.engine import transaction
 from modelfab.db.models import Dataset, DatasetVersion
 from modelfab.errors import Conflict, Forbidden, InvalidRequest
@@ -80,6 +81,13 @@ class DatasetService:
         self.scratch = scratch
         self.max_extract_bytes = max_extract_bytes
         self.max_archive_members = max_archive_members
+
+    def sweep_staging(self, older_than_s: float) -> list[Path]:
+        """Remove what killed uploads left, untouched for `older_than_s` seconds: archives
+        and `upload-*` folders in the scratch folder (everything there is an upload's),
+        `.tmp-*` copies in the store. Uploads in progress are kept. Blocks."""
+        return [*sweep_staging(self.scratch, older_than_s, pattern="*"),
+                *self.store.sweep(older_than_s)]  # fmt: skip
 
     def create_from_path(
         self, principal: Principal, *, name: str, task: str, path: Path

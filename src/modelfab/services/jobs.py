@@ -232,9 +232,12 @@ class JobService:
         self, principal: Principal, job_id: str, *, attempt: int | None, offset: int, limit: int
     ) -> wire.JobLogs:
         """A chunk of the attempt's log (the current attempt when `attempt` is None), at
-        most `limits.MAX_LOG_CHUNK` bytes from `offset`."""
+        most `limits.MAX_LOG_CHUNK` bytes from `offset`. Raises NotFound (param "attempt")
+        for an attempt the job has not had."""
         with self.factory() as session:
             job = _own(session, principal, job_id)
+            if attempt is not None and not 1 <= attempt <= job.attempt:
+                raise _no_such_attempt(job_id, attempt, job.attempt)
             attempt = attempt or job.attempt
             done = job.status in TERMINAL or attempt < job.attempt
         if self.executor is None or attempt < 1:
@@ -263,6 +266,17 @@ def recipes() -> list[wire.Recipe]:
         )
         for r in list_recipes()
     ]
+
+
+def _no_such_attempt(job_id: str, attempt: int, had: int) -> NotFound:
+    if had == 0:
+        why = "it has not started yet"
+    else:
+        why = f"it has had {had} attempt{'s' if had > 1 else ''}, numbered from 1"
+    return NotFound(
+        f"job {job_id} has no attempt {attempt}: {why}; leave attempt out for the latest",
+        param="attempt",
+    )
 
 
 def _clamp(limit: int, most: int) -> int:

@@ -130,8 +130,19 @@ class LoadedModel:
         return list(np.concatenate(probs))
 
     def check_options(self, options: Mapping[str, str]) -> None:
-        """Raises InvalidRequest (param "top_k") unless top_k is absent or in [1, classes]."""
+        """Raises InvalidRequest unless top_k is absent or in [1, classes] (param "top_k"),
+        and naming the first other option (sorted) a classifier does not take, such as a
+        detector's threshold. `heatmap=false` is taken: a client that does not know the
+        model's kind may ask for no heatmaps, and a classifier draws none."""
         self._top_k(options)
+        refused = sorted(k for k, v in options.items() if not _takes(k, v))
+        if refused:
+            raise InvalidRequest(
+                f"{', '.join(refused)}: not {'options' if len(refused) > 1 else 'an option'} "
+                "of this model: it is an image "
+                "classifier, which takes only top_k (the number of best classes to answer)",
+                param=refused[0],
+            )
 
     def result(self, raw: np.ndarray, options: Mapping[str, str]) -> dict[str, Any]:
         """The best label and score, and the `top_k` option's best classes (default 1)
@@ -157,6 +168,17 @@ class LoadedModel:
         """Run one dummy image through the model, so the first request does not pay for
         lazy initialisation (CUDA kernels, memory arenas)."""
         self.predict(np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32))
+
+
+OPTIONS = frozenset({"top_k"})
+"""The query options a classifier takes."""
+
+_NO = frozenset({"false", "0", "no", "off"})
+
+
+def _takes(name: str, value: str) -> bool:
+    """Whether a classifier takes the option: its own, or a request for no heatmap."""
+    return name in OPTIONS or (name == "heatmap" and value.strip().lower() in _NO)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -168,7 +168,7 @@ def logs(
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
             offset = chunk.next_offset
-            attempt = chunk.attempt
+            attempt = chunk.attempt or None  # 0: not started yet, keep asking for the latest
             if not follow_ or chunk.eof:
                 return
             if not chunk.text:

@@ -158,6 +158,51 @@ def test_tenants_do_not_see_each_others_datasets(api: Api, member: str, tmp_path
     }
 
 
+def _no_server_path(text: str, settings: ServerSettings) -> None:
+    """`text` (an answer's body) names no file on the server: no file: URL, no store path."""
+    assert "file:" not in text
+    assert str(settings.home) not in text
+    assert str(settings.home.resolve()) not in text
+
+
+def _tenant_view(answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer without what differs between any two uploads (ids and times)."""
+    return {k: v for k, v in answer.items() if k not in ("id", "created_at")}
+
+
+def test_identical_content_of_another_tenant_looks_like_a_first_upload(
+    api: Api, member: str, tmp_path: Path, settings: ServerSettings
+) -> None:
+    """The store is shared (content-addressed), but B's answers name no server path and
+    say nothing A's first answer did not: B cannot learn that A holds the same content."""
+    other = str(api.create_tenant("audio")["api_key"])
+    blob = targz(make_classification(tmp_path / "pets"))
+    first = upload(api, member, "pets", blob)
+    assert first.status_code == 201, first.text
+    theirs = upload(api, other, "pets", blob)
+    assert theirs.status_code == 201, theirs.text
+    assert theirs.json()["created"] is True
+    assert _tenant_view(theirs.json()) == _tenant_view(first.json())
+
+    job = api.call("POST", "/jobs", other, json={"recipe": "sleep", "dataset": "pets"})
+    assert job.status_code == 201, job.text
+    assert job.json()["dataset"]["id"] == theirs.json()["id"]
+    answers = [
+        theirs,
+        job,
+        api.call("GET", "/datasets/pets", other),
+        api.call("GET", "/datasets/pets:1", other),
+        api.call("GET", "/datasets", other),
+        api.call("GET", f"/jobs/{job.json()['id']}", other),
+        api.call("GET", "/jobs", other),
+    ]
+    for resp in answers:
+        assert resp.status_code in (200, 201), resp.text
+        _no_server_path(resp.text, settings)
+    mine = api.call("GET", "/datasets/pets", member).json()
+    assert _tenant_view(answers[2].json()) == _tenant_view(mine)
+
+
 # --------------------------------------------------------------------------- refusals
 
 

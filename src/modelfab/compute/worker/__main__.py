@@ -60,7 +60,7 @@ def _failed(code: str, message: str, *, retryable: bool) -> dict[str, Any]:
     }
 
 
-def _dataset_path(dataset: dict[str, Any] | None) -> Path | None:
+def dataset_folder(dataset: dict[str, Any] | None) -> Path | None:
     """The dataset's folder on this machine, from the job spec's `dataset.uri` (a file: URL
     only the worker's job token reads; tenants' views carry no location)."""
     if not dataset:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         job_id=args.job_id,
         attempt=args.attempt,
         dataset=dataset,
-        dataset_path=_dataset_path(dataset),
+        dataset_path=dataset_folder(dataset),
         workdir=args.workdir,
         base_weights=base_weights,
         resources=spec.get("resources"),

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
+from modelfab.compute.worker.__main__ import dataset_folder
 from modelfab.settings import ServerSettings
 from tests.api.factories import (
     AD,
@@ -24,6 +26,7 @@ from tests.api.factories import (
     zipped,
 )
 from tests.conftest import Api
+from tests.registry_factories import register, start_attempt, worker_headers
 
 
 def names(api: Api, key: str) -> list[tuple[str, int, int]]:
@@ -156,6 +159,84 @@ def test_tenants_do_not_see_each_others_datasets(api: Api, member: str, tmp_path
         "bus": 2,
         "car": 2,
     }
+
+
+def _no_server_path(text: str, settings: ServerSettings) -> None:
+    """`text` (an answer's body) names no file on the server: no file: URL, no store path."""
+    assert "file:" not in text
+    assert str(settings.home) not in text
+    assert str(settings.home.resolve()) not in text
+
+
+def _tenant_view(answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer without what differs between any two uploads (ids and times)."""
+    return {k: v for k, v in answer.items() if k not in ("id", "created_at")}
+
+
+def test_identical_content_of_another_tenant_looks_like_a_first_upload(
+    api: Api, member: str, tmp_path: Path, settings: ServerSettings
+) -> None:
+    """The store is shared (content-addressed), but B's answers name no server path and
+    say nothing A's first answer did not: B cannot learn that A holds the same content."""
+    other = str(api.create_tenant("audio")["api_key"])
+    blob = targz(make_classification(tmp_path / "pets"))
+    first = upload(api, member, "pets", blob)
+    assert first.status_code == 201, first.text
+    theirs = upload(api, other, "pets", blob)
+    assert theirs.status_code == 201, theirs.text
+    assert theirs.json()["created"] is True
+    assert _tenant_view(theirs.json()) == _tenant_view(first.json())
+
+    job = api.call("POST", "/jobs", other, json={"recipe": "sleep", "dataset": "pets"})
+    assert job.status_code == 201, job.text
+    assert job.json()["dataset"]["id"] == theirs.json()["id"]
+    answers = [
+        theirs,
+        job,
+        api.call("GET", "/datasets/pets", other),
+        api.call("GET", "/datasets/pets:1", other),
+        api.call("GET", "/datasets", other),
+        api.call("GET", f"/jobs/{job.json()['id']}", other),
+        api.call("GET", "/jobs", other),
+    ]
+    for resp in answers:
+        assert resp.status_code in (200, 201), resp.text
+        _no_server_path(resp.text, settings)
+    mine = api.call("GET", "/datasets/pets", member).json()
+    assert _tenant_view(answers[2].json()) == _tenant_view(mine)
+
+
+def test_worker_spec_alone_carries_the_location(
+    api: Api,
+    member: str,
+    tmp_path: Path,
+    settings: ServerSettings,
+    factory: sessionmaker[Session],
+) -> None:
+    """The attempt's spec (job token) says where the content lies and the worker reads its
+    folder from there; the model it registers and its lineage still name no server path."""
+    other = str(api.create_tenant("audio")["api_key"])
+    blob = targz(make_classification(tmp_path / "pets"))
+    assert upload(api, member, "pets", blob).status_code == 201
+    theirs = upload(api, other, "pets", blob).json()
+    job = api.call("POST", "/jobs", other, json={"recipe": "sleep", "dataset": "pets"}).json()
+    token = start_attempt(factory, job["id"])
+
+    spec = api.client.get(f"/v1/worker/jobs/{job['id']}/spec", headers=worker_headers(token))
+    assert spec.status_code == 200, spec.text
+    dataset = spec.json()["dataset"]
+    assert dataset["id"] == theirs["id"]
+    folder = dataset_folder(dataset)
+    assert folder is not None and folder.is_dir()
+    assert folder.resolve().parent == settings.datasets_dir.resolve()
+
+    assert register(api.client, job["id"], token, "pets-clf") == {"status": "succeeded"}
+    for path in ("/models/pets-clf:1", "/models/pets-clf/lineage"):
+        resp = api.call("GET", path, other)
+        assert resp.status_code == 200, resp.text
+        _no_server_path(resp.text, settings)
+    lineage = api.call("GET", "/models/pets-clf/lineage", other).json()
+    assert lineage["dataset"] == {"id": theirs["id"], "ref": "pets:1", "sha256": theirs["sha256"]}
 
 
 # --------------------------------------------------------------------------- refusals

@@ -16,6 +16,10 @@ class DatasetFromPath(WireModel):
 
 
 class DatasetVersion(WireModel):
+    """A dataset version as its tenant sees it. The store is shared and content-addressed,
+    so this names no server path: the same content uploaded by two tenants must look, to
+    each, like a first upload (ids and times aside)."""
+
     id: str
     object: Literal["dataset.version"] = "dataset.version"
     name: str
@@ -23,7 +27,6 @@ class DatasetVersion(WireModel):
     task: str
     version: int
     sha256: str = Field(description="Of the dataset's content, independent of packing.")
-    uri: str
     file_count: int
     size_bytes: int
     stats: dict[str, Any] = Field(description="Per task: classes and counts, splits...")
@@ -31,7 +34,10 @@ class DatasetVersion(WireModel):
 
 
 class DatasetCreated(DatasetVersion):
-    created: bool = Field(description="False: the same content was there already.")
+    created: bool = Field(
+        description="False: this dataset of yours already had a version with this content "
+        "(other tenants' uploads never count)."
+    )
 
 
 class DatasetVersionDetail(DatasetVersion):

@@ -73,6 +73,13 @@ class BaseWeights(WireModel):
     sha256: str
 
 
+class WorkerDataset(DatasetVersion):
+    """The dataset version as the attempt sees it: the tenant's view plus where the content
+    lies. Only the job token reads it, never a tenant's key."""
+
+    uri: str = Field(description="file:// URL of the content's folder in the dataset store.")
+
+
 class JobSpec(WireModel):
     """Everything the worker needs to run the attempt."""
 
@@ -80,7 +87,7 @@ class JobSpec(WireModel):
     attempt: int
     recipe: str
     params: dict[str, Any]
-    dataset: DatasetVersion | None
+    dataset: WorkerDataset | None
     resources: Resources
     cuda_visible_devices: str | None
     base_weights: BaseWeights | None

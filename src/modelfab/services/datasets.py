@@ -41,6 +41,8 @@ def resolve_version(session: Session, tenant_id: str, ref: str) -> tuple[Dataset
 
 
 def version_view(ds: Dataset, v: DatasetVersion) -> wire.DatasetVersion:
+    """The tenant's view: ids and content facts, never `v.uri` (a path in the shared store
+    would tell one tenant that another holds the same content)."""
     return wire.DatasetVersion(
         id=v.id,
         name=ds.name,
@@ -48,7 +50,6 @@ def version_view(ds: Dataset, v: DatasetVersion) -> wire.DatasetVersion:
         task=ds.task,
         version=v.version,
         sha256=v.sha256,
-        uri=v.uri,
         file_count=v.file_count,
         size_bytes=v.size_bytes,
         stats=v.stats,

@@ -16,7 +16,7 @@ from modelfab.artifacts import ArtifactStore
 from modelfab.compute import lifecycle
 from modelfab.compute.status import JobStatus
 from modelfab.db.engine import transaction
-from modelfab.db.models import Job
+from modelfab.db.models import DatasetVersion, Job
 from modelfab.errors import Conflict, InvalidRequest, ModelfabError, Unauthenticated
 from modelfab.hub.catalog import imported_meta, imported_weights
 from modelfab.ids import hash_secret, now
@@ -59,7 +59,7 @@ class WorkerService:
                 attempt=job.attempt,
                 recipe=job.recipe,
                 params=job.params,
-                dataset=version_by_id(session, job.dataset_version_id),
+                dataset=_dataset(session, job.dataset_version_id),
                 resources=Resources(gpus=job.gpus, cpus=job.cpus, memory_bytes=job.memory_bytes),
                 cuda_visible_devices=job.cuda_visible_devices,
                 base_weights=self._base_weights(job.params.get("base_model")),
@@ -207,6 +207,16 @@ class WorkerService:
         if self.artifacts is None:
             raise InvalidRequest("this control plane keeps no artifacts", param="model")
         return self.artifacts
+
+
+def _dataset(session: Session, version_id: str | None) -> wire.WorkerDataset | None:
+    """The job's dataset version with its location in the store: the worker reads the
+    content from there. Tenants' answers carry only `version_by_id`'s view."""
+    view = version_by_id(session, version_id)
+    row = session.get(DatasetVersion, version_id) if version_id is not None else None
+    if view is None or row is None:
+        return None
+    return wire.WorkerDataset(**view.model_dump(), uri=row.uri)
 
 
 def _pick(value: Any, allowed: tuple[str, ...]) -> str:

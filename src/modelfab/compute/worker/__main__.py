@@ -16,7 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from modelfab.artifacts import verified_file
 from modelfab.compute.status import JobStatus
@@ -60,6 +60,14 @@ def _failed(code: str, message: str, *, retryable: bool) -> dict[str, Any]:
     }
 
 
+def dataset_folder(dataset: dict[str, Any] | None) -> Path | None:
+    """The dataset's folder on this machine, from the job spec's `dataset.uri` (a file: URL
+    only the worker's job token reads; tenants' views carry no location)."""
+    if not dataset:
+        return None
+    return Path(unquote(urlparse(dataset["uri"]).path))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -85,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         job_id=args.job_id,
         attempt=args.attempt,
         dataset=dataset,
-        dataset_path=Path(urlparse(dataset["uri"]).path) if dataset else None,
+        dataset_path=dataset_folder(dataset),
         workdir=args.workdir,
         base_weights=base_weights,
         resources=spec.get("resources"),

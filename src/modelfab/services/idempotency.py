@@ -56,9 +56,7 @@ class Idempotency:
 def check_key(key: str) -> str:
     """`key` when it is 1 to MAX_IDEMPOTENCY_KEY_CHARS printable ASCII characters; raises
     InvalidRequest (422) otherwise."""
-    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not all(
-        " " <= c <= "~" for c in key
-    ):
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not all(" " <= c <= "~" for c in key):
         raise InvalidRequest(
             f"the {HEADER} header must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII "
             "characters; send a fresh random one (a UUID) per create",
@@ -122,5 +120,7 @@ def record(session: Session, idem: Idempotency | None, status: int, answer: Base
 
 def purge(session: Session, ttl_s: float) -> int:
     """Delete records older than `ttl_s` seconds; returns how many."""
-    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now() - ttl_s))
+    result = session.execute(
+        delete(IdempotencyKey).where(IdempotencyKey.created_at < now() - ttl_s)
+    )
     return int(getattr(result, "rowcount", 0) or 0)

@@ -84,17 +84,18 @@ def replay(session: Session, idem: Idempotency | None, model: type[M]) -> M | No
 
 
 def record(session: Session, idem: Idempotency | None, status: int, answer: BaseModel) -> None:
-    """Store `answer` for `idem` in the caller's transaction (flushed here). Raises Conflict
-    `idempotency_key_in_use` when a concurrent request with the key got there first; the
-    caller's transaction must then roll back (raising out of it does)."""
+    """Store `answer` for `idem` in the caller's transaction (flushed here), dropping the
+    tenant's expired records. Raises Conflict `idempotency_key_in_use` when a concurrent
+    request with the key got there first; the caller's transaction must then roll back
+    (raising out of it does)."""
     if idem is None:
         return
     session.flush()  # the create's own rows first: their conflicts are theirs to report
     at = now()
+    # The tenant's expired records go here, this key's among them: no sweeper needed.
     session.execute(
         delete(IdempotencyKey).where(
             IdempotencyKey.tenant_id == idem.tenant_id,
-            IdempotencyKey.key == idem.key,
             IdempotencyKey.created_at < at - idem.ttl_s,
         )
     )
@@ -116,11 +117,3 @@ def record(session: Session, idem: Idempotency | None, status: int, answer: Base
             param=HEADER,
             code="idempotency_key_in_use",
         ) from exc
-
-
-def purge(session: Session, ttl_s: float) -> int:
-    """Delete records older than `ttl_s` seconds; returns how many."""
-    result = session.execute(
-        delete(IdempotencyKey).where(IdempotencyKey.created_at < now() - ttl_s)
-    )
-    return int(getattr(result, "rowcount", 0) or 0)

@@ -140,3 +140,12 @@ def test_a_race_on_one_key_does_the_work_once(
     resp = post(api, "/jobs", member, "k-1", json=JOB)
     assert_error(resp, 409, "idempotency_key_in_use", HEADER)
     assert count(factory, Job) == 1
+
+
+def test_every_create_documents_the_header(api: Api) -> None:
+    paths = api.client.get("/openapi.json").json()["paths"]
+    creates = ["/v1/jobs", "/v1/datasets", "/v1/datasets/upload", "/v1/endpoints",
+               "/v1/tenants", "/v1/tenants/{name}/keys"]  # fmt: skip
+    for path in creates:
+        params = paths[path]["post"].get("parameters", [])
+        assert any(p["in"] == "header" and p["name"] == HEADER for p in params), path

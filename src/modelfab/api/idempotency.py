@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from modelfab.api.deps import Caller, Ctx
-from modelfab.services.idempotency import Idempotency, check_key
+from modelfab.services.idempotency import HEADER, Idempotency, check_key
 
 
 def idempotency(
@@ -18,10 +18,11 @@ def idempotency(
     idempotency_key: Annotated[
         str | None,
         Header(
+            alias=HEADER,
             description="A fresh random value (a UUID) per create: a retry with the same key "
             "and body answers as the first request did and does nothing again; the same key "
             "with another body is 409 idempotency_key_reused. Kept per tenant for "
-            "`idempotency_ttl_s` (24 h by default)."
+            "`idempotency_ttl_s` (24 h by default).",
         ),
     ] = None,
 ) -> Idempotency | None:

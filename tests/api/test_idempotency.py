@@ -110,6 +110,21 @@ def test_tenant_and_key_creates_are_idempotent(api: Api, factory: sessionmaker[S
     assert count(factory, Tenant) == 2  # the admin's and acme
 
 
+def test_records_keep_no_secret_and_no_key_in_the_clear(
+    api: Api, factory: sessionmaker[Session]
+) -> None:
+    """A stored answer can hold a new API key: the table must not give it away, nor the
+    client's idempotency key that unlocks it."""
+    made = post(api, "/tenants", api.admin_key, "tenant-create-7f3a", json={"name": "acme"})
+    secret = made.json()["api_key"]
+    with factory() as session:
+        rows = session.scalars(select(IdempotencyKey)).all()
+    stored = " ".join(f"{r.key} {r.response}" for r in rows)
+    assert rows and secret not in stored and "tenant-create-7f3a" not in stored
+    again = post(api, "/tenants", api.admin_key, "tenant-create-7f3a", json={"name": "acme"})
+    assert again.json()["api_key"] == secret
+
+
 def test_upload_replays_the_first_answer(api: Api, member: str, tmp_path: Path) -> None:
     blob = targz(make_classification(tmp_path / "ds"))
 

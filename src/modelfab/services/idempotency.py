@@ -12,12 +12,17 @@ kept `ttl_s` seconds. A create uses it in two steps:
   `idempotency_key_in_use` and its work is rolled back.
 
 Only successful answers are kept: a create that failed may be retried with the same key.
+Some answers hold a secret (a new tenant's or key's `api_key`), so a record is sealed with
+the client's key: the table holds a sha256 of the key and the answer encrypted under a
+keystream derived from it, readable only by a retry that presents the key again.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -71,7 +76,7 @@ def replay(session: Session, idem: Idempotency | None, model: type[M]) -> M | No
     request."""
     if idem is None:
         return None
-    row = session.get(IdempotencyKey, (idem.tenant_id, idem.key))
+    row = session.get(IdempotencyKey, (idem.tenant_id, _digest(idem.key)))
     if row is None or row.created_at < now() - idem.ttl_s:
         return None
     if row.fingerprint != idem.fingerprint:
@@ -80,7 +85,7 @@ def replay(session: Session, idem: Idempotency | None, model: type[M]) -> M | No
             param=HEADER,
             code="idempotency_key_reused",
         )
-    return model.model_validate(row.response)
+    return model.model_validate(_open(idem.key, row.response))
 
 
 def record(session: Session, idem: Idempotency | None, status: int, answer: BaseModel) -> None:
@@ -102,10 +107,10 @@ def record(session: Session, idem: Idempotency | None, status: int, answer: Base
     session.add(
         IdempotencyKey(
             tenant_id=idem.tenant_id,
-            key=idem.key,
+            key=_digest(idem.key),
             fingerprint=idem.fingerprint,
             status=status,
-            response=answer.model_dump(mode="json"),
+            response=_seal(idem.key, answer.model_dump(mode="json")),
             created_at=at,
         )
     )
@@ -117,3 +122,27 @@ def record(session: Session, idem: Idempotency | None, status: int, answer: Base
             param=HEADER,
             code="idempotency_key_in_use",
         ) from exc
+
+
+def _digest(key: str) -> str:
+    """What the table keeps of a client's key: its sha256, never the key itself."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _keystream(key: str, nonce: bytes, size: int) -> bytes:
+    return hashlib.shake_256(b"modelfab-idempotency\0" + nonce + key.encode()).digest(size)
+
+
+def _seal(key: str, answer: dict[str, Any]) -> dict[str, str]:
+    """`answer` encrypted under a keystream of the client's key and a fresh nonce."""
+    plain = json.dumps(answer, separators=(",", ":")).encode()
+    nonce = secrets.token_bytes(16)
+    sealed = bytes(a ^ b for a, b in zip(plain, _keystream(key, nonce, len(plain)), strict=True))
+    return {"nonce": nonce.hex(), "sealed": base64.b64encode(sealed).decode()}
+
+
+def _open(key: str, record: dict[str, Any]) -> Any:
+    """The answer `_seal` stored, with the key the client presented again."""
+    nonce, sealed = bytes.fromhex(record["nonce"]), base64.b64decode(record["sealed"])
+    stream = _keystream(key, nonce, len(sealed))
+    return json.loads(bytes(a ^ b for a, b in zip(sealed, stream, strict=True)))

@@ -121,6 +121,12 @@ class ServerSettings(BaseSettings):
         ".tmp-* in datasets and artifacts) in which nothing was written for this long are "
         "removed, at start and every 10 minutes; must exceed any one step of an upload.",
     )
+    idempotency_ttl_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="How long the first answer to a create sent with an Idempotency-Key is "
+        "kept (a retry with that key within it answers the same and does nothing again).",
+    )
     usage_window_s: float = Field(
         default=7 * 86400, description="How far back usage counts towards fair share."
     )

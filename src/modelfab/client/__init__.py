@@ -1,6 +1,10 @@
 """`modelfab.Client`: a thin wrapper of the REST API. Methods return the API's objects as
 the wire models of `modelfab.schemas` (the ones the server answers with) and raise
-`ApiError` (a ModelfabError carrying the server's code, message and param)."""
+`ApiError` (a ModelfabError carrying the server's code, message and param).
+
+Creates (tenants, keys, datasets, jobs, endpoints) carry a fresh `Idempotency-Key` and are
+retried with it when the connection fails, even after the request was sent: the server
+answers a repeat as it did the first, so a retry never does the work twice."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import os
 import tarfile
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,8 +58,14 @@ class Client:
         *,
         timeout_s: float | None = None,
         transport: httpx.BaseTransport | None = None,
+        create_retries: int = 3,
+        retry_backoff_s: float = 0.5,
     ):
-        """`transport` replaces the network (httpx.MockTransport in tests, a proxy...)."""
+        """`transport` replaces the network (httpx.MockTransport in tests, a proxy...).
+        A create whose connection fails is sent again up to `create_retries` times, after
+        `retry_backoff_s`, then twice that, and so on."""
+        self.create_retries = create_retries
+        self.retry_backoff_s = retry_backoff_s
         settings = ClientSettings()
         self.url = (url or settings.url).rstrip("/")
         key = api_key if api_key is not None else settings.api_key
@@ -80,13 +91,40 @@ class Client:
         try:
             resp = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise Unreachable(
-                f"cannot reach modelfab at {self.url} ({exc}); is `modelfab up` running? "
-                "Set MODELFAB_URL to its address."
-            ) from exc
+            raise self._unreachable(exc) from exc
         if resp.status_code >= 400:
             raise _api_error(resp)
         return resp.json()
+
+    def create(self, model: type[M], path: str, **kwargs: Any) -> M:
+        """POST a create with a fresh `Idempotency-Key`, sent again with the same key when
+        the connection fails (before or after the request went out) or the server says a
+        request with the key is still in progress: the work is done once. Blocks through
+        the back-off; raises Unreachable after `create_retries` retries, ApiError on 4xx/5xx.
+        File objects in `files` are rewound before each retry."""
+        headers = {**kwargs.pop("headers", {}), "Idempotency-Key": str(uuid.uuid4())}
+        for attempt in range(self.create_retries + 1):
+            if attempt:
+                time.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+                _rewind(kwargs.get("files"))
+            try:
+                resp = self._http.post(path, headers=headers, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt == self.create_retries:
+                    raise self._unreachable(exc) from exc
+                continue
+            error = _api_error(resp) if resp.status_code >= 400 else None
+            if error is None:
+                return model.model_validate(resp.json())
+            if error.code != "idempotency_key_in_use" or attempt == self.create_retries:
+                raise error
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _unreachable(self, exc: Exception) -> Unreachable:
+        return Unreachable(
+            f"cannot reach modelfab at {self.url} ({exc}); is `modelfab up` running? "
+            "Set MODELFAB_URL to its address."
+        )
 
     def call(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
         """`request`, its answer parsed into `model` (pydantic ValidationError if it does
@@ -101,7 +139,7 @@ class Client:
         return self.call(Me, "GET", "/me")
 
     def create_tenant(self, name: str, **quota: Any) -> TenantCreated:
-        return self.call(TenantCreated, "POST", "/tenants", json={"name": name, **quota})
+        return self.create(TenantCreated, "/tenants", json={"name": name, **quota})
 
     def list_tenants(self) -> list[Tenant]:
         return self._list(Tenant, "/tenants")
@@ -121,7 +159,7 @@ class Client:
     ) -> ApiKeyCreated:
         """A new key of `tenant`; its secret (`api_key`) is in this answer only."""
         body = {"name": name, "role": role, "expires_at": expires_at, "expires_in_s": expires_in_s}
-        return self.call(ApiKeyCreated, "POST", f"/tenants/{tenant}/keys", json=body)
+        return self.create(ApiKeyCreated, f"/tenants/{tenant}/keys", json=body)
 
     def list_keys(self, tenant: str) -> list[ApiKey]:
         """The keys of `tenant`, revoked and expired ones too (never their secrets)."""
@@ -149,11 +187,11 @@ class Client:
         with open(archive, "rb") as fh:
             files = {"file": (archive.name, fh, "application/octet-stream")}
             data = {"name": name, "task": task}
-            return self.call(DatasetCreated, "POST", "/datasets/upload", data=data, files=files)
+            return self.create(DatasetCreated, "/datasets/upload", data=data, files=files)
 
     def create_dataset_from_server_path(self, name: str, path: str, *, task: str) -> DatasetCreated:
         body = {"name": name, "task": task, "path": path}
-        return self.call(DatasetCreated, "POST", "/datasets", json=body)
+        return self.create(DatasetCreated, "/datasets", json=body)
 
     def list_datasets(self) -> list[Dataset]:
         return self._list(Dataset, "/datasets")
@@ -182,7 +220,7 @@ class Client:
             "priority": priority,
             "max_attempts": max_attempts,
         }
-        return self.call(Job, "POST", "/jobs", json=body)
+        return self.create(Job, "/jobs", json=body)
 
     def list_jobs(
         self, status: str | None = None, limit: int = limits.DEFAULT_LIST_JOBS
@@ -313,7 +351,7 @@ class Client:
     def create_endpoint(self, name: str, *, model: str, **options: Any) -> Endpoint:
         """`options`: replicas, gpus, cpus, memory_bytes, max_batch_size, max_wait_ms."""
         body = {"name": name, "model": model, **options}
-        return self.call(Endpoint, "POST", "/endpoints", json=body)
+        return self.create(Endpoint, "/endpoints", json=body)
 
     def list_endpoints(self) -> list[Endpoint]:
         return self._list(Endpoint, "/endpoints")
@@ -441,6 +479,14 @@ def _merged(answers: list[tuple[int, Prediction]]) -> Prediction:
 
 def _image_type(name: str) -> str:
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _rewind(files: dict[str, Any] | None) -> None:
+    """Seek the file objects of a multipart `files` mapping back to their start."""
+    for value in (files or {}).values():
+        handle = value[1] if isinstance(value, tuple) else value
+        if hasattr(handle, "seek"):
+            handle.seek(0)
 
 
 def _api_error(resp: httpx.Response) -> ApiError:

@@ -279,3 +279,18 @@ class EndpointReplica(Base):
     attempt: Mapped[int | None] = mapped_column(Integer)  # the attempt `url` belongs to
     ready_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class IdempotencyKey(Base):
+    """The first answer to a create sent with an `Idempotency-Key`, per tenant
+    (`services.idempotency`); kept `idempotency_ttl_s` seconds."""
+
+    __tablename__ = "idempotency_keys"
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of method, path and body
+    status: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float, index=True)

@@ -76,3 +76,7 @@ the gateway's default body limit)."""
 # keys
 MAX_KEY_LIFETIME_S = 10 * 365 * 86400.0
 """The longest an expiring API key may live (10 years); keys without expiry are allowed."""
+
+# idempotency
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+"""Length of an `Idempotency-Key` header (printable ASCII)."""

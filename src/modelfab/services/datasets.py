@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -19,8 +20,9 @@ from modelfab.db.models import Dataset, DatasetVersion
 from modelfab.errors import Conflict, Forbidden, InvalidRequest
 from modelfab.ids import new_id, now
 from modelfab.schemas import datasets as wire
-from modelfab.services import named
+from modelfab.services import idempotency, named
 from modelfab.services.common import Principal, check_name
+from modelfab.services.idempotency import Idempotency
 from modelfab.services.named import Family
 from modelfab.tasks import get_task
 
@@ -91,9 +93,16 @@ class DatasetService:
                 *self.store.sweep(older_than_s)]  # fmt: skip
 
     def create_from_path(
-        self, principal: Principal, *, name: str, task: str, path: Path
+        self,
+        principal: Principal,
+        *,
+        name: str,
+        task: str,
+        path: Path,
+        idem: Idempotency | None = None,
     ) -> wire.DatasetCreated:
-        """Import a folder on the server's disk. Admin only: a path could name anyone's files."""
+        """Import a folder on the server's disk. Admin only: a path could name anyone's files.
+        A repeat with `idem` answers as the first time, reading nothing."""
         if not principal.is_admin:
             raise Forbidden(
                 "only admins may import a server-side path; upload an archive instead",
@@ -102,8 +111,11 @@ class DatasetService:
         if not path.is_dir():
             raise InvalidRequest(f"{path} is not a folder on the server", param="path")
         check_name(name)
+        idem = idem.for_body({"name": name, "task": task, "path": str(path)}) if idem else None
+        if (first := self._replay(idem)) is not None:
+            return first
         stored = self.store.ingest(path, get_task(task))
-        return self._register(principal, name, task, stored)
+        return self._register(principal, name, task, stored, idem)
 
     def create_from_archive(
         self,
@@ -113,13 +125,21 @@ class DatasetService:
         task: str,
         archive: Path,
         filename: str | None = None,
+        idem: Idempotency | None = None,
     ) -> wire.DatasetCreated:
         """Import an uploaded .zip/.tar/.tar.gz (blocks); validated before anything is
         registered. `filename` is the upload's name, shown in errors. Raises PayloadTooLarge
         past `max_extract_bytes` unpacked or `max_archive_members` entries, DatasetInvalid
-        or InvalidRequest (see `extract_archive` and the task's validation)."""
+        or InvalidRequest (see `extract_archive` and the task's validation). A repeat with
+        `idem` (same fields, same archive bytes) answers as the first time, unpacking nothing."""
         check_name(name)
         spec = get_task(task)
+        if idem is not None:
+            with archive.open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            idem = idem.for_body({"name": name, "task": task, "file_sha256": digest})
+        if (first := self._replay(idem)) is not None:
+            return first
         self.scratch.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="upload-", dir=self.scratch))
         try:
@@ -133,16 +153,28 @@ class DatasetService:
             stored = self.store.ingest(root, spec)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        return self._register(principal, name, task, stored)
+        return self._register(principal, name, task, stored, idem)
+
+    def _replay(self, idem: Idempotency | None) -> wire.DatasetCreated | None:
+        with self.factory() as session:
+            return idempotency.replay(session, idem, wire.DatasetCreated)
 
     def _register(
-        self, principal: Principal, name: str, task: str, stored: StoredDataset
+        self,
+        principal: Principal,
+        name: str,
+        task: str,
+        stored: StoredDataset,
+        idem: Idempotency | None = None,
     ) -> wire.DatasetCreated:
-        """Add a version for `stored`, or return the existing one with the same content."""
+        """Add a version for `stored`, or return the existing one with the same content;
+        the answer is recorded for `idem` in the same transaction."""
         for _ in range(3):  # a concurrent create of the same name may win the insert race
             try:
                 with transaction(self.factory) as session:
-                    return self._register_once(session, principal, name, task, stored)
+                    out = self._register_once(session, principal, name, task, stored)
+                    idempotency.record(session, idem, 201 if out.created else 200, out)
+                    return out
             except IntegrityError:
                 logger.info("dataset %s: concurrent create, retrying", name)
         raise Conflict(f"dataset {name!r} is being created concurrently; retry", param="name")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -30,9 +31,10 @@ from modelfab.recipes.base import RecipeSpec, get_recipe, list_recipes
 from modelfab.schemas import jobs as wire
 from modelfab.schemas import limits
 from modelfab.schemas.datasets import DatasetVersion
-from modelfab.services import registry
+from modelfab.services import idempotency, registry
 from modelfab.services.common import Principal
 from modelfab.services.datasets import resolve_version, version_by_id, version_view
+from modelfab.services.idempotency import Idempotency
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,13 @@ class JobService:
         self.on_change = on_change
         self.path_roots = [Path(os.path.realpath(r)) for r in path_roots]
 
-    def create(self, principal: Principal, request: JobRequest) -> wire.Job:
+    def create(
+        self, principal: Principal, request: JobRequest, *, idem: Idempotency | None = None
+    ) -> wire.Job:
         """Validate and queue a job. Raises InvalidRequest/NotFound for bad input and
-        Unschedulable when no capacity or quota could ever run it."""
+        Unschedulable when no capacity or quota could ever run it. With `idem`, a repeat
+        answers the first job (queuing nothing) and a reused key is Conflict."""
+        idem = idem.for_body(dataclasses.asdict(request)) if idem else None
         spec = get_recipe(request.recipe)
         if spec.internal:
             raise InvalidRequest(
@@ -99,6 +105,9 @@ class JobService:
                 param="recipe",
             )
         with transaction(self.factory) as session:
+            first = idempotency.replay(session, idem, wire.Job)
+            if first is not None:
+                return first
             version = None
             if request.dataset:
                 version = resolve_version(session, principal.tenant_id, request.dataset)
@@ -117,6 +126,7 @@ class JobService:
                 dataset_version_id=version[1].id if version else None,
             )
             out = job_view(job, version_view(*version) if version else None)
+            idempotency.record(session, idem, 201, out)
         self.on_change()
         return out
 

@@ -27,8 +27,10 @@ from modelfab.ids import now
 from modelfab.schemas import tenants as wire
 from modelfab.schemas.limits import MAX_KEY_LIFETIME_S
 from modelfab.schemas.tenants import ROLES
+from modelfab.services import idempotency
 from modelfab.services.auth import add_key
 from modelfab.services.common import Principal, check_name
+from modelfab.services.idempotency import Idempotency
 from modelfab.services.tenants import load_tenant
 
 logger = logging.getLogger(__name__)
@@ -60,10 +62,16 @@ class KeyService:
         self.on_key_revoked = on_key_revoked
 
     def create(
-        self, principal: Principal, *, tenant: str, body: wire.KeyCreate
+        self,
+        principal: Principal,
+        *,
+        tenant: str,
+        body: wire.KeyCreate,
+        idem: Idempotency | None = None,
     ) -> wire.ApiKeyCreated:
         """A new key of `tenant`; raises InvalidRequest (422), Forbidden (403, a member asking
-        for an admin key), NotFound (404)."""
+        for an admin key), NotFound (404). A repeat with `idem` answers the first key."""
+        idem = idem.for_body({"tenant": tenant, **body.model_dump(mode="json")}) if idem else None
         if body.role not in ROLES:
             raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
         if body.role == "admin" and not principal.is_admin:
@@ -73,9 +81,13 @@ class KeyService:
         expires_at = _expiry(body)
         with transaction(self.factory) as session:
             row = _visible_tenant(session, principal, tenant)
+            first = idempotency.replay(session, idem, wire.ApiKeyCreated)
+            if first is not None:
+                return first
             key, secret = add_key(session, row.id, body.role, name=body.name, expires_at=expires_at)
-            view = key_view(key, row.name)
-        return wire.ApiKeyCreated(**view.model_dump(), api_key=secret)
+            out = wire.ApiKeyCreated(**key_view(key, row.name).model_dump(), api_key=secret)
+            idempotency.record(session, idem, 201, out)
+        return out
 
     def list(self, principal: Principal, *, tenant: str) -> list[wire.ApiKey]:
         """All keys of `tenant`, revoked and expired ones too, oldest first."""

@@ -16,8 +16,10 @@ from modelfab.errors import Conflict, InvalidRequest, NotFound
 from modelfab.ids import new_id, now
 from modelfab.schemas import tenants as wire
 from modelfab.schemas.tenants import ROLES
+from modelfab.services import idempotency
 from modelfab.services.auth import add_key
 from modelfab.services.common import check_name
+from modelfab.services.idempotency import Idempotency
 
 
 @dataclass(frozen=True)
@@ -55,22 +57,34 @@ def tenant_view(t: Tenant) -> wire.Tenant:
 
 
 def create_tenant(
-    factory: sessionmaker[Session], *, name: str, quota: Quota, role: str = "member"
+    factory: sessionmaker[Session],
+    *,
+    name: str,
+    quota: Quota,
+    role: str = "member",
+    idem: Idempotency | None = None,
 ) -> wire.TenantCreated:
-    """Create a tenant with its first key; the key appears in the answer and nowhere else."""
+    """Create a tenant with its first key; the key appears in the answer and nowhere else
+    (and in the answer a retry with the same `idem` gets, within its lifetime)."""
+    idem = idem.for_body({"name": name, "role": role, **quota.__dict__}) if idem else None
     check_name(name)
     quota.check()
     if role not in ROLES:
         raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
     try:
         with transaction(factory) as session:
+            first = idempotency.replay(session, idem, wire.TenantCreated)
+            if first is not None:
+                return first
             tenant = Tenant(id=new_id("ten"), name=name, created_at=now(), **quota.__dict__)
             session.add(tenant)
             session.flush()
             _, key = add_key(session, tenant.id, role, name="first")
+            out = wire.TenantCreated(**tenant_view(tenant).model_dump(), api_key=key)
+            idempotency.record(session, idem, 201, out)
     except IntegrityError as exc:
         raise Conflict(f"tenant {name!r} exists already", param="name") from exc
-    return wire.TenantCreated(**tenant_view(tenant).model_dump(), api_key=key)
+    return out
 
 
 def list_tenants(factory: sessionmaker[Session]) -> list[wire.Tenant]:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from modelfab.api.deps import Caller, Ctx
+from modelfab.api.idempotency import IdemKey
 from modelfab.api.uploads import UNSUPPORTED, multipart_body, read_multipart
 from modelfab.schemas.common import ERRORS, List
 from modelfab.schemas.datasets import (
@@ -20,11 +21,11 @@ router = APIRouter(tags=["datasets"], responses=ERRORS)
 
 @router.post("/datasets", status_code=201, responses={200: {"model": DatasetCreated}})
 def create_from_path(
-    body: DatasetFromPath, ctx: Ctx, principal: Caller, response: Response
+    body: DatasetFromPath, ctx: Ctx, principal: Caller, response: Response, idem: IdemKey
 ) -> DatasetCreated:
     """201 with a new version; 200 with the existing one when the content is the same."""
     out = ctx.datasets.create_from_path(
-        principal, name=body.name, task=body.task, path=Path(body.path)
+        principal, name=body.name, task=body.task, path=Path(body.path), idem=idem
     )
     response.status_code = 201 if out.created else 200
     return out
@@ -41,7 +42,7 @@ def create_from_path(
     ),
 )
 async def upload(
-    request: Request, ctx: Ctx, principal: Caller, response: Response
+    request: Request, ctx: Ctx, principal: Caller, response: Response, idem: IdemKey
 ) -> DatasetCreated:
     """Multipart fields `name`, `task` and the archive as `file`. The body is read only
     after the key is checked."""
@@ -59,6 +60,7 @@ async def upload(
             task=form.field("task"),
             archive=archive.path,
             filename=archive.filename,
+            idem=idem,
         )
     response.status_code = 201 if out.created else 200
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from modelfab.api.deps import Caller, Ctx, get_ctx
+from modelfab.api.idempotency import IdemKey
 from modelfab.schemas.common import ERRORS, ErrorResponse, List
 from modelfab.schemas.endpoints import (
     Endpoint,
@@ -20,8 +21,8 @@ router = APIRouter(tags=["endpoints"], responses=ERRORS)
 
 
 @router.post("/endpoints", status_code=201)
-def create_endpoint(body: EndpointCreate, ctx: Ctx, principal: Caller) -> Endpoint:
-    return ctx.endpoints.create(principal, EndpointSpec(**body.model_dump()))
+def create_endpoint(body: EndpointCreate, ctx: Ctx, principal: Caller, idem: IdemKey) -> Endpoint:
+    return ctx.endpoints.create(principal, EndpointSpec(**body.model_dump()), idem=idem)
 
 
 @router.get("/endpoints")

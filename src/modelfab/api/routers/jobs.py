@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from modelfab.api.deps import Caller, Ctx
+from modelfab.api.idempotency import IdemKey
 from modelfab.schemas import limits
 from modelfab.schemas.common import ERRORS, List
 from modelfab.schemas.jobs import Job, JobCreate, JobEvent, JobLogs, Recipe
@@ -13,7 +14,7 @@ router = APIRouter(tags=["jobs"], responses=ERRORS)
 
 
 @router.post("/jobs", status_code=201)
-def create_job(body: JobCreate, ctx: Ctx, principal: Caller) -> Job:
+def create_job(body: JobCreate, ctx: Ctx, principal: Caller, idem: IdemKey) -> Job:
     request = JobRequest(
         recipe=body.recipe,
         params=body.params,
@@ -24,7 +25,7 @@ def create_job(body: JobCreate, ctx: Ctx, principal: Caller) -> Job:
         priority=body.priority,
         max_attempts=body.max_attempts,
     )
-    return ctx.jobs.create(principal, request)
+    return ctx.jobs.create(principal, request, idem=idem)
 
 
 @router.get("/jobs")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from modelfab.api.deps import Admin, Caller, Ctx
+from modelfab.api.idempotency import IdemKey
 from modelfab.schemas.common import ERRORS, List
 from modelfab.schemas.tenants import (
     ApiKey,
@@ -26,11 +27,13 @@ def me(principal: Caller) -> Me:
 
 
 @router.post("/tenants", status_code=201)
-def create_tenant(body: TenantCreate, ctx: Ctx, _: Admin) -> TenantCreated:
+def create_tenant(body: TenantCreate, ctx: Ctx, _: Admin, idem: IdemKey) -> TenantCreated:
     quota = Quota(
         body.max_gpus, body.max_cpus, body.gpu_hours_budget, body.weight, body.rate_limit_rps
     )
-    return tenants.create_tenant(ctx.factory, name=body.name, quota=quota, role=body.role)
+    return tenants.create_tenant(
+        ctx.factory, name=body.name, quota=quota, role=body.role, idem=idem
+    )
 
 
 @router.get("/tenants")
@@ -53,9 +56,11 @@ def update_tenant(name: str, body: TenantUpdate, ctx: Ctx, _: Admin) -> Tenant:
 
 
 @router.post("/tenants/{name}/keys", status_code=201)
-def create_key(name: str, body: KeyCreate, ctx: Ctx, principal: Caller) -> ApiKeyCreated:
+def create_key(
+    name: str, body: KeyCreate, ctx: Ctx, principal: Caller, idem: IdemKey
+) -> ApiKeyCreated:
     """A new key; its secret is in this answer and never again."""
-    return ctx.keys.create(principal, tenant=name, body=body)
+    return ctx.keys.create(principal, tenant=name, body=body, idem=idem)
 
 
 @router.get("/tenants/{name}/keys")

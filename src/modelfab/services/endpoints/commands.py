@@ -6,6 +6,7 @@ at once; the controller warms it on every ready replica and switches (see
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from modelfab.ids import new_id, now
 from modelfab.schemas import endpoints as wire
 from modelfab.schemas import limits
 from modelfab.schemas.jobs import JobStatus
-from modelfab.services import registry
+from modelfab.services import idempotency, registry
 from modelfab.services.common import Principal, check_name
 from modelfab.services.endpoints.rows import (
     ACTIVE,
@@ -32,6 +33,7 @@ from modelfab.services.endpoints.rows import (
     replica_jobs,
     replicas_with_jobs,
 )
+from modelfab.services.idempotency import Idempotency
 from modelfab.services.jobs import JobRequest, JobService
 from modelfab.settings import ControllerSettings
 
@@ -93,13 +95,20 @@ class EndpointCommands:
         self.settings = settings if settings is not None else ControllerSettings()
         self.on_routes_change: Callable[[], None] = lambda: None  # the gateway's invalidate
 
-    def create(self, principal: Principal, spec: EndpointSpec) -> wire.Endpoint:
+    def create(
+        self, principal: Principal, spec: EndpointSpec, *, idem: Idempotency | None = None
+    ) -> wire.Endpoint:
         """Store the endpoint and queue its replicas. Raises InvalidRequest, NotFound (the
-        model), Conflict (the name) or Unschedulable (a replica could never be placed)."""
+        model), Conflict (the name) or Unschedulable (a replica could never be placed). A
+        repeat with `idem` answers the first endpoint and queues nothing."""
+        idem = idem.for_body(dataclasses.asdict(spec)) if idem else None
         spec.check()
         at = now()
         try:
             with transaction(self.factory) as session:
+                first = idempotency.replay(session, idem, wire.Endpoint)
+                if first is not None:
+                    return first
                 _, version = registry.servable(session, principal.tenant_id, spec.model)
                 endpoint = Endpoint(
                     id=new_id("ep"),
@@ -123,6 +132,7 @@ class EndpointCommands:
                 for _ in range(spec.replicas):
                     self.add_replica(session, endpoint)
                 out = endpoint_view(session, endpoint)
+                idempotency.record(session, idem, 201, out)
         except IntegrityError as exc:
             raise Conflict(f"endpoint {spec.name!r} exists already", param="name") from exc
         self.jobs.on_change()

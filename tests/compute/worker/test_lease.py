@@ -18,9 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelfab.compute.executors.local import LocalExecutor
 from modelfab.compute.worker.__main__ import EXIT_LEASE_EXPIRED
 from modelfab.compute.worker.api import LEASE_ENV, TOKEN_ENV, URL_ENV, WorkerAPI
 from modelfab.compute.worker.context import WorkerContext
+from modelfab.settings import ServerSettings
 from tests.e2e.helpers import eventually
 
 JOB = "job_lease"
@@ -143,11 +145,22 @@ def test_the_idle_shipper_renews_the_lease(tmp_path: Path) -> None:
         return httpx.Response(200, json={"accepted": 0, "cancel_requested": True})
 
     api = WorkerAPI("http://c", "tok", JOB, lease_s=0.8, transport=httpx.MockTransport(handle))
-    ctx = WorkerContext(api, job_id=JOB, attempt=1, dataset=None, dataset_path=None,
-                        workdir=tmp_path)  # fmt: skip
+    ctx = WorkerContext(
+        api, job_id=JOB, attempt=1, dataset=None, dataset_path=None, workdir=tmp_path
+    )
     try:
         eventually(ctx.cancelled, timeout_s=10, what="a heartbeat to learn of the cancel")
     finally:
         ctx.close()
     assert seen and set(seen) == {f"/v1/worker/jobs/{JOB}/events"}
     assert not ctx.lease_lost.is_set()
+
+
+def test_the_executor_hands_the_servers_lease_to_its_workers(tmp_path: Path) -> None:
+    lease = ServerSettings(home=tmp_path, worker_lease_s=2).worker_lease_s
+    executor = LocalExecutor(
+        node_id="n1", logs_dir=tmp_path, workdir=tmp_path, worker_lease_s=lease
+    )
+    assert executor.env[LEASE_ENV] == "2.0"
+    with pytest.raises(ValueError, match="worker_lease_s"):
+        ServerSettings(home=tmp_path, worker_lease_s=0)

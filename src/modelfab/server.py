@@ -96,6 +96,7 @@ class Platform:
             logs_dir=s.logs_dir,
             workdir=s.home / "work",
             env={PLUGINS_ENV: ",".join(s.plugins)} if s.plugins else None,
+            worker_lease_s=s.worker_lease_s,
         )
         config = SchedulerConfig(
             api_url=self.url,

@@ -104,6 +104,14 @@ class ServerSettings(BaseSettings):
     )
     scheduler_interval_s: float = Field(default=0.5, gt=0, description="Idle tick of the loop.")
     cancel_grace_s: float = Field(default=5.0, ge=0, description="SIGTERM to SIGKILL, seconds.")
+    worker_lease_s: float = Field(
+        default=300.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A worker or replica that cannot reach the control plane for this many "
+        "seconds stops itself (a training job keeps its last epoch's checkpoint); the "
+        "scheduler re-queues the attempt when it sees it gone.",
+    )
     max_upload_bytes: int = Field(default=20 * 2**30, description="Largest dataset archive.")
     max_extract_bytes: int = Field(
         default=20 * 2**30,

@@ -79,6 +79,15 @@ def test_model_files_are_checked_references(tmp_path: Path) -> None:
 class _NoAPI:
     """A WorkerAPI that is never reached: the test only inspects the context's shape."""
 
+    lease_s = 300.0
+    last_answer = float("inf")  # never idle, never out of its lease
+
+    def lease_expired(self) -> bool:
+        return False
+
+    def stop_retrying(self) -> None:
+        pass
+
     def events(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         return {"cancel_requested": False}
 

@@ -16,6 +16,13 @@ logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "MODELFAB_JOB_TOKEN"
 URL_ENV = "MODELFAB_URL"
+LEASE_ENV = "MODELFAB_WORKER_LEASE_S"
+"""Seconds a worker keeps running without reaching its control plane (set by the executor)."""
+DEFAULT_LEASE_S = 300.0
+STOPPING_RETRY_S = 1.5
+"""Once the worker is stopping, no call retries longer than this: a SIGTERMed worker must
+exit inside the executor's grace (`cancel_grace_s`, 5 s by default) even when the control
+plane is gone; the scheduler reconciles an end that was not reported."""
 
 
 ATTEMPT_OVER = (401, 404, 409)
@@ -54,11 +61,18 @@ class WorkerAPI:
         job_id: str,
         *,
         retry_for_s: float = 600.0,
+        lease_s: float = DEFAULT_LEASE_S,
         transport: httpx.BaseTransport | None = None,
     ):
-        """`transport` replaces the network (tests pass an `httpx.MockTransport`)."""
+        """`transport` replaces the network (tests pass an `httpx.MockTransport`). A call
+        retries for `retry_for_s`, but never past the lease: `lease_s` after the last
+        answer of the control plane (any HTTP answer counts: it is reachable)."""
         self.job_id = job_id
         self.retry_for_s = retry_for_s
+        self.lease_s = lease_s
+        self.last_answer = time.monotonic()
+        """time.monotonic() of the last HTTP answer from the control plane."""
+        self._stopping_since: float | None = None
         self._http = httpx.Client(
             base_url=f"{url.rstrip('/')}/v1/worker/jobs/{job_id}",
             headers={"Authorization": f"Bearer {token}"},
@@ -98,8 +112,28 @@ class WorkerAPI:
         files = {"file": (name, content, "application/octet-stream")}
         return self._call("POST", "/artifacts", data=data, files=files)
 
+    def heartbeat(self) -> dict[str, Any]:
+        """An empty events call: renews the lease and answers `cancel_requested`."""
+        return self.events([])
+
+    def lease_expired(self) -> bool:
+        """No answer from the control plane for longer than the lease."""
+        return time.monotonic() - self.last_answer > self.lease_s
+
+    def stop_retrying(self) -> None:
+        """From now on each call retries for at most STOPPING_RETRY_S. Safe in a signal
+        handler: it takes no lock (a plain attribute write)."""
+        if self._stopping_since is None:
+            self._stopping_since = time.monotonic()
+
     def close(self) -> None:
         self._http.close()
+
+    def _give_up_at(self, started: float) -> float:
+        end = min(started + self.retry_for_s, self.last_answer + self.lease_s)
+        if self._stopping_since is not None:
+            end = min(end, max(started, self._stopping_since) + STOPPING_RETRY_S)
+        return end
 
     def _call(
         self,
@@ -109,17 +143,21 @@ class WorkerAPI:
         pass_on: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Retry connection errors and 5xx with backoff for `retry_for_s`.
+        """Retry connection errors and 5xx with backoff for `retry_for_s`, never past the
+        lease nor, once stopping, past STOPPING_RETRY_S (one try is always made; no try
+        waits longer than the time left, 30 s at most).
 
         Raises AttemptOver on 401/404/409, httpx.HTTPStatusError on another 4xx,
         httpx.HTTPError when retries run out. With `pass_on` (calls that name a resource
         besides the job, whose 404 or 409 is about that resource) only 401 is AttemptOver
         and any other 4xx raises ControlPlaneRefused."""
-        deadline = time.monotonic() + self.retry_for_s
+        started = time.monotonic()
         delay = 0.1
         while True:
+            timeout = min(30.0, max(0.5, self._give_up_at(started) - time.monotonic()))
             try:
-                resp = self._http.request(method, path, **kwargs)
+                resp = self._http.request(method, path, timeout=timeout, **kwargs)
+                self.last_answer = time.monotonic()
                 if resp.status_code in ((401,) if pass_on else ATTEMPT_OVER):
                     raise AttemptOver(resp.text)
                 if pass_on and 400 <= resp.status_code < 500:
@@ -131,9 +169,11 @@ class WorkerAPI:
                 logger.warning("control plane answered %s; retrying", resp.status_code)
             except httpx.TransportError as exc:
                 logger.warning("control plane unreachable (%s); retrying", exc)
-                if time.monotonic() > deadline:
+                if time.monotonic() >= self._give_up_at(started):
                     raise
-            if time.monotonic() > deadline:
-                raise httpx.HTTPError(f"{method} {path}: gave up after {self.retry_for_s}s")
-            time.sleep(delay)
+            left = self._give_up_at(started) - time.monotonic()
+            if left <= 0:
+                waited = time.monotonic() - started
+                raise httpx.HTTPError(f"{method} {path}: gave up after {waited:.1f}s")
+            time.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)

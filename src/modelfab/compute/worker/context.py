@@ -16,6 +16,9 @@ logger = logging.getLogger(__name__)
 
 MAX_BUFFER = 10_000
 SHIP_INTERVAL_S = 0.2
+HEARTBEAT_S = 10.0
+"""An idle worker calls the control plane this often (or each quarter lease if shorter):
+the call renews the lease and learns of a cancel."""
 
 
 class ReplicaStopping(ModelfabError):
@@ -53,6 +56,8 @@ class WorkerContext:
         self._signalled = False
         self._stop = threading.Event()
         self.attempt_over = threading.Event()
+        self.lease_lost = threading.Event()
+        """Set when the control plane was unreachable for longer than the api's lease."""
         self.model: dict[str, Any] | None = None
         self._shipper = threading.Thread(target=self._ship_loop, name="event-shipper", daemon=True)
         self._shipper.start()
@@ -104,14 +109,22 @@ class WorkerContext:
             ) from exc
 
     def cancelled(self) -> bool:
-        return self._signalled or self._cancel.is_set() or self.attempt_over.is_set()
+        return (
+            self._signalled
+            or self._cancel.is_set()
+            or self.attempt_over.is_set()
+            or self.lease_lost.is_set()
+        )
 
     def on_signal(self, *_: object) -> None:
-        """SIGTERM handler. Sets a plain flag: it takes no lock, because a handler runs
-        on top of whatever the main thread was doing, and a second SIGTERM (the executor
-        signals the process and its group) inside `Event.set` would deadlock on the
-        Event's own lock."""
+        """SIGTERM handler: the recipe sees `cancelled()`, and calls to the control plane
+        stop retrying soon, so the worker exits within the executor's grace whatever the
+        control plane's state. Writes plain attributes only: it takes no lock, because a
+        handler runs on top of whatever the main thread was doing, and a second SIGTERM
+        (the executor signals the process and its group) inside `Event.set` would
+        deadlock on the Event's own lock."""
         self._signalled = True
+        self._api.stop_retrying()
 
     def flush(self) -> None:
         self._ship_once()
@@ -122,21 +135,41 @@ class WorkerContext:
         self._ship_once()
 
     def _ship_loop(self) -> None:
+        heartbeat_s = min(HEARTBEAT_S, self._api.lease_s / 4)
         while not self._stop.wait(SHIP_INTERVAL_S):
-            self._ship_once()
+            idle = time.monotonic() - self._api.last_answer >= heartbeat_s
+            self._ship_once(heartbeat=idle)
+            self._check_lease()
 
-    def _ship_once(self) -> None:
+    def _check_lease(self) -> None:
+        """Stop the attempt once the control plane was away longer than the lease."""
+        if self.lease_lost.is_set() or not self._api.lease_expired():
+            return
+        away = time.monotonic() - self._api.last_answer
+        logger.error(
+            "control plane unreachable for %.1f s, longer than the worker lease (%s s, "
+            "MODELFAB_WORKER_LEASE_S): stopping job %s attempt %d; events stay buffered",
+            away,
+            self._api.lease_s,
+            self.job_id,
+            self.attempt,
+        )
+        self._api.stop_retrying()
+        self.lease_lost.set()
+
+    def _ship_once(self, *, heartbeat: bool = False) -> None:
+        """Ship the buffered events; with nothing to ship, call anyway when `heartbeat`."""
         with self._lock:
             batch, self._buffer = self._buffer, []
-        if not batch or self.attempt_over.is_set():
+        if (not batch and not heartbeat) or self.attempt_over.is_set():
             return
         try:
             answer = self._api.events(batch)
         except AttemptOver:
             self.attempt_over.set()
             return
-        except Exception:
-            logger.exception("could not ship %d events; keeping them", len(batch))
+        except Exception as exc:
+            logger.warning("could not ship %d events (%s); keeping them", len(batch), exc)
             with self._lock:
                 self._buffer = (batch + self._buffer)[-MAX_BUFFER:]
             return

@@ -31,6 +31,7 @@ from modelfab.compute.executors.local.process import (
     kill_tree,
     worker_argv,
 )
+from modelfab.compute.worker.api import LEASE_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,15 @@ class LocalExecutor(Executor, Reattachable):
         workdir: Path,
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
+        worker_lease_s: float | None = None,
     ):
-        """`env` is added to every worker's environment (the platform's plugins, say)."""
+        """`env` is added to every worker's environment (the platform's plugins, say);
+        `worker_lease_s` is how long a worker runs on without reaching the control plane
+        (the worker's default when None)."""
         self.node_id = node_id
         self.env = dict(env or {})
+        if worker_lease_s is not None:
+            self.env[LEASE_ENV] = repr(float(worker_lease_s))
         self.logs_dir = logs_dir
         self.workdir = workdir
         self.python = python

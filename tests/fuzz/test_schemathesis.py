@@ -1,7 +1,7 @@
 """The sweep: schemathesis over the whole /v1 API in-process (its ASGI transport, a real
 database), once with the admin key and once with a member's, with a bounded number of
-examples per operation. Every answer must be a documented status with a documented body
-and content type, and never a 5xx.
+examples per operation, valid and invalid alike. Every answer must be a documented status
+with a documented body and content type, and never a 5xx.
 
 Excluded: predict (it forwards to replicas, which are real processes). Worker routes are
 swept with the key as a (garbage) job token: they must answer 401.
@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -52,7 +54,9 @@ def _sweep(operation: Any, key: str) -> int:
     failing check (hypothesis shrinks it to a minimal case)."""
     ran = 0
 
-    @given(case=operation.as_strategy())
+    modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+
+    @given(case=st.one_of(*(operation.as_strategy(mode) for mode in modes)))
     @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
     def run(case: Any) -> None:
         nonlocal ran
@@ -72,7 +76,7 @@ def test_api_conforms(api: Api, key: str) -> None:
         operation = result.ok()
         try:
             cases += _sweep(operation, key)
-        except Exception as exc:
+        except BaseException as exc:  # hypothesis raises an ExceptionGroup of failures
             failures.append(f"{operation.label}: {exc}")
     print(f"schemathesis sweep: {cases} cases")
     assert not failures, "\n\n".join(failures)

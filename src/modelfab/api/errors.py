@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,9 +17,17 @@ from modelfab.errors import ModelfabError
 logger = logging.getLogger(__name__)
 
 
-def _error(status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     return JSONResponse(
-        status_code=status, content={"error": {"code": code, "message": message, "param": param}}
+        status_code=status,
+        content={"error": {"code": code, "message": message, "param": param}},
+        headers=headers,
     )
 
 
@@ -38,10 +47,16 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return _error(422, "invalid_request", f"{param or 'request'}: {err.get('msg')}", param)
 
 
+HTTP_CODES = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}
+"""`code` of the errors the framework raises itself (a body it cannot parse, no such route,
+a method the route does not take)."""
+
+
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _error(exc.status_code, code, str(exc.detail))
+    code = HTTP_CODES.get(exc.status_code, "http_error")
+    # the framework's headers stay: `Allow` on 405 says which methods the path takes
+    return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
@@ -52,11 +53,28 @@ HTTP_CODES = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}
 a method the route does not take)."""
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = HTTP_CODES.get(exc.status_code, "http_error")
-    # the framework's headers stay: `Allow` on 405 says which methods the path takes
-    return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request, headers.pop("Allow", None)))
+    return _error(exc.status_code, code, str(exc.detail), headers=headers)
+
+
+def _allowed_methods(request: Request, framework: str | None) -> list[str]:
+    """Every method the OpenAPI document gives `request`'s path, and those the framework
+    named (`framework`, its `Allow`: only the first route that matched the path, while GET
+    /v1/jobs and POST /v1/jobs are two routes)."""
+    methods = {m.strip().upper() for m in (framework or "").split(",") if m.strip()}
+    path = request.url.path
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), path):
+            methods |= {m.upper() for m in operations if m.upper() in _HTTP_METHODS}
+    return sorted(methods)
+
+
+_HTTP_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"})
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,7 @@ operation's strategy is driven with hypothesis here."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 
 from tests.conftest import Api
@@ -38,6 +40,8 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
+MAX_COVERAGE_CASES = 30
+"""Per operation and key, of schemathesis' coverage phase (boundaries, wrong methods)."""
 EXCLUDED_PATHS = ["/v1/endpoints/{name}/predict"]
 
 
@@ -67,6 +71,24 @@ def _sweep(operation: Any, key: str) -> int:
     return ran
 
 
+def _cover(schema: Any, operation: Any, key: str) -> int:
+    """Runs schemathesis' coverage cases of `operation` (each bound just inside and outside,
+    methods the path does not take) with `key`, at most `MAX_COVERAGE_CASES` of them;
+    returns how many ran. Raises on the first failing check."""
+    cases = schema.iter_coverage_cases(
+        operation,
+        generation_modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+        generation_config=schema.config.generation_for(operation=operation),
+    )
+    ran = 0
+    for case in itertools.islice(cases, MAX_COVERAGE_CASES):
+        ran += 1
+        case.call_and_validate(
+            headers={"Authorization": f"Bearer {key}"}, checks=[*CHECKS, unsupported_method]
+        )
+    return ran
+
+
 def test_api_conforms(api: Api, key: str) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", api.client.app)
     schema = schema.exclude(path=EXCLUDED_PATHS)
@@ -75,6 +97,7 @@ def test_api_conforms(api: Api, key: str) -> None:
     for result in schema.get_all_operations():
         operation = result.ok()
         try:
+            cases += _cover(schema, operation, key)
             cases += _sweep(operation, key)
         except BaseException as exc:  # hypothesis raises an ExceptionGroup of failures
             failures.append(f"{operation.label}: {exc}")

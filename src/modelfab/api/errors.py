@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,9 +18,17 @@ from modelfab.errors import ModelfabError
 logger = logging.getLogger(__name__)
 
 
-def _error(status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     return JSONResponse(
-        status_code=status, content={"error": {"code": code, "message": message, "param": param}}
+        status_code=status,
+        content={"error": {"code": code, "message": message, "param": param}},
+        headers=headers,
     )
 
 
@@ -38,10 +48,33 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return _error(422, "invalid_request", f"{param or 'request'}: {err.get('msg')}", param)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+HTTP_CODES = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}
+"""`code` of the errors the framework raises itself (a body it cannot parse, no such route,
+a method the route does not take)."""
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _error(exc.status_code, code, str(exc.detail))
+    code = HTTP_CODES.get(exc.status_code, "http_error")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request, headers.pop("Allow", None)))
+    return _error(exc.status_code, code, str(exc.detail), headers=headers)
+
+
+def _allowed_methods(request: Request, framework: str | None) -> list[str]:
+    """Every method the OpenAPI document gives `request`'s path, and those the framework
+    named (`framework`, its `Allow`: only the first route that matched the path, while GET
+    /v1/jobs and POST /v1/jobs are two routes)."""
+    methods = {m.strip().upper() for m in (framework or "").split(",") if m.strip()}
+    path = request.url.path
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), path):
+            methods |= {m.upper() for m in operations if m.upper() in _HTTP_METHODS}
+    return sorted(methods)
+
+
+_HTTP_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"})
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

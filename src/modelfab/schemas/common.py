@@ -98,19 +98,38 @@ class ErrorResponse(WireModel):
     error: ErrorDetail
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in (
-        (401, "Missing or invalid key"),
-        (403, "Not allowed for this key"),
-        (404, "Not found"),
-        (409, "Conflict"),
-        (413, "Payload too large"),
-        (422, "Invalid request: the named param is wrong"),
-        (429, "Quota or rate limit reached"),
-    )
+Responses = dict[int | str, dict[str, Any]]
+
+ERROR_TEXT: dict[int, str] = {
+    400: "The body could not be parsed (not UTF-8, or not the media type sent)",
+    401: "Missing or invalid key (or job token)",
+    403: "Not allowed for this key (e.g. it needs an admin key)",
+    404: "No such resource, or not this tenant's",
+    405: "Method not allowed; the Allow header lists those that are",
+    409: "Conflict with the current state; the message says whether to retry",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Invalid request: the named param is wrong",
+    429: "Quota or rate limit reached; Retry-After says when to come back",
+    503: "Not available now; retry after a while",
+    504: "A replica did not answer in time",
 }
-"""`responses=` for routers: the error body documented on the 4xx answers."""
+"""Every error status the API answers, with what it means."""
+
+
+def errors(*statuses: int) -> Responses:
+    """`responses=` documenting the error body on each of `statuses` (of `ERROR_TEXT`)."""
+    return {
+        status: {"model": ErrorResponse, "description": ERROR_TEXT[status]} for status in statuses
+    }
+
+
+ERRORS: Responses = errors(401, 422)
+"""`responses=` for routers: what every authenticated operation may answer. Each operation
+adds the statuses it can answer besides (`errors(...)`)."""
+
+BODY = errors(400)
+"""Of an operation that parses a JSON body."""
 
 
 class Health(WireModel):

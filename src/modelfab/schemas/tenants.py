@@ -12,6 +12,8 @@ from modelfab.schemas.common import RequestModel, WireModel
 from modelfab.schemas.limits import MAX_KEY_LIFETIME_S, NAME_PATTERN
 
 ROLES = ("admin", "member")
+_ROLE: JsonDict = {"enum": list(ROLES)}
+"""A role in the schema; the services check it with a message that says which are."""
 
 _NAME: JsonDict = {"pattern": NAME_PATTERN}  # documented; the service checks it, naming the param
 
@@ -41,7 +43,11 @@ class TenantCreate(RequestModel):
         le=limits.MAX_RATE_LIMIT_RPS,
         description="Endpoint requests per second per key (429 beyond).",
     )
-    role: str = Field(default="member", description="Role of the first key: admin or member.")
+    role: str = Field(
+        default="member",
+        description="Role of the first key: admin or member.",
+        json_schema_extra=_ROLE,
+    )
 
 
 class TenantUpdate(RequestModel):
@@ -61,7 +67,9 @@ class KeyCreate(RequestModel):
         default=None, description="For people: what the key is for.", json_schema_extra=_NAME
     )
     role: str = Field(
-        default="member", description="admin or member (members may create member keys only)."
+        default="member",
+        description="admin or member (members may create member keys only).",
+        json_schema_extra=_ROLE,
     )
     expires_at: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="UNIX seconds; in the future."
@@ -98,7 +106,7 @@ class ApiKey(WireModel):
     object: Literal["api_key"] = "api_key"
     tenant: str
     name: str | None
-    role: str
+    role: str = Field(json_schema_extra=_ROLE)
     prefix: str = Field(description="The key's first characters, to recognise it.")
     created_at: float = Field(description="UNIX seconds.")
     expires_at: float | None = Field(description="UNIX seconds; null: never expires.")
@@ -116,4 +124,4 @@ class Me(WireModel):
 
     object: Literal["principal"] = "principal"
     tenant: str
-    role: str
+    role: str = Field(json_schema_extra=_ROLE)

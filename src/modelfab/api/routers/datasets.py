@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from modelfab.api.deps import Caller, Ctx
 from modelfab.api.idempotency import IdemKey
 from modelfab.api.uploads import UNSUPPORTED, multipart_body, read_multipart
-from modelfab.schemas.common import ERRORS, List
+from modelfab.schemas.common import BODY, ERRORS, List, errors
 from modelfab.schemas.datasets import (
     Dataset,
     DatasetCreated,
@@ -19,7 +19,11 @@ from modelfab.schemas.datasets import (
 router = APIRouter(tags=["datasets"], responses=ERRORS)
 
 
-@router.post("/datasets", status_code=201, responses={200: {"model": DatasetCreated}})
+@router.post(
+    "/datasets",
+    status_code=201,
+    responses={200: {"model": DatasetCreated}, **BODY, **errors(403, 404, 409)},
+)
 def create_from_path(
     body: DatasetFromPath, ctx: Ctx, principal: Caller, response: Response, idem: IdemKey
 ) -> DatasetCreated:
@@ -34,7 +38,7 @@ def create_from_path(
 @router.post(
     "/datasets/upload",
     status_code=201,
-    responses={200: {"model": DatasetCreated}, **UNSUPPORTED},
+    responses={200: {"model": DatasetCreated}, **UNSUPPORTED, **errors(400, 409, 413)},
     openapi_extra=multipart_body(
         "Body_upload_v1_datasets_upload_post",
         fields={"name": "", "task": ""},
@@ -71,6 +75,6 @@ def list_datasets(ctx: Ctx, principal: Caller) -> List[Dataset]:
     return List(data=ctx.datasets.list_datasets(principal))
 
 
-@router.get("/datasets/{ref}")
+@router.get("/datasets/{ref}", responses=errors(404))
 def get_dataset(ref: str, ctx: Ctx, principal: Caller) -> DatasetVersionDetail:
     return ctx.datasets.get(principal, ref)

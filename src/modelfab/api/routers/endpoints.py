@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 
 from modelfab.api.deps import Caller, Ctx, get_ctx
 from modelfab.api.idempotency import IdemKey
-from modelfab.schemas.common import ERRORS, ErrorResponse, List
+from modelfab.schemas.common import BODY, ERRORS, List, errors
 from modelfab.schemas.endpoints import (
     Endpoint,
     EndpointCreate,
@@ -20,7 +20,7 @@ from modelfab.services.endpoints import EndpointSpec
 router = APIRouter(tags=["endpoints"], responses=ERRORS)
 
 
-@router.post("/endpoints", status_code=201)
+@router.post("/endpoints", status_code=201, responses={**BODY, **errors(403, 404, 409)})
 def create_endpoint(body: EndpointCreate, ctx: Ctx, principal: Caller, idem: IdemKey) -> Endpoint:
     return ctx.endpoints.create(principal, EndpointSpec(**body.model_dump()), idem=idem)
 
@@ -30,12 +30,12 @@ def list_endpoints(ctx: Ctx, principal: Caller) -> List[Endpoint]:
     return List(data=ctx.endpoints.list_endpoints(principal))
 
 
-@router.get("/endpoints/{name}")
+@router.get("/endpoints/{name}", responses=errors(404))
 def get_endpoint(name: str, ctx: Ctx, principal: Caller) -> Endpoint:
     return ctx.endpoints.get(principal, name)
 
 
-@router.patch("/endpoints/{name}")
+@router.patch("/endpoints/{name}", responses={**BODY, **errors(404, 409)})
 def update_endpoint(name: str, body: EndpointUpdate, ctx: Ctx, principal: Caller) -> Endpoint:
     """Answers at once. A new model is rolled out by the controller (status "updating",
     progress in `rollout`): loaded on every ready replica, then switched to; if a replica
@@ -43,7 +43,7 @@ def update_endpoint(name: str, body: EndpointUpdate, ctx: Ctx, principal: Caller
     return ctx.endpoints.update(principal, name, body)
 
 
-@router.delete("/endpoints/{name}")
+@router.delete("/endpoints/{name}", responses=errors(404))
 async def delete_endpoint(name: str, ctx: Ctx, principal: Caller) -> EndpointDeleted:
     """Stops routing to the endpoint, waits for its in-flight requests, then stops its
     replicas."""
@@ -54,7 +54,7 @@ async def delete_endpoint(name: str, ctx: Ctx, principal: Caller) -> EndpointDel
     "/endpoints/{name}/predict",
     responses={
         200: {"model": Prediction, "description": "One result per image, in order."},
-        503: {"model": ErrorResponse, "description": "No ready replica; retry after a while"},
+        **errors(400, 404, 413, 415, 429, 503, 504),
     },
     openapi_extra={
         "requestBody": {

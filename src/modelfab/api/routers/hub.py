@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from modelfab.api.deps import Caller, Ctx
 from modelfab.api.uploads import UNSUPPORTED, multipart_body, read_multipart
-from modelfab.schemas.common import ERRORS, List
+from modelfab.schemas.common import ERRORS, List, errors
 from modelfab.schemas.hub import HubModel, HubModelImported
 from modelfab.services import hub
 from modelfab.services.hub import MAX_IMPORT_BYTES
@@ -23,7 +23,7 @@ def list_hub(ctx: Ctx, _: Caller) -> List[HubModel]:
 @router.post(
     "/hub/{model_id}/import",
     status_code=201,
-    responses=UNSUPPORTED,
+    responses={**UNSUPPORTED, **errors(400, 403, 404, 413)},
     openapi_extra=multipart_body(
         "Body_import_weights_v1_hub__model_id__import_post",
         fields={},

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from modelfab.api.deps import Caller, Ctx
-from modelfab.schemas.common import ERRORS, List
+from modelfab.schemas.common import BODY, ERRORS, List, errors
 from modelfab.schemas.models import AliasSet, Lineage, Model, ModelVersion, ModelVersionDetail
 
 router = APIRouter(tags=["models"], responses=ERRORS)
@@ -18,17 +18,17 @@ def list_models(ctx: Ctx, principal: Caller) -> List[Model]:
     return List(data=ctx.registry.list_models(principal))
 
 
-@router.get("/models/{ref}")
+@router.get("/models/{ref}", responses=errors(404))
 def get_model(ref: str, ctx: Ctx, principal: Caller) -> ModelVersionDetail:
     return ctx.registry.get(principal, ref)
 
 
-@router.post("/models/{name}/aliases")
+@router.post("/models/{name}/aliases", responses={**BODY, **errors(404, 409)})
 def set_alias(name: str, body: AliasSet, ctx: Ctx, principal: Caller) -> ModelVersion:
     return ctx.registry.set_alias(principal, name, alias=body.alias, version=body.version)
 
 
-@router.get("/models/{ref}/lineage")
+@router.get("/models/{ref}/lineage", responses=errors(404))
 def lineage(ref: str, ctx: Ctx, principal: Caller) -> Lineage:
     return ctx.registry.lineage(principal, ref)
 
@@ -42,7 +42,8 @@ def lineage(ref: str, ctx: Ctx, principal: Caller) -> Lineage:
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
             },
             "description": "The artifact's bytes; the X-Sha256 header carries their sha256.",
-        }
+        },
+        **errors(404, 409),
     },
 )
 def download_artifact(ref: str, name: str, ctx: Ctx, principal: Caller) -> FileResponse:

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from modelfab.api.deps import Ctx, JobToken
 from modelfab.api.uploads import UNSUPPORTED, multipart_body, read_multipart
-from modelfab.schemas.common import ERRORS
+from modelfab.schemas.common import BODY, ERRORS, errors
 from modelfab.schemas.worker import (
     ArtifactStored,
     AttemptEnded,
@@ -25,17 +25,17 @@ from modelfab.schemas.worker import (
 router = APIRouter(prefix="/worker/jobs/{job_id}", tags=["worker"], responses=ERRORS)
 
 
-@router.get("/spec")
+@router.get("/spec", responses=errors(404))
 def spec(job_id: str, ctx: Ctx, token: JobToken) -> JobSpec:
     return ctx.worker.spec(job_id, token)
 
 
-@router.post("/events")
+@router.post("/events", responses={**BODY, **errors(404, 409)})
 def events(job_id: str, body: WorkerEvents, ctx: Ctx, token: JobToken) -> EventsAccepted:
     return ctx.worker.add_events(job_id, token, body.events)
 
 
-@router.post("/complete")
+@router.post("/complete", responses={**BODY, **errors(404, 409)})
 def complete(job_id: str, body: WorkerComplete, ctx: Ctx, token: JobToken) -> AttemptEnded:
     return ctx.worker.complete(job_id, token, body)
 
@@ -49,7 +49,7 @@ def attempt_token(job_id: str, ctx: Ctx, token: JobToken) -> str:
 @router.post(
     "/artifacts",
     status_code=201,
-    responses=UNSUPPORTED,
+    responses={**UNSUPPORTED, **errors(400, 404, 409, 413)},
     openapi_extra=multipart_body(
         "Body_upload_artifact_v1_worker_jobs__job_id__artifacts_post",
         fields={
@@ -83,7 +83,7 @@ async def upload_artifact(
             )
 
 
-@router.post("/serving")
+@router.post("/serving", responses={**BODY, **errors(404, 409)})
 def announce_serving(
     job_id: str, body: ServingAnnounce, ctx: Ctx, token: JobToken
 ) -> ReplicaAnnounced:
@@ -91,7 +91,7 @@ def announce_serving(
     return ctx.endpoints.announce(job_id, token, url=body.url, secret=body.secret)
 
 
-@router.get("/models/{version_id}")
+@router.get("/models/{version_id}", responses=errors(403, 404))
 def model_files(job_id: str, version_id: str, ctx: Ctx, token: JobToken) -> ModelFiles:
     """Where a model version of the replica's tenant keeps the files its served-model kind
     loads."""

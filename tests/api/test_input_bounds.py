@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from tests.api.test_openapi import v1_operations
 from tests.conftest import Api
 
-METHODS = ("get", "post", "put", "patch", "delete")
 HUGE = 10**30
 
 
@@ -52,19 +52,12 @@ def _unbounded(
 def test_every_integer_the_api_takes_has_a_minimum_and_a_maximum(api: Api) -> None:
     spec = api.client.app.openapi()  # type: ignore[attr-defined]
     offenders: list[str] = []
-    for path, ops in spec["paths"].items():
-        if not path.startswith("/v1"):
-            continue
-        for method in METHODS:
-            op = ops.get(method)
-            if op is None:
-                continue
-            name = f"{method.upper()} {path}"
-            for param in op.get("parameters", []):
-                where = f"{name} {param['in']} {param['name']}"
-                offenders += _unbounded(spec, param.get("schema", {}), where, set())
-            for media in op.get("requestBody", {}).get("content", {}).values():
-                offenders += _unbounded(spec, media.get("schema", {}), f"{name} body", set())
+    for name, op in v1_operations(spec):
+        for param in op.get("parameters", []):
+            where = f"{name} {param['in']} {param['name']}"
+            offenders += _unbounded(spec, param.get("schema", {}), where, set())
+        for media in op.get("requestBody", {}).get("content", {}).values():
+            offenders += _unbounded(spec, media.get("schema", {}), f"{name} body", set())
     assert not offenders, "integers without minimum and maximum:\n" + "\n".join(offenders)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from modelfab.schemas.jobs import JobStatus
@@ -10,6 +11,13 @@ from modelfab.schemas.usage import GROUPINGS
 from tests.conftest import Api
 
 METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def v1_operations(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("METHOD /v1/path", operation) for every operation under /v1 of an OpenAPI document."""
+    for path, ops in spec["paths"].items():
+        if path.startswith("/v1"):
+            yield from ((f"{m.upper()} {path}", ops[m]) for m in METHODS if m in ops)
 
 
 def _has_schema(response: dict[str, Any]) -> bool:
@@ -23,16 +31,10 @@ def _has_schema(response: dict[str, Any]) -> bool:
 def test_every_v1_operation_has_a_response_schema(api: Api) -> None:
     spec = api.client.app.openapi()  # type: ignore[attr-defined]
     offenders = []
-    for path, ops in spec["paths"].items():
-        if not path.startswith("/v1"):
-            continue
-        for method in METHODS:
-            op = ops.get(method)
-            if op is None:
-                continue
-            ok = [r for code, r in op["responses"].items() if code.startswith("2")]
-            if not any(_has_schema(r) for r in ok):
-                offenders.append(f"{method.upper()} {path}")
+    for name, op in v1_operations(spec):
+        ok = [r for code, r in op["responses"].items() if code.startswith("2")]
+        if not any(_has_schema(r) for r in ok):
+            offenders.append(name)
     assert not offenders, "operations without a 2xx response schema: " + ", ".join(offenders)
 
 

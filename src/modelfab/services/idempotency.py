@@ -13,8 +13,8 @@ kept `ttl_s` seconds. A create uses it in two steps:
 
 Only successful answers are kept: a create that failed may be retried with the same key.
 Some answers hold a secret (a new tenant's or key's `api_key`), so a record is sealed with
-the client's key: the table holds a sha256 of the key and the answer encrypted under a
-keystream derived from it, readable only by a retry that presents the key again.
+the client's key: the table holds a sha256 of the key and the answer encrypted (Fernet) under
+a key derived from it, readable only by a retry that presents the key again.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import secrets
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from cryptography.fernet import Fernet
 from pydantic import BaseModel
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
@@ -129,20 +129,18 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _keystream(key: str, nonce: bytes, size: int) -> bytes:
-    return hashlib.shake_256(b"modelfab-idempotency\0" + nonce + key.encode()).digest(size)
+def _fernet(key: str) -> Fernet:
+    """Authenticated encryption under a key derived from the client's idempotency key."""
+    secret = hashlib.sha256(b"modelfab-idempotency\0" + key.encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(secret))
 
 
 def _seal(key: str, answer: dict[str, Any]) -> dict[str, str]:
-    """`answer` encrypted under a keystream of the client's key and a fresh nonce."""
+    """`answer` encrypted (Fernet) under the client's key."""
     plain = json.dumps(answer, separators=(",", ":")).encode()
-    nonce = secrets.token_bytes(16)
-    sealed = bytes(a ^ b for a, b in zip(plain, _keystream(key, nonce, len(plain)), strict=True))
-    return {"nonce": nonce.hex(), "sealed": base64.b64encode(sealed).decode()}
+    return {"sealed": _fernet(key).encrypt(plain).decode()}
 
 
 def _open(key: str, record: dict[str, Any]) -> Any:
     """The answer `_seal` stored, with the key the client presented again."""
-    nonce, sealed = bytes.fromhex(record["nonce"]), base64.b64decode(record["sealed"])
-    stream = _keystream(key, nonce, len(sealed))
-    return json.loads(bytes(a ^ b for a, b in zip(sealed, stream, strict=True)))
+    return json.loads(_fernet(key).decrypt(record["sealed"].encode()))

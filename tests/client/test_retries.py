@@ -68,3 +68,14 @@ def test_the_sdk_gives_up_after_its_retries(api: Api, factory: sessionmaker[Sess
         client.create_job("sleep")
     assert len(transport.keys) == 3 and len(set(transport.keys)) == 1
     assert jobs_stored(factory) == 1
+
+
+def test_the_back_off_doubles_up_to_its_cap(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr("modelfab.client.time.sleep", waits.append)
+    transport = LosesAnswers(api.client._transport, lose=5)
+    key = api.create_tenant()["api_key"]
+    options = {"create_retries": 5, "retry_backoff_s": 0.5, "max_backoff_s": 3.0}
+    with Client("http://testserver", key, transport=transport, **options) as client:
+        client.create_job("sleep")
+    assert waits == [0.5, 1.0, 2.0, 3.0, 3.0]

@@ -111,4 +111,8 @@ def test_higher_priority_runs_first_when_capacity_is_short(
     high = team.create_job("sleep", params={"seconds": 0}, gpus=1, cpus=0.5, priority=5)
     for job in (*blockers, low, high):
         assert wait_terminal(team, job.id).status == "succeeded"
-    assert team.get_job(high.id).started_at <= team.get_job(low.id).started_at
+    assert _placed_at(team, high.id) <= _placed_at(team, low.id)
+
+
+def _placed_at(team: Client, job_id: str) -> float:
+    return next(e.created_at for e in team.job_events(job_id) if " placed on " in e.message)

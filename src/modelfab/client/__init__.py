@@ -60,12 +60,15 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         create_retries: int = 3,
         retry_backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
     ):
         """`transport` replaces the network (httpx.MockTransport in tests, a proxy...).
         A create whose connection fails is sent again up to `create_retries` times, after
-        `retry_backoff_s`, then twice that, and so on."""
+        `retry_backoff_s`, then twice that, and so on, never waiting more than
+        `max_backoff_s` between two tries."""
         self.create_retries = create_retries
         self.retry_backoff_s = retry_backoff_s
+        self.max_backoff_s = max_backoff_s
         settings = ClientSettings()
         self.url = (url or settings.url).rstrip("/")
         key = api_key if api_key is not None else settings.api_key
@@ -105,7 +108,7 @@ class Client:
         headers = {**kwargs.pop("headers", {}), "Idempotency-Key": str(uuid.uuid4())}
         for attempt in range(self.create_retries + 1):
             if attempt:
-                time.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+                time.sleep(min(self.max_backoff_s, self.retry_backoff_s * 2 ** (attempt - 1)))
                 _rewind(kwargs.get("files"))
             try:
                 resp = self._http.post(path, headers=headers, **kwargs)

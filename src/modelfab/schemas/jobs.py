@@ -86,8 +86,14 @@ class Job(WireModel):
     result: dict[str, Any] | None = Field(description="What the recipe returned.")
     created_at: float
     queued_at: float | None
-    started_at: float | None
-    finished_at: float | None
+    started_at: float | None = Field(
+        description="When the current attempt's worker began (fetched its spec): usage is "
+        "metered from here to finished_at."
+    )
+    finished_at: float | None = Field(
+        description="When the last attempt ended, as its worker saw it (never later than "
+        "the control plane heard of it)."
+    )
 
 
 class JobEvent(WireModel):

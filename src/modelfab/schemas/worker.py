@@ -54,6 +54,13 @@ class WorkerComplete(RequestModel):
     error: dict[str, Any] | None = None
     retryable: bool = False
     model: ModelReport | None = None
+    ended_at: float | None = Field(
+        default=None,
+        ge=0,
+        description="UNIX time the attempt ended, by the worker's clock: the end metered "
+        "(clamped between the attempt's start and the report's arrival), so time the report "
+        "waited for an unreachable control plane is not billed.",
+    )
 
 
 class ServingAnnounce(RequestModel):

@@ -51,9 +51,14 @@ class WorkerService:
         self.hub_dir = hub_dir
 
     def spec(self, job_id: str, token: str) -> wire.JobSpec:
-        """Everything the running attempt needs. Raises Unauthenticated for a bad token."""
-        with self.factory() as session:
-            job = authorized(session, job_id, token)
+        """Everything the running attempt needs. Raises Unauthenticated for a bad token.
+
+        The worker fetches it once, before it runs anything: the attempt is metered from
+        this moment, not from its placement, so a worker that waits out a control-plane
+        outage for its spec does not bill the tenant for that outage."""
+        with transaction(self.factory) as session:
+            job = authorized(session, job_id, token, lock=True)
+            job.started_at = now()
             return wire.JobSpec(
                 job_id=job.id,
                 attempt=job.attempt,
@@ -89,6 +94,7 @@ class WorkerService:
         with transaction(self.factory) as session:
             job = authorized(session, job_id, token)
             for e in events:
+                at = worker_time(e.at, job.started_at)
                 lifecycle.add_event(
                     session,
                     job,
@@ -96,7 +102,7 @@ class WorkerService:
                     level=_pick(e.level, limits.EVENT_LEVELS),
                     type=_pick(e.type, limits.EVENT_TYPES),
                     data=e.data,
-                    at=e.at or now(),
+                    at=at,
                 )
             return wire.EventsAccepted(accepted=len(events), cancel_requested=job.cancel_requested)
 
@@ -176,7 +182,7 @@ class WorkerService:
         job = authorized(session, job_id, token, lock=True)
         if report.attempt not in (None, job.attempt):
             raise Conflict("this attempt is over", param="attempt")
-        at = now()
+        at = worker_time(report.ended_at, job.started_at)
         outcome, error, result = JobStatus(report.status), report.error, report.result
         retryable = report.retryable
         if model is not None:
@@ -222,6 +228,16 @@ def _dataset(session: Session, version_id: str | None) -> wire.WorkerDataset | N
 def _pick(value: Any, allowed: tuple[str, ...]) -> str:
     """`value` when it is one of `allowed`, else the first (the default)."""
     return value if isinstance(value, str) and value in allowed else allowed[0]
+
+
+def worker_time(at: float | None, since: float | None) -> float:
+    """A time the worker reports, by its own clock, clamped between `since` (the attempt's
+    start) and now: a skewed clock never bills more than the control plane saw, nor
+    less than nothing."""
+    current = now()
+    if at is None:
+        return current
+    return min(current, max(at, since if since is not None else at))
 
 
 def authorized(session: Session, job_id: str, token: str, lock: bool = False) -> Job:

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,7 @@ def report_end(api: WorkerAPI, attempt: int, payload: dict[str, Any]) -> int:
     control plane: the scheduler ends an attempt whose process exited without reporting."""
     code = EXIT_OK if payload["status"] == JobStatus.SUCCEEDED else EXIT_FAILED
     try:
-        api.complete({"attempt": attempt, **payload})
+        api.complete({"attempt": attempt, "ended_at": time.time(), **payload})
     except AttemptOver:
         return EXIT_ATTEMPT_OVER
     except httpx.HTTPError as exc:
@@ -156,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"modelfab worker: job {args.job_id} attempt {args.attempt} devices={devices!r}", flush=True
     )
-    payload = run_attempt(ctx, spec)
+    # The end as it happened: closing waits to ship the last events, however long the
+    # control plane is away, and that wait is not the attempt's to be billed for.
+    payload = {**run_attempt(ctx, spec), "ended_at": time.time()}
     ctx.close()
     code = report_end(api, args.attempt, payload)
     if ctx.lease_lost.is_set():

@@ -119,6 +119,14 @@ class ServerSettings(BaseSettings):
         description="Most bytes one dataset archive may unpack to (refused with 413 as soon "
         "as extraction passes it).",
     )
+    max_extract_ratio: float = Field(
+        default=100.0,
+        ge=1,
+        allow_inf_nan=False,
+        description="Most bytes one dataset archive may unpack to per byte of the archive "
+        "(images barely compress; a bomb of zeros does ~1000-fold); the first 64 MiB are "
+        "always allowed. Refused with 413 as soon as extraction passes it.",
+    )
     max_archive_members: int = Field(
         default=1_000_000, gt=0, description="Most files and folders one dataset archive holds."
     )

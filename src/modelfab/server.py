@@ -232,6 +232,7 @@ def build_context(
             scratch=settings.home / "tmp",
             max_extract_bytes=settings.max_extract_bytes,
             max_archive_members=settings.max_archive_members,
+            max_extract_ratio=settings.max_extract_ratio,
         ),
         jobs=jobs,
         endpoints=endpoints,

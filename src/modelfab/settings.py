@@ -109,8 +109,9 @@ class ServerSettings(BaseSettings):
         gt=0,
         allow_inf_nan=False,
         description="A worker or replica that cannot reach the control plane for this many "
-        "seconds stops itself (a training job keeps its last epoch's checkpoint); the "
-        "scheduler re-queues the attempt when it sees it gone.",
+        "seconds stops itself (a training job keeps its last epoch's checkpoint); when it "
+        "could report that, or a restarted control plane found it gone, the job is re-queued "
+        "without spending an attempt (the control plane's absence is not the job's fault).",
     )
     max_upload_bytes: int = Field(default=20 * 2**30, description="Largest dataset archive.")
     max_extract_bytes: int = Field(
@@ -118,6 +119,14 @@ class ServerSettings(BaseSettings):
         gt=0,
         description="Most bytes one dataset archive may unpack to (refused with 413 as soon "
         "as extraction passes it).",
+    )
+    max_extract_ratio: float = Field(
+        default=100.0,
+        ge=1,
+        allow_inf_nan=False,
+        description="Most bytes one dataset archive may unpack to per byte of the archive "
+        "(images barely compress; a bomb of zeros does ~1000-fold); the first 64 MiB are "
+        "always allowed. Refused with 413 as soon as extraction passes it.",
     )
     max_archive_members: int = Field(
         default=1_000_000, gt=0, description="Most files and folders one dataset archive holds."

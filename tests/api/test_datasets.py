@@ -372,6 +372,37 @@ def test_archive_bomb_is_refused_and_leaves_nothing(
     assert not settings.datasets_dir.exists() or list(settings.datasets_dir.iterdir()) == []
 
 
+class _Zeros(io.RawIOBase):
+    """A read-only stream of zeros, so a bomb is built without holding it in memory."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        buffer[:] = bytes(len(buffer))
+        return len(buffer)
+
+
+def test_compressible_bomb_is_refused_by_default_settings(
+    api: Api, member: str, settings: ServerSettings
+) -> None:
+    """300 MiB of zeros packed in ~300 KB passes the 20 GiB cap but not the ratio cap."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for i in range(30):
+            info = tarfile.TarInfo(f"ds/cat/{i}.png")
+            info.size = 10 * 2**20
+            tf.addfile(info, _Zeros())
+    assert len(buf.getvalue()) < 2**20
+    resp = upload(api, member, "pets", buf.getvalue(), filename="bomb.tar.gz")
+    assert resp.status_code == 413, resp.text
+    err = resp.json()["error"]
+    assert (err["code"], err["param"]) == ("payload_too_large", "file")
+    assert "'bomb.tar.gz'" in err["message"] and "MODELFAB_MAX_EXTRACT_RATIO" in err["message"]
+    assert list((settings.home / "tmp").iterdir()) == []
+    assert names(api, member) == []
+
+
 def test_overlong_member_name_is_a_422_naming_it(api: Api, member: str, tmp_path: Path) -> None:
     long_name = "ds/cat/" + "a" * 300 + ".png"
     resp = upload(api, member, "pets", _tar_of({long_name: b"png"}))

@@ -11,8 +11,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.db.models import ApiKey, IdempotencyKey, Job, Tenant
+from modelfab.hub.catalog import imported_meta
 from modelfab.schemas.limits import MAX_IDEMPOTENCY_KEY_CHARS
 from modelfab.services import idempotency
+from modelfab.settings import ServerSettings
 from tests.api.factories import make_classification, targz
 from tests.api.test_jobs import assert_error
 from tests.conftest import Api
@@ -145,6 +147,21 @@ def test_upload_replays_the_first_answer(api: Api, member: str, tmp_path: Path) 
     assert_error(send("u-1", name="other"), 409, "idempotency_key_reused", HEADER)
 
 
+def test_hub_import_replays_the_first_answer(api: Api, settings: ServerSettings) -> None:
+    def send(idem: str, content: bytes = b"weights" * 100) -> Any:
+        files = {"file": ("resnet18.pth", content, "application/octet-stream")}
+        return post(api, "/hub/resnet18/import", api.admin_key, idem, files=files)
+
+    first = send("h-1")
+    again = send("h-1")
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.json() == first.json()
+    meta = imported_meta(settings.hub_dir, "resnet18")
+    assert meta is not None and meta["imported_at"] == first.json()["imported"]["imported_at"]
+    assert_error(send("h-1", b"other" * 100), 409, "idempotency_key_reused", HEADER)
+    assert imported_meta(settings.hub_dir, "resnet18") == meta  # nothing imported again
+
+
 def test_a_race_on_one_key_does_the_work_once(
     api: Api, member: str, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -160,7 +177,7 @@ def test_a_race_on_one_key_does_the_work_once(
 def test_every_create_documents_the_header(api: Api) -> None:
     paths = api.client.get("/openapi.json").json()["paths"]
     creates = ["/v1/jobs", "/v1/datasets", "/v1/datasets/upload", "/v1/endpoints",
-               "/v1/tenants", "/v1/tenants/{name}/keys"]  # fmt: skip
+               "/v1/tenants", "/v1/tenants/{name}/keys", "/v1/hub/{model_id}/import"]  # fmt: skip
     for path in creates:
         params = paths[path]["post"].get("parameters", [])
         assert any(p["in"] == "header" and p["name"] == HEADER for p in params), path

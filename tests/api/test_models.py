@@ -90,7 +90,7 @@ def test_worker_registers_version_with_lineage(
     assert up.status_code == 201, up.text
     assert up.json()["sha256"] == sha(WEIGHTS)
     assert up.json()["size_bytes"] == len(WEIGHTS)
-    assert up.json()["uri"].startswith("file://")
+    assert "uri" not in up.json()
 
     assert register(api.client, job_id, token, "pets-clf") == {"status": "succeeded"}
 
@@ -181,6 +181,24 @@ def test_failed_completion_registers_nothing(
     assert resp.status_code == 200, resp.text
     assert get(api, team.key, "/models")["data"] == []
     assert_error(api.call("GET", "/models/pets-clf", team.key), 404, "not_found", "ref")
+
+
+def test_artifact_answers_reveal_nothing_of_the_shared_store(
+    api: Api, factory: sessionmaker[Session], team: Team, tmp_path: Path
+) -> None:
+    """Two tenants store the same bytes (kept once): each answer is what its own request
+    said, the same whoever stored first, with no path; each registers its model from it."""
+    other = str(api.create_tenant("robots")["api_key"])
+    assert upload(api, other, "pets", targz(make_classification(tmp_path / "p"))).status_code == 201
+    expected = {"object": "artifact", "name": "weights.pt", "format": "pytorch",
+                "sha256": sha(WEIGHTS), "size_bytes": len(WEIGHTS)}  # fmt: skip
+    for key in (team.key, other):
+        job_id, token = running_job(api, factory, key)
+        up = upload_artifact(api.client, job_id, token, "weights.pt", WEIGHTS, "pytorch")
+        assert (up.status_code, up.json()) == (201, expected)
+        model = {"name": "pets-clf", "task": "image-classification", "artifacts": [up.json()]}
+        assert complete(api.client, job_id, token, model=model).json() == {"status": "succeeded"}
+        assert get(api, key, "/models/pets-clf:1")["job_id"] == job_id
 
 
 def test_unknown_artifact_fails_the_job_instead_of_registering(

@@ -3,6 +3,8 @@ the server does the work once even when it was the answer that got lost."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 from sqlalchemy import func, select
@@ -50,6 +52,19 @@ def test_a_create_whose_answer_was_lost_is_retried_and_done_once(
         job = client.create_job("sleep", params={"seconds": 1})
         assert [j.id for j in client.list_jobs()] == [job.id]
     assert jobs_stored(factory) == 1
+    assert len(transport.keys) == 2 and transport.keys[0] == transport.keys[1]
+    assert transport.keys[0]
+
+
+def test_a_hub_import_whose_answer_was_lost_is_retried_and_done_once(
+    api: Api, tmp_path: Path
+) -> None:
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(b"weights" * 100)
+    transport = LosesAnswers(api.client._transport)
+    with Client("http://testserver", api.admin_key, transport=transport, retry_backoff_s=0) as c:
+        out = c.hub_import("resnet18", weights)
+    assert out.imported.size == weights.stat().st_size
     assert len(transport.keys) == 2 and transport.keys[0] == transport.keys[1]
     assert transport.keys[0]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from modelfab.data import archive as archive_module
 from modelfab.data import extract_archive, scan_dataset
 from modelfab.errors import DatasetInvalid, InvalidRequest, PayloadTooLarge
 from modelfab.tasks import ANOMALY_DETECTION, IMAGE_CLASSIFICATION, get_task
@@ -204,6 +205,54 @@ def test_bomb_is_refused_at_the_cap_naming_archive_and_limit(tmp_path: Path, kin
     assert info.value.param == "file"
     assert "'pets.tar.gz'" in info.value.message and str(2**20) in info.value.message
     assert list((tmp_path / "dest").iterdir()) == []
+
+
+def _written_when_cleared(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Bytes in the destination each time a refusal clears it (filled in as it happens)."""
+    seen: list[int] = []
+    clear = archive_module._clear
+
+    def measure(dest: Path) -> None:
+        seen.append(sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()))
+        clear(dest)
+
+    monkeypatch.setattr(archive_module, "_clear", measure)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["tgz", "zip"])
+def test_compressible_bomb_stops_at_the_ratio_cap(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = _written_when_cleared(monkeypatch)
+    archive = _zeros_archive(tmp_path / f"bomb.{kind}", kind, 4 * 2**20, members=16)
+    cap = 100 * archive.stat().st_size
+    assert 2**20 < cap < 16 * 2**20
+    with pytest.raises(PayloadTooLarge) as info:
+        extract_archive(archive, tmp_path / "dest", ratio_floor_bytes=2**20, label="pets.zip")
+    assert info.value.param == "file"
+    message = info.value.message
+    assert "'pets.zip'" in message and str(cap) in message and "100 times" in message
+    assert "compression-ratio cap" in message and "MODELFAB_MAX_EXTRACT_RATIO" in message
+    if kind == "zip":  # refused from the central directory, before anything was written
+        assert written == [0]
+    else:  # refused member by member as it unpacks: under the cap, not all 64 MiB
+        assert 0 < written[0] <= cap
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_ratio_cap_never_refuses_a_plain_tar(ad_root: Path, tmp_path: Path) -> None:
+    """Unpacked bytes of a plain tar are less than the archive: no ratio above 1 trips."""
+    archive = _tar(tmp_path / "ad.tar", ad_root, "bottle", mode="w")
+    root = extract_archive(archive, tmp_path / "dest", max_ratio=1, ratio_floor_bytes=0)
+    ad = get_task(ANOMALY_DETECTION)
+    assert scan_dataset(root, ad).sha256 == scan_dataset(ad_root, ad).sha256
+
+
+def test_ratio_floor_lets_small_compressible_archives_through(tmp_path: Path) -> None:
+    archive = _zeros_archive(tmp_path / "zeros.tgz", "tgz", 2**20, members=4)
+    assert 100 * archive.stat().st_size < 4 * 2**20
+    extract_archive(archive, tmp_path / "dest", ratio_floor_bytes=4 * 2**20)
 
 
 @pytest.mark.parametrize("kind", ["tgz", "zip"])

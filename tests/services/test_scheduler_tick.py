@@ -22,6 +22,7 @@ from modelfab.compute import lifecycle
 from modelfab.compute.executors.base import Executor, ExitInfo, LaunchSpec, LogChunk
 from modelfab.compute.pool import detect_node, register_node
 from modelfab.compute.scheduler.loop import Scheduler, SchedulerConfig
+from modelfab.compute.status import LEASE_EXPIRED
 from modelfab.db.engine import transaction
 from modelfab.db.models import Device, Job, JobAllocation, JobEvent, UsageRecord
 from modelfab.errors import Conflict, InvalidRequest, Unauthenticated
@@ -538,6 +539,20 @@ def test_worker_retryable_failure_requeues(world: World, worker: WorkerService) 
     assert out.status == "queued"
     job = world.job(job_id)
     assert (job.status, job.failures) == ("queued", 1)
+
+
+def test_a_lease_expired_report_spends_no_attempt(world: World, worker: WorkerService) -> None:
+    """The worker's own report of its lease running out arrives once the control plane is
+    back: re-queued without a failure, like a worker lost in a control-plane restart."""
+    job_id = world.submit(world.tenant("vision"), max_attempts=1)
+    world.scheduler.tick()
+    token = world.executor.spec_of(job_id).token
+    error = {"code": LEASE_EXPIRED, "message": "lost the control plane"}
+    report = WorkerComplete(status="failed", error=error, retryable=True)
+    assert worker.complete(job_id, token, report).status == "queued"
+    assert (world.job(job_id).failures, world.scheduler.tick().placed) == (0, 1)
+    job = world.job(job_id)
+    assert (job.status, job.failures, job.attempt) == ("running", 0, 2)
 
 
 def test_worker_sees_cancel_request(world: World, worker: WorkerService) -> None:

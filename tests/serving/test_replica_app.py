@@ -212,6 +212,19 @@ def test_top_k_over_the_classes_says_the_limit(client: TestClient) -> None:
     assert error(client.get("/models/v1/predict")) == (405, "method_not_allowed", None)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("GET", "/models/v1/predict", "POST"), ("PUT", "/models/v1/load", "POST"),
+     ("POST", "/health", "GET, HEAD")],
+)  # fmt: skip
+def test_405_says_which_methods_the_route_takes(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    r = client.request(method, path)
+    assert error(r) == (405, "method_not_allowed", None)
+    assert r.headers["allow"] == allow
+
+
 def test_unexpected_errors_are_logged_and_answered_generically(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -2,9 +2,10 @@
 the wire models of `modelfab.schemas` (the ones the server answers with) and raise
 `ApiError` (a ModelfabError carrying the server's code, message and param).
 
-Creates (tenants, keys, datasets, jobs, endpoints) carry a fresh `Idempotency-Key` and are
-retried with it when the connection fails, even after the request was sent: the server
-answers a repeat as it did the first, so a retry never does the work twice."""
+Creates (tenants, keys, datasets, jobs, endpoints, hub imports) carry a fresh
+`Idempotency-Key` and are retried with it when the connection fails, even after the request
+was sent: the server answers a repeat as it did the first, so a retry never does the work
+twice."""
 
 from __future__ import annotations
 
@@ -292,7 +293,7 @@ class Client:
             raise ModelfabError(f"{path} is not a file", param="path", code="not_found")
         with open(path, "rb") as fh:
             files = {"file": (path.name, fh, "application/octet-stream")}
-            return self.call(HubModelImported, "POST", f"/hub/{model_id}/import", files=files)
+            return self.create(HubModelImported, f"/hub/{model_id}/import", files=files)
 
     # -- models ---------------------------------------------------------------------------
     def list_models(self) -> list[Model]:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from modelfab import metering
 from modelfab.compute.status import (
     ACTIVE,
+    LEASE_EXPIRED,
     TERMINAL,
     TRANSITIONS,
     IllegalTransition,
@@ -161,13 +162,17 @@ def end_attempt(
 
     `outcome` is succeeded, failed or cancelled. A retryable failure goes back to `queued`
     while attempts remain; a failure that is not the job's fault (`counts_as_failure=False`,
-    e.g. the control plane died) is re-queued without spending an attempt. Returns the new
-    status. Raises IllegalTransition when the job is not running or `outcome` is no end.
+    e.g. the control plane died, or an `error` coded LEASE_EXPIRED: the worker's report that
+    it lost the control plane for its lease) is re-queued without spending an attempt.
+    Returns the new status. Raises IllegalTransition when the job is not running or
+    `outcome` is no end.
     """
     ending = JobStatus(outcome)
     if ending not in TERMINAL:
         raise IllegalTransition(f"an attempt cannot end {outcome}", param="status")
     check_transition(job.status, ending)
+    if error is not None and error.get("code") == LEASE_EXPIRED:
+        counts_as_failure = False
     _meter_attempt(session, job, at)
     session.execute(delete(JobAllocation).where(JobAllocation.job_id == job.id))
     job.pid = None

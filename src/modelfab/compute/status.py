@@ -12,12 +12,19 @@ from modelfab.schemas.jobs import ACTIVE, TERMINAL, TRANSITIONS, JobStatus
 
 __all__ = [
     "ACTIVE",
+    "LEASE_EXPIRED",
     "TERMINAL",
     "TRANSITIONS",
     "IllegalTransition",
     "JobStatus",
     "check_transition",
 ]
+
+LEASE_EXPIRED = "lease_expired"
+"""Error code of an attempt whose worker stopped itself after it could not reach the control
+plane for its whole lease: the control plane's absence, not the job's fault, so no attempt
+is spent on it (as for a worker lost in a control-plane restart). Only the worker's report
+says so: its exit status alone (3) could be a recipe's own."""
 
 
 class IllegalTransition(Conflict):

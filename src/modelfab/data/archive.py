@@ -37,6 +37,10 @@ MAX_PATH_BYTES = 1024
 
 DEFAULT_MAX_EXTRACT_BYTES = 20 * 2**30
 DEFAULT_MAX_MEMBERS = 1_000_000
+DEFAULT_MAX_RATIO = 100.0
+"""Most unpacked bytes per packed byte; images barely compress, zeros do ~1000-fold."""
+DEFAULT_RATIO_FLOOR_BYTES = 64 * 2**20
+"""Unpacked bytes always allowed whatever the ratio, so small text-like datasets pass."""
 
 _CHUNK_BYTES = 2**20
 _SERVER_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -62,6 +66,9 @@ class _Budget:
     label: str
     max_bytes: int
     max_files: int
+    ratio_bytes: int
+    """The compression-ratio cap in bytes: max(ratio * packed size, floor)."""
+    max_ratio: float
     bytes: int = 0
     """Declared sizes of the members seen so far."""
     written: int = 0
@@ -91,6 +98,14 @@ class _Budget:
             raise PayloadTooLarge(
                 f"archive {self.label!r} unpacks to more than {self.max_bytes} bytes, the "
                 "limit here; upload a smaller dataset",
+                param="file",
+            )
+        if total > self.ratio_bytes:
+            raise PayloadTooLarge(
+                f"archive {self.label!r} unpacks to more than {self.ratio_bytes} bytes, over "
+                f"{self.max_ratio:g} times its packed size (the compression-ratio cap, refused "
+                "as a likely archive bomb); upload it uncompressed or ask an admin to raise "
+                "MODELFAB_MAX_EXTRACT_RATIO",
                 param="file",
             )
 
@@ -216,15 +231,19 @@ def extract_archive(
     *,
     max_bytes: int = DEFAULT_MAX_EXTRACT_BYTES,
     max_files: int = DEFAULT_MAX_MEMBERS,
+    max_ratio: float = DEFAULT_MAX_RATIO,
+    ratio_floor_bytes: int = DEFAULT_RATIO_FLOOR_BYTES,
     label: str | None = None,
 ) -> Path:
     """Extract `archive` (zip, or tar optionally gz/bz2/xz-compressed) into `dest`.
 
     `dest` is created if missing and must be empty. The format is sniffed from the
     content, not the name. Blocks for the whole extraction. Sizes are counted before each
-    member is written and again as its bytes are written, so a bomb stops at the cap. On
-    any error `dest` is emptied again, so nothing half-extracted remains. `label` names the
-    archive in messages (the upload's file name; `archive`'s own name by default).
+    member is written and again as its bytes are written, so a bomb stops at the cap:
+    `max_bytes`, or `max_ratio` times the archive's own size (at least `ratio_floor_bytes`)
+    when that is less. On any error `dest` is emptied again, so nothing half-extracted
+    remains. `label` names the archive in messages (the upload's file name; `archive`'s own
+    name by default).
 
     Returns:
         The dataset root (see `dataset_root`).
@@ -234,13 +253,20 @@ def extract_archive(
             member the filesystem refuses; DatasetInvalid for a member name over
             MAX_NAME_BYTES or a path over MAX_PATH_BYTES.
         OSError: when the server's disk is full (ENOSPC, EDQUOT): not the caller's fault.
-        PayloadTooLarge: (param "file") past `max_bytes` uncompressed or `max_files` entries.
+        PayloadTooLarge: (param "file") past `max_bytes` uncompressed, past the
+            compression-ratio cap, or past `max_files` entries.
         ValueError: when `dest` is not empty (a caller bug).
     """
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise ValueError(f"extraction destination {dest} is not empty")
-    budget = _Budget(label=label or archive.name, max_bytes=max_bytes, max_files=max_files)
+    budget = _Budget(
+        label=label or archive.name,
+        max_bytes=max_bytes,
+        max_files=max_files,
+        ratio_bytes=max(int(max_ratio * archive.stat().st_size), ratio_floor_bytes),
+        max_ratio=max_ratio,
+    )
     try:
         if zipfile.is_zipfile(archive):
             _extract_zip(archive, dest, budget)

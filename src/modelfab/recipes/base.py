@@ -86,7 +86,8 @@ class RecipeContext(Reporter, Protocol):
     workdir: Path
 
     def upload_artifact(self, path: Path, *, name: str, format: str) -> dict[str, Any]:
-        """Store `path`; returns {object, name, format, uri, sha256, size_bytes}. Blocks."""
+        """Store `path`; returns {object, name, format, sha256, size_bytes}, the record for a
+        model's `artifacts` list. Blocks."""
         ...
 
     def register_model(self, model: dict[str, Any]) -> None:

@@ -25,11 +25,13 @@ class WorkerEvents(RequestModel):
 
 
 class ArtifactRecord(WireModel):
-    """An artifact as the artifacts upload answered it."""
+    """An artifact as the artifacts upload answered it: its content's sha256 and size, what
+    the attempt sent. The store is shared by every tenant, so the answer never says where it
+    keeps the bytes nor whether they were there already; a model report names them by
+    sha256."""
 
     name: str
     format: str = Field(description="pytorch, onnx or json.")
-    uri: str
     sha256: str
     size_bytes: int = Field(ge=0, le=limits.MAX_SIZE_BYTES)
 

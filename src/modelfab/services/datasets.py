@@ -13,7 +13,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.data import DatasetStore, StoredDataset, extract_archive
-from modelfab.data.archive import DEFAULT_MAX_EXTRACT_BYTES, DEFAULT_MAX_MEMBERS
+from modelfab.data.archive import (
+    DEFAULT_MAX_EXTRACT_BYTES,
+    DEFAULT_MAX_MEMBERS,
+    DEFAULT_MAX_RATIO,
+)
 from modelfab.data.store import sweep_staging
 from modelfab.db.engine import transaction
 from modelfab.db.models import Dataset, DatasetVersion
@@ -78,12 +82,14 @@ class DatasetService:
         scratch: Path,
         max_extract_bytes: int = DEFAULT_MAX_EXTRACT_BYTES,
         max_archive_members: int = DEFAULT_MAX_MEMBERS,
+        max_extract_ratio: float = DEFAULT_MAX_RATIO,
     ):
         self.factory = factory
         self.store = store
         self.scratch = scratch
         self.max_extract_bytes = max_extract_bytes
         self.max_archive_members = max_archive_members
+        self.max_extract_ratio = max_extract_ratio
 
     def sweep_staging(self, older_than_s: float) -> list[Path]:
         """Remove what killed uploads left, untouched for `older_than_s` seconds: archives
@@ -129,7 +135,8 @@ class DatasetService:
     ) -> wire.DatasetCreated:
         """Import an uploaded .zip/.tar/.tar.gz (blocks); validated before anything is
         registered. `filename` is the upload's name, shown in errors. Raises PayloadTooLarge
-        past `max_extract_bytes` unpacked or `max_archive_members` entries, DatasetInvalid
+        past `max_extract_bytes` unpacked, `max_extract_ratio` times the archive's size
+        (beyond a 64 MiB floor) or `max_archive_members` entries, DatasetInvalid
         or InvalidRequest (see `extract_archive` and the task's validation). A repeat with
         `idem` (same fields, same archive bytes) answers as the first time, unpacking nothing."""
         check_name(name)
@@ -148,6 +155,7 @@ class DatasetService:
                 workdir / "x",
                 max_bytes=self.max_extract_bytes,
                 max_files=self.max_archive_members,
+                max_ratio=self.max_extract_ratio,
                 label=filename,
             )
             stored = self.store.ingest(root, spec)

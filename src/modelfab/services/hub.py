@@ -11,11 +11,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelfab.artifacts import hash_path
+from modelfab.db.engine import transaction
 from modelfab.errors import Forbidden, InvalidRequest, PayloadTooLarge
 from modelfab.hub.catalog import CATALOG, HubEntry, availability, get_entry, store_imported
 from modelfab.ids import now
 from modelfab.schemas.hub import HubModel, HubModelImported, ImportedWeights
+from modelfab.services import idempotency
 from modelfab.services.common import Principal
+from modelfab.services.idempotency import Idempotency
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +74,16 @@ def import_weights(
     model_id: str,
     upload_path: Path,
     *,
+    factory: sessionmaker[Session],
     original_filename: str | None = None,
+    idem: Idempotency | None = None,
 ) -> HubModelImported:
     """Keep `upload_path` as the weights of `model_id`, replacing earlier ones (blocks).
+    A repeat with `idem` (same file name and bytes) answers as the first time, storing
+    nothing; the answer is recorded once the weights are in place.
 
     Raises what `check_import` raises, InvalidRequest for an empty file, PayloadTooLarge
-    past 2 GiB.
+    past 2 GiB, Conflict for an `idem` key used with another file.
     """
     entry = check_import(principal, model_id)
     size = upload_path.stat().st_size
@@ -81,13 +91,17 @@ def import_weights(
         raise InvalidRequest("the weights file is empty", param="file")
     if size > MAX_IMPORT_BYTES:
         raise PayloadTooLarge(f"weights are larger than {MAX_IMPORT_BYTES} bytes", param="file")
-    meta = store_imported(
-        hub_dir,
-        model_id,
-        upload_path,
-        original_filename=original_filename or upload_path.name,
-        at=now(),
-    )
+    filename = original_filename or upload_path.name
+    if idem is not None:
+        digest, _ = hash_path(upload_path)
+        idem = idem.for_body({"filename": filename, "file_sha256": digest})
+        with factory() as session:
+            if (first := idempotency.replay(session, idem, HubModelImported)) is not None:
+                return first
+    meta = store_imported(hub_dir, model_id, upload_path, original_filename=filename, at=now())
     logger.info("imported weights for %s (sha256 %s)", model_id, meta["sha256"][:12])
     view = _entry_view(entry, hub_dir).model_dump()
-    return HubModelImported(**view, imported=ImportedWeights.model_validate(meta))
+    out = HubModelImported(**view, imported=ImportedWeights.model_validate(meta))
+    with transaction(factory) as session:
+        idempotency.record(session, idem, 201, out)
+    return out

@@ -116,7 +116,7 @@ def verify_model(store: ArtifactStore, payload: dict[str, Any]) -> VerifiedModel
 
 
 def _checked_artifact(a: Any) -> dict[str, Any]:
-    keys = ("name", "format", "uri", "sha256", "size_bytes")
+    keys = ("name", "format", "sha256", "size_bytes")
     if not isinstance(a, dict) or any(k not in a for k in keys):
         raise InvalidRequest(
             f"each artifact needs {', '.join(keys)} (the answer of the artifacts upload)",
@@ -128,14 +128,16 @@ def _checked_artifact(a: Any) -> dict[str, Any]:
 
 
 def _verify_artifact(store: ArtifactStore, a: dict[str, Any]) -> dict[str, Any]:
-    path = store.open_verified(str(a["uri"]), a["sha256"])
+    """`a` with its address in the store, found by sha256 (a report never names a path)."""
+    uri = store.uri_for(a["sha256"])
+    path = store.open_verified(uri, a["sha256"])
     size = path.stat().st_size
     if size != a["size_bytes"]:
         raise InvalidRequest(
             f"artifact {a['name']} has {size} bytes in the store, not {a['size_bytes']}",
             param="model.artifacts",
         )
-    return a
+    return {**a, "uri": uri}
 
 
 def register_version(

@@ -116,6 +116,8 @@ class WorkerService:
         self, job_id: str, token: str, *, name: str, format: str, sha256: str, stream: BinaryIO
     ) -> wire.ArtifactStored:
         """Store an artifact of the running attempt (blocks while copying and hashing).
+        The answer is what the attempt sent (name, format, sha256, size): nothing of the
+        shared store's paths or of content other tenants stored.
 
         Raises InvalidRequest (param sha256) when the bytes do not hash to `sha256`, and
         PayloadTooLarge past `max_artifact_bytes`.
@@ -124,16 +126,14 @@ class WorkerService:
         store = self._store()
         with self.factory() as session:
             authorized(session, job_id, token)
-        uri, actual, size = store.put_stream(stream, max_bytes=self.max_artifact_bytes)
+        _, actual, size = store.put_stream(stream, max_bytes=self.max_artifact_bytes)
         if actual != sha256:
             raise InvalidRequest(
                 f"the uploaded {name} hashes to {actual}, not {sha256}: it was damaged on "
                 "the way; upload it again",
                 param="sha256",
             )
-        return wire.ArtifactStored(
-            name=name, format=format, uri=uri, sha256=actual, size_bytes=size
-        )
+        return wire.ArtifactStored(name=name, format=format, sha256=actual, size_bytes=size)
 
     def complete(self, job_id: str, token: str, report: wire.WorkerComplete) -> wire.AttemptEnded:
         """End the attempt. A succeeded one with a `model` registers its next version in

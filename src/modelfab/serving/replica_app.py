@@ -293,9 +293,15 @@ def _error(status: int, code: str, message: str, param: str | None = None) -> JS
 
 
 async def _http_error(_: Request, exc: Exception) -> Response:
+    """The framework's own errors as JSON, with their headers: a 405's `Allow` (sorted;
+    each path here is one route, so the framework's list is the whole answer)."""
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _error(exc.status_code, code, str(exc.detail))
+    response = _error(exc.status_code, code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    if allow := response.headers.get("allow"):
+        response.headers["allow"] = ", ".join(sorted(m.strip() for m in allow.split(",")))
+    return response
 
 
 async def _health(replica: Replica, _: Request) -> Response:

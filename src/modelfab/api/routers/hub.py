@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from modelfab.api.deps import Caller, Ctx
+from modelfab.api.idempotency import IdemKey
 from modelfab.api.uploads import UNSUPPORTED, multipart_body, read_multipart
 from modelfab.schemas.common import ERRORS, List, errors
 from modelfab.schemas.hub import HubModel, HubModelImported
@@ -23,7 +24,7 @@ def list_hub(ctx: Ctx, _: Caller) -> List[HubModel]:
 @router.post(
     "/hub/{model_id}/import",
     status_code=201,
-    responses={**UNSUPPORTED, **errors(400, 403, 404, 413)},
+    responses={**UNSUPPORTED, **errors(400, 403, 404, 409, 413)},
     openapi_extra=multipart_body(
         "Body_import_weights_v1_hub__model_id__import_post",
         fields={},
@@ -31,7 +32,7 @@ def list_hub(ctx: Ctx, _: Caller) -> List[HubModel]:
     ),
 )
 async def import_weights(
-    model_id: str, request: Request, ctx: Ctx, principal: Caller
+    model_id: str, request: Request, ctx: Ctx, principal: Caller, idem: IdemKey
 ) -> HubModelImported:
     """Multipart with the weights as `file` (admin). The body is read only after the key
     and the model id are checked."""
@@ -46,5 +47,7 @@ async def import_weights(
             ctx.settings.hub_dir,
             model_id,
             weights.path,
+            factory=ctx.factory,
             original_filename=weights.filename or "weights.pth",
+            idem=idem,
         )

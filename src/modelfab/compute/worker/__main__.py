@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 from modelfab.artifacts import verified_file
-from modelfab.compute.status import JobStatus
+from modelfab.compute.status import LEASE_EXPIRED, JobStatus
 from modelfab.compute.worker.api import (
     DEFAULT_LEASE_S,
     LEASE_ENV,
@@ -67,7 +67,7 @@ def run_attempt(ctx: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]:
         return _failed("recipe_error", f"{type(exc).__name__}: {exc}", retryable=True)
     if ctx.lease_lost.is_set():  # not a cancel by the user: another attempt resumes
         message = "the worker lost its control plane for longer than its lease and stopped"
-        return _failed("lease_expired", message, retryable=True)
+        return _failed(LEASE_EXPIRED, message, retryable=True)
     if ctx.cancelled():
         return {"status": JobStatus.CANCELLED, "result": result}
     return {"status": JobStatus.SUCCEEDED, "result": result, "model": ctx.model}

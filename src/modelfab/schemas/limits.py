@@ -16,6 +16,8 @@ MAX_COUNT = 2**31 - 1
 """The cap of counts the API takes (attempt numbers and the like)."""
 MAX_SIZE_BYTES = 1 << 50
 """The largest size in bytes the API takes (1 PiB): memory requests, artifact sizes."""
+MAX_METERED_QUANTITY = 1e15
+"""The most one attempt may meter of a quantity it counts itself (tokens_trained...)."""
 
 # resources (jobs and endpoint replicas)
 RESOURCE_STEP = 0.01

@@ -31,7 +31,7 @@ class ArtifactRecord(WireModel):
     sha256."""
 
     name: str
-    format: str = Field(description="pytorch, onnx or json.")
+    format: str = Field(description="pytorch, onnx, json, numpy, png, safetensors or text.")
     sha256: str
     size_bytes: int = Field(ge=0, le=limits.MAX_SIZE_BYTES)
 

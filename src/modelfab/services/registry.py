@@ -43,7 +43,7 @@ from modelfab.tasks import get_task, task_names
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT_FORMATS = ("pytorch", "onnx", "json", "numpy", "png")
+ARTIFACT_FORMATS = ("pytorch", "onnx", "json", "numpy", "png", "safetensors", "text")
 ONNX_NAME, LABELS_NAME = "model.onnx", "labels.json"
 """The artifacts the ONNX kinds serve from (which a task needs: `TaskSpec.serving_artifacts`)."""
 ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -17,9 +17,10 @@ from modelfab.compute import lifecycle
 from modelfab.compute.status import JobStatus
 from modelfab.db.engine import transaction
 from modelfab.db.models import DatasetVersion, Job
-from modelfab.errors import Conflict, InvalidRequest, ModelfabError, Unauthenticated
+from modelfab.errors import Conflict, InvalidRequest, ModelfabError, NotFound, Unauthenticated
 from modelfab.hub.catalog import imported_meta, imported_weights
 from modelfab.ids import hash_secret, now
+from modelfab.recipes.base import get_recipe
 from modelfab.schemas import limits
 from modelfab.schemas import worker as wire
 from modelfab.schemas.jobs import Resources
@@ -202,6 +203,7 @@ class WorkerService:
         return lifecycle.end_attempt(
             session,
             job,
+            usage=recipe_usage(job.recipe, result),
             outcome=outcome,
             at=at,
             error=error,
@@ -228,6 +230,22 @@ def _dataset(session: Session, version_id: str | None) -> wire.WorkerDataset | N
 def _pick(value: Any, allowed: tuple[str, ...]) -> str:
     """`value` when it is one of `allowed`, else the first (the default)."""
     return value if isinstance(value, str) and value in allowed else allowed[0]
+
+
+def recipe_usage(recipe: str, result: dict[str, Any] | None) -> dict[str, float]:
+    """The meters the recipe counts itself (its spec's `meters`), read from the attempt's
+    result: finite numbers from 0 to MAX_METERED_QUANTITY, anything else left out."""
+    try:
+        meters = get_recipe(recipe).meters
+    except NotFound:
+        return {}
+    found = {}
+    for meter in meters:
+        value = (result or {}).get(meter)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and 0 <= value <= limits.MAX_METERED_QUANTITY:  # also refuses nan
+            found[meter] = float(value)
+    return found
 
 
 def worker_time(at: float | None, since: float | None) -> float:

@@ -77,6 +77,8 @@ class FitResult:
     evaluation excluded."""
     unit: str = "images"
     """What `train_items_per_s` counts (images, tokens...)."""
+    items_run: int = 0
+    """Items (in `unit`) this attempt trained on."""
     stopped_early: bool = False
     cancelled: bool = False
 
@@ -524,6 +526,7 @@ def _finish(
         history=list(progress.history),
         train_items_per_s=round(run.items / run.train_s, 2) if run.train_s > 0 else 0.0,
         unit=run.unit,
+        items_run=run.items,
         stopped_early=_out_of_patience(progress, patience) and progress.epochs_done < run.epochs,
         cancelled=cancelled,
     )

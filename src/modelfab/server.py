@@ -37,6 +37,7 @@ from modelfab.services.auth import authenticate, bootstrap_admin
 from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoint_controller import EndpointController
 from modelfab.services.endpoints import EndpointService
+from modelfab.services.files import FileService
 from modelfab.services.jobs import JobService
 from modelfab.services.keys import KeyService
 from modelfab.services.registry import RegistryService
@@ -223,16 +224,18 @@ def build_context(
         settings=settings.gateway,
     )
     endpoints.on_routes_change = gateway.invalidate
+    datasets = DatasetService(
+        factory,
+        store,
+        scratch=settings.home / "tmp",
+        max_extract_bytes=settings.max_extract_bytes,
+        max_archive_members=settings.max_archive_members,
+    )
     return AppContext(
         settings=settings,
         factory=factory,
-        datasets=DatasetService(
-            factory,
-            store,
-            scratch=settings.home / "tmp",
-            max_extract_bytes=settings.max_extract_bytes,
-            max_archive_members=settings.max_archive_members,
-        ),
+        datasets=datasets,
+        files=FileService(factory, datasets, artifacts, max_bytes=settings.max_upload_bytes),
         jobs=jobs,
         endpoints=endpoints,
         gateway=gateway,

@@ -92,3 +92,9 @@ MAX_CHAT_RECORD_BYTES = 16 << 20
 """Bytes of one JSONL line (one conversation as uploaded)."""
 MAX_CHAT_JSON_BYTES = 1 << 30
 """Bytes of a chat file uploaded as one JSON list (it is read whole; JSONL is streamed)."""
+
+# files (the OpenAI files API)
+MAX_LIST_FILES = 10_000
+"""Files one list call answers at most (OpenAI's cap; also the default)."""
+MAX_FILENAME_CHARS = 255
+"""Characters of an uploaded file's name that are kept."""

@@ -34,6 +34,7 @@ from modelfab.errors import ModelfabError
 from modelfab.gateway import EndpointDeleter, Gateway
 from modelfab.plugins import PLUGINS_ENV, load_plugins
 from modelfab.services.auth import authenticate, bootstrap_admin
+from modelfab.services.chat_tokens import HubTokenCounts
 from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoint_controller import EndpointController
 from modelfab.services.endpoints import EndpointService
@@ -43,6 +44,7 @@ from modelfab.services.keys import KeyService
 from modelfab.services.registry import RegistryService
 from modelfab.services.worker import WorkerService
 from modelfab.settings import ServerSettings
+from modelfab.tasks import chat
 from modelfab.usage_journal import UsageJournal
 
 logger = logging.getLogger(__name__)
@@ -211,6 +213,8 @@ def build_context(
     Without a `journal`, endpoint requests are served but not metered."""
     store = DatasetStore(settings.datasets_dir)
     artifacts = ArtifactStore(settings.artifacts_dir)
+    model = settings.chat_stats_model  # counts chat datasets' tokens
+    chat.use_token_counter(HubTokenCounts(settings.hub_dir, model) if model else None)
     jobs = JobService(
         factory, executor, node_ids=node_ids, on_change=on_change, path_roots=settings.path_roots
     )

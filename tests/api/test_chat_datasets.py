@@ -4,14 +4,17 @@ each format; content-addressed versions; refusals naming the line, with nothing 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modelfab.settings import ServerSettings
+from modelfab.tasks import chat as chat_task
 from tests.api.factories import make_classification, targz, upload, zipped
 from tests.conftest import Api
+from tests.tasks.test_chat import WordCounter
 
 CHAT = "chat"
 
@@ -47,8 +50,23 @@ def sharegpt(turns: list[tuple[str, str]] = TURNS, *, as_list: bool = False) -> 
 
 
 @pytest.fixture
+def settings(settings: ServerSettings) -> ServerSettings:
+    """Characters only: counting with the hub's tokenizer is tested on its own."""
+    return settings.model_copy(update={"chat_stats_model": None})
+
+
+@pytest.fixture
 def member(api: Api) -> str:
     return str(api.create_tenant("support")["api_key"])
+
+
+@pytest.fixture
+def words(api: Api) -> Iterator[WordCounter]:
+    """A token counter (words, two per message, a context of 12) installed for the surveys."""
+    counter = WordCounter(name="words", context=12)
+    chat_task.use_token_counter(lambda: counter)
+    yield counter
+    chat_task.use_token_counter(None)
 
 
 def chat_upload(api: Api, key: str, name: str, blob: bytes, filename: str = "chats.jsonl") -> Any:
@@ -178,3 +196,35 @@ def test_an_admin_imports_a_chat_file_from_the_server(api: Api, tmp_path: Path) 
     (folder / "chats.jsonl").write_bytes(openai_jsonl())
     again = api.call("POST", "/datasets", api.admin_key, json={**body, "path": str(folder)})
     assert again.status_code == 200 and again.json()["version"] == 1
+
+
+def test_stats_count_tokens_with_the_installed_counter(
+    api: Api, member: str, words: WordCounter
+) -> None:
+    resp = chat_upload(api, member, "counted", openai_jsonl())
+    assert resp.status_code == 201, resp.text
+    # words, plus two per message: 4 + 4, 4 + 4, 3 + 4
+    assert resp.json()["stats"]["tokens"] == {
+        "p50": 8,
+        "p95": 8,
+        "max": 8,
+        "total": 23,
+        "tokenizer": "words",
+    }
+
+
+def test_a_conversation_past_the_context_is_refused_by_its_line_in_the_upload(
+    api: Api, member: str, words: WordCounter
+) -> None:
+    turns = [*TURNS, ("one two three four five six seven", "eight nine")]  # 9 words + 4
+    records = [{"instruction": q, "output": a} for q, a in turns]
+    blob = ("[\n" + ",\n\n".join(json.dumps(r) for r in records) + "\n]").encode()
+    resp = chat_upload(api, member, "counted", blob, "long.json")
+    assert resp.status_code == 422
+    error = resp.json()["error"]
+    assert error["param"] == "long.json"
+    assert error["message"].startswith(
+        "long.json, item 4 (line 8): 13 tokens under words's chat template, longer than its "
+        "context of 12 tokens"
+    )
+    assert api.call("GET", "/datasets", member).json()["data"] == []

@@ -25,6 +25,12 @@ from tests.registry_factories import insert_running_job
 
 
 @pytest.fixture
+def settings(settings: ServerSettings) -> ServerSettings:
+    """Characters only: counting with the hub's tokenizer is tested on its own."""
+    return settings.model_copy(update={"chat_stats_model": None})
+
+
+@pytest.fixture
 def oai(platform: Platform) -> Iterator[openai.OpenAI]:
     """The unchanged `openai` client with a fresh tenant's key, on a real control plane."""
     admin = platform.settings.admin_key_path.read_text().strip()

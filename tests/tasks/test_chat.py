@@ -28,8 +28,10 @@ class WordCounter:
         return sum(len(m["content"].split()) + 2 for m in messages)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def no_counter() -> Iterator[None]:
+    """Characters only unless a test installs a counter (other tests' platforms install
+    the hub's)."""
     chat_task.use_token_counter(None)
     yield
     chat_task.use_token_counter(None)

@@ -447,17 +447,26 @@ def dump_conversation(messages: Sequence[ChatMessage]) -> str:
 
 
 def convert_file(
-    src: Path, dest: Path, *, label: str | None = None, lim: ChatLimits = DEFAULT_LIMITS
+    src: Path,
+    dest: Path,
+    *,
+    label: str | None = None,
+    lim: ChatLimits = DEFAULT_LIMITS,
+    check: Callable[[Conversation], object] | None = None,
 ) -> Converted:
     """Read the chat file `src` (any accepted format) and write the normalized
-    `dest/conversations.jsonl` (`dest` is created). Blocks. Raises ConversationInvalid as
-    `read_conversations`; `dest` may then hold a partial file, which the caller discards."""
+    `dest/conversations.jsonl` (`dest` is created). `check` sees every conversation first
+    (where it stands in `src`) and may refuse it by raising. Blocks. Raises
+    ConversationInvalid as `read_conversations`, and what `check` raises; `dest` may then
+    hold a partial file, which the caller discards."""
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / CONVERSATIONS_FILE
     fmt: Format = "openai"
     count = 0
     with out.open("w", encoding="utf-8", newline="\n") as fh:
         for conversation in read_conversations(src, label=label, lim=lim):
+            if check is not None:
+                check(conversation)
             fh.write(dump_conversation(conversation.messages) + "\n")
             fmt, count = conversation.format, count + 1
     logger.info("converted %s (%s): %d conversations", label or src.name, fmt, count)

@@ -16,6 +16,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
 
@@ -65,7 +66,8 @@ class TokenCounter(Protocol):
         ...
 
     def count(self, messages: Sequence[ChatMessage]) -> int:
-        """Tokens of `messages` rendered with the chat template."""
+        """Tokens of `messages` rendered with the chat template. Raises ValueError when the
+        template refuses the conversation."""
         ...
 
 
@@ -81,6 +83,11 @@ def use_token_counter(source: TokenCounterSource | None) -> None:
     process that validates datasets (the control plane) sets it once at start."""
     global _token_counter_source
     _token_counter_source = source
+
+
+def token_counter_source() -> TokenCounterSource | None:
+    """What `use_token_counter` installed."""
+    return _token_counter_source
 
 
 def token_counter() -> TokenCounter | None:
@@ -125,7 +132,7 @@ def summarize(
 
     Raises:
         ConversationInvalid: (param `label`) for a conversation longer than the counter's
-            context, naming its line.
+            context, or one its chat template refuses, naming its line.
     """
     turns: Counter[str] = Counter({role: 0 for role in ROLES})
     chars: list[int] = []
@@ -134,7 +141,7 @@ def summarize(
         turns.update(m["role"] for m in conversation.messages)
         chars.append(sum(len(m["content"]) for m in conversation.messages))
         if counter is not None:
-            tokens.append(_tokens(conversation, counter, label))
+            tokens.append(count_tokens(conversation, counter, label))
     return {
         "task": NAME,
         "conversations": len(chars),
@@ -145,8 +152,15 @@ def summarize(
     }
 
 
-def _tokens(conversation: Conversation, counter: TokenCounter, label: str) -> int:
-    n = counter.count(conversation.messages)
+def count_tokens(conversation: Conversation, counter: TokenCounter, label: str) -> int:
+    """The conversation's tokens under `counter`. Raises ConversationInvalid (param `label`,
+    naming its line) when its chat template refuses it or it is longer than the context."""
+    try:
+        n = counter.count(conversation.messages)
+    except ValueError as exc:  # the template refuses it (e.g. roles out of order)
+        raise ConversationInvalid(
+            label, conversation.where, f"{counter.name}'s chat template refuses it ({exc})"
+        ) from exc
     if counter.context is not None and n > counter.context:
         raise ConversationInvalid(
             label,
@@ -188,7 +202,8 @@ def prepare_upload(upload: Path, scratch: Path, label: str) -> Path:
     """The dataset folder made of an uploaded chat file, or of an unpacked folder holding
     one chat file (.jsonl or .json; README and .txt files at its root are ignored):
     `scratch/conversations.jsonl`, normalized. Raises DatasetInvalid (naming the file and
-    line) for anything else."""
+    line) for anything else, and for a conversation longer than the installed token
+    counter's context."""
     if upload.is_dir():
         tree = walk(upload)
         chat_files = [f for f in tree.files if PurePosixPath(f).suffix.lower() in CHAT_SUFFIXES]
@@ -200,7 +215,10 @@ def prepare_upload(upload: Path, scratch: Path, label: str) -> Path:
                 param=tree.files[0] if tree.files else label,
             )
         upload, label = upload / chat_files[0], chat_files[0]
-    convert_file(upload, scratch, label=label)
+    counter = token_counter()
+    # the context is checked here too, where errors can name the line of the upload
+    check = None if counter is None else partial(count_tokens, counter=counter, label=label)
+    convert_file(upload, scratch, label=label, check=check)
     return scratch
 
 

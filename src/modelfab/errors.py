@@ -50,6 +50,13 @@ class DatasetInvalid(InvalidRequest):
     code = "dataset_invalid"
 
 
+class ChatModelInvalid(InvalidRequest):
+    """A language-model folder, tokenizer or GGUF file cannot be used; `param` is the input
+    that holds it (the upload's "file" by default)."""
+
+    code = "chat_model_invalid"
+
+
 class Unauthenticated(ModelfabError):
     status = 401
     code = "unauthenticated"

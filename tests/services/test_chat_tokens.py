@@ -11,10 +11,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.llm.conversations import ChatMessage
 from modelfab.server import build_context
-from modelfab.services.chat_tokens import BoundCounter, HubTokenCounts
+from modelfab.services.chat_tokens import BoundCounter, HubTokenCounts, load_counter
 from modelfab.settings import ServerSettings
 from modelfab.tasks import chat as chat_task
 from modelfab.tasks.chat import TokenCounter
+from tests.api.factories import upload
+from tests.api.test_chat_datasets import openai_jsonl
+from tests.conftest import Api
+from tests.llm.real_models import needs_smollm2
 
 
 def words(messages: Sequence[ChatMessage]) -> int:
@@ -68,3 +72,32 @@ def test_build_context_installs_the_settings_model(
         settings.model_copy(update={"chat_stats_model": None}), factory, None, node_ids=[]
     )
     assert chat_task._token_counter_source is None
+
+
+def test_tiny_chat_counts_with_its_template(tmp_path: Path) -> None:
+    counter = load_counter(tmp_path, "tiny-chat")
+    assert (counter.name, counter.context) == ("tiny-chat", 2048)
+    short = counter.count(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    )
+    longer = counter.count(
+        [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "yo"}]
+    )
+    assert 0 < short < longer
+
+
+def test_an_unknown_model_counts_characters(tmp_path: Path) -> None:
+    assert HubTokenCounts(tmp_path, "no-such-model")() is None
+
+
+def test_uploads_count_smollm2_tokens(api: Api, tmp_path: Path) -> None:
+    """The default settings: chat stats count tokens under SmolLM2's tokenizer and template
+    (converted from the package's GGUF into the hub cache on first use: a few seconds)."""
+    needs_smollm2()
+    key = api.create_tenant("tokens")["api_key"]
+    resp = upload(api, key, "counted", openai_jsonl(), task="chat", filename="chats.jsonl")
+    assert resp.status_code == 201, resp.text
+    tokens = resp.json()["stats"]["tokens"]
+    assert tokens["tokenizer"] == "smollm2-135m-instruct"
+    # the template adds a default system turn and role markers to each short exchange
+    assert 20 < tokens["p50"] <= tokens["p95"] == tokens["max"] < 80

@@ -182,6 +182,9 @@ def test_a_repeated_upload_with_one_idempotency_key_is_one_file(api: Api, member
     assert len(api.call("GET", "/files", member).json()["data"]) == 1
     other = create_file(api, member, openai_jsonl())
     assert other.json()["id"] != first.json()["id"]  # no key: a new file, same content
+    reused = create_file(api, member, alpaca_json(), headers=dict(headers))
+    assert reused.status_code == 409
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
 
 
 def test_delete_keeps_a_dataset_that_a_job_was_made_from(

@@ -22,7 +22,7 @@ router = APIRouter(tags=["files"], responses=ERRORS)
 
 @router.post(
     "/files",
-    responses={**UNSUPPORTED, **errors(400, 413)},
+    responses={**UNSUPPORTED, **errors(400, 409, 413)},
     openapi_extra=multipart_body(
         "Body_create_file_v1_files_post",
         fields={"purpose": "fine-tune (the one purpose kept here)"},

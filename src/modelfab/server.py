@@ -34,14 +34,17 @@ from modelfab.errors import ModelfabError
 from modelfab.gateway import EndpointDeleter, Gateway
 from modelfab.plugins import PLUGINS_ENV, load_plugins
 from modelfab.services.auth import authenticate, bootstrap_admin
+from modelfab.services.chat_tokens import HubTokenCounts
 from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoint_controller import EndpointController
 from modelfab.services.endpoints import EndpointService
+from modelfab.services.files import FileService
 from modelfab.services.jobs import JobService
 from modelfab.services.keys import KeyService
 from modelfab.services.registry import RegistryService
 from modelfab.services.worker import WorkerService
 from modelfab.settings import ServerSettings
+from modelfab.tasks import chat
 from modelfab.usage_journal import UsageJournal
 
 logger = logging.getLogger(__name__)
@@ -210,6 +213,8 @@ def build_context(
     Without a `journal`, endpoint requests are served but not metered."""
     store = DatasetStore(settings.datasets_dir)
     artifacts = ArtifactStore(settings.artifacts_dir)
+    model = settings.chat_stats_model  # counts chat datasets' tokens
+    chat.use_token_counter(HubTokenCounts(settings.hub_dir, model) if model else None)
     jobs = JobService(
         factory, executor, node_ids=node_ids, on_change=on_change, path_roots=settings.path_roots
     )
@@ -223,17 +228,19 @@ def build_context(
         settings=settings.gateway,
     )
     endpoints.on_routes_change = gateway.invalidate
+    datasets = DatasetService(
+        factory,
+        store,
+        scratch=settings.home / "tmp",
+        max_extract_bytes=settings.max_extract_bytes,
+        max_archive_members=settings.max_archive_members,
+        max_extract_ratio=settings.max_extract_ratio,
+    )
     return AppContext(
         settings=settings,
         factory=factory,
-        datasets=DatasetService(
-            factory,
-            store,
-            scratch=settings.home / "tmp",
-            max_extract_bytes=settings.max_extract_bytes,
-            max_archive_members=settings.max_archive_members,
-            max_extract_ratio=settings.max_extract_ratio,
-        ),
+        datasets=datasets,
+        files=FileService(factory, datasets, artifacts, max_bytes=settings.max_upload_bytes),
         jobs=jobs,
         endpoints=endpoints,
         gateway=gateway,

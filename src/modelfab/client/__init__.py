@@ -175,7 +175,9 @@ class Client:
 
     # -- datasets -------------------------------------------------------------------------
     def create_dataset(self, name: str, path: str | Path, *, task: str) -> DatasetCreated:
-        """Upload a local folder (packed as tar.gz on the fly) or an existing archive."""
+        """Upload a local folder (packed as tar.gz on the fly), an existing archive, or, for
+        a task that takes single files (chat: .jsonl or .json of OpenAI messages, alpaca or
+        sharegpt), the one file as it is: the server converts it."""
         path = Path(path)
         if path.is_dir():
             with tempfile.TemporaryDirectory() as tmp:

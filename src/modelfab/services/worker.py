@@ -242,8 +242,9 @@ def recipe_usage(recipe: str, result: dict[str, Any] | None) -> dict[str, float]
     found = {}
     for meter in meters:
         value = (result or {}).get(meter)
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if number and 0 <= value <= limits.MAX_METERED_QUANTITY:  # also refuses nan
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if 0 <= value <= limits.MAX_METERED_QUANTITY:  # also refuses nan
             found[meter] = float(value)
     return found
 

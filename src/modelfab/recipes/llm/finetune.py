@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from modelfab.llm.models import greedy_reply, load_chat_model, save_chat_model
 from modelfab.llm.tokenizer import ChatTokenizer
@@ -142,7 +143,7 @@ def _answers(
     ]
 
 
-def _with_lora(model: nn.Module, rank: int, seed: int) -> nn.Module:
+def _with_lora(model: PreTrainedModel, rank: int, seed: int) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -154,17 +155,17 @@ def _with_lora(model: nn.Module, rank: int, seed: int) -> nn.Module:
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return get_peft_model(model, config)  # type: ignore[arg-type]
+        return get_peft_model(model, config)
 
 
-def _wants_checkpointing(setting: bool | str, model: nn.Module, cfg: dict[str, Any]) -> bool:
+def _wants_checkpointing(setting: bool | str, model: PreTrainedModel, cfg: dict[str, Any]) -> bool:
     """auto: on a GPU, when the activations of one batch (a rough 34 bytes x hidden x layers
     per token) would take more than half of its free memory."""
     if setting != "auto":
         return bool(setting)
     if not torch.cuda.is_available():
         return False
-    config = model.config  # type: ignore[union-attr]
+    config = model.config
     per_token = 34 * config.hidden_size * config.num_hidden_layers
     batch_bytes = per_token * cfg["batch_size"] * cfg["max_length"]
     free, _ = torch.cuda.mem_get_info()
@@ -184,14 +185,15 @@ def finetune(
     recipe's, autos unresolved) say; `base_model` is its lineage for `model.json`. Resumes
     from the checkpoint in `workdir` after a crash. Blocks for the run."""
     device = _device()
-    model, tokenizer = load_chat_model(base_folder, device=device)
+    base, tokenizer = load_chat_model(base_folder, device=device)
+    model: nn.Module = base
     train_convs, val_convs = split(conversations, params["val_fraction"], params["seed"])
     raw = resolve(params, len(conversations), device)
-    context = int(getattr(model.config, "max_position_embeddings", 2048))
+    context = int(getattr(base.config, "max_position_embeddings", 2048))
     if raw["max_length"] == "auto":
         raw["max_length"] = auto_max_length(tokenizer, train_convs, context)
     raw["max_length"] = min(int(raw["max_length"]), context)
-    raw["gradient_checkpointing"] = _wants_checkpointing(raw["gradient_checkpointing"], model, raw)
+    raw["gradient_checkpointing"] = _wants_checkpointing(raw["gradient_checkpointing"], base, raw)
     cfg = FinetuneConfig(
         **{k: raw[k] for k in FinetuneConfig.__dataclass_fields__ if k != "device"},
         device=device.type,
@@ -222,7 +224,7 @@ def finetune(
     reporter.metrics(step=0, **{f"{k}_before": v for k, v in before.items()})
 
     if cfg.method == "lora":
-        model = _with_lora(model, cfg.lora_rank, cfg.seed)
+        model = _with_lora(base, cfg.lora_rank, cfg.seed)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()  # type: ignore[operator]
         if cfg.method == "lora":

@@ -28,11 +28,11 @@ from modelfab.compute.pool import NodeSpec, detect_node, register_node
 from modelfab.compute.scheduler.loop import Scheduler, SchedulerConfig
 from modelfab.data import DatasetStore
 from modelfab.data.store import sweep_staging
-from modelfab.hub.chat import sweep_hub_staging
 from modelfab.db import migrate
 from modelfab.db.engine import make_engine, make_sessionmaker
 from modelfab.errors import ModelfabError
 from modelfab.gateway import EndpointDeleter, Gateway
+from modelfab.hub.chat import sweep_hub_staging
 from modelfab.plugins import PLUGINS_ENV, load_plugins
 from modelfab.services.auth import authenticate, bootstrap_admin
 from modelfab.services.datasets import DatasetService

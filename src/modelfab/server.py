@@ -32,6 +32,7 @@ from modelfab.db import migrate
 from modelfab.db.engine import make_engine, make_sessionmaker
 from modelfab.errors import ModelfabError
 from modelfab.gateway import EndpointDeleter, Gateway
+from modelfab.hub.chat import sweep_hub_staging
 from modelfab.plugins import PLUGINS_ENV, load_plugins
 from modelfab.services.auth import authenticate, bootstrap_admin
 from modelfab.services.chat_tokens import HubTokenCounts
@@ -164,12 +165,14 @@ class Platform:
 
     def sweep_leftovers(self) -> list[Path]:
         """Remove upload and staging leftovers untouched for `staging_grace_s` (dataset
-        uploads, half-stored datasets and artifacts); uploads in progress, in this process
-        or another sharing the home, are kept. Returns what went. Blocks. After `setup()`."""
+        uploads, half-stored datasets and artifacts, hub imports and conversions); uploads in
+        progress, in this process or another sharing the home, are kept. Returns what went.
+        Blocks. After `setup()`."""
         assert self.datasets is not None, "call setup() first"
         grace = self.settings.staging_grace_s
         return [*self.datasets.sweep_staging(grace),
-                *sweep_staging(self.settings.artifacts_dir, grace)]  # fmt: skip
+                *sweep_staging(self.settings.artifacts_dir, grace),
+                *sweep_hub_staging(self.settings.hub_dir, grace)]  # fmt: skip
 
     def _sweep_loop(self, stop: threading.Event) -> None:
         """`sweep_leftovers` every `SWEEP_INTERVAL_S` until `stop`; a failed sweep is logged."""

@@ -12,7 +12,7 @@ import pytest
 from modelfab.hub.chat import chat_tokenizer_folder
 from modelfab.llm.encoding import IGNORE_INDEX, count_tokens, encode_chat, render_chat
 from modelfab.llm.tokenizer import ChatTokenizer, load_tokenizer, tiny_tokenizer
-from tests.llm.real_models import needs_smollm2
+from tests.llm.files import needs_smollm2
 
 CHAT = [
     {"role": "system", "content": "You answer in one word."},

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfab.errors import NotFound
-from modelfab.tasks import IMAGE_CLASSIFICATION
+from modelfab.tasks import CHAT, IMAGE_CLASSIFICATION
 
 WEIGHTS_NAME = "weights.pth"
 META_NAME = "meta.json"
@@ -31,9 +31,6 @@ SOURCES = ("package", "import", "scratch", "hub")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _CHUNK = 1 << 20
-
-CHAT = "chat"
-"""The chat task's name (`modelfab.tasks.chat.NAME`)."""
 
 
 @dataclass(frozen=True)

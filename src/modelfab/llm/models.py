@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import gguf
 import torch
 from transformers import (
     AutoConfig,
@@ -83,9 +86,10 @@ def convert_gguf(gguf_path: Path, out_folder: Path) -> Path:
     tokenizer = gguf_tokenizer(read_gguf(gguf_path))
     started = time.monotonic()
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-        )
+        with _gguf_parsed_once():
+            loaded = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+            )
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         raise ChatModelInvalid(
             f"transformers cannot load {gguf_path.name} ({exc}); import the model's Hugging "
@@ -99,6 +103,35 @@ def convert_gguf(gguf_path: Path, out_folder: Path) -> Path:
         "converted %s to %s in %.1f s", gguf_path.name, out_folder, time.monotonic() - started
     )
     return out_folder
+
+
+@contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Within the block, `gguf.GGUFReader` parses each file once and
+    `gguf.get_tensor_name_map` builds each map once.
+
+    transformers (5.x) reads the file twice (config, then tensors; ~10 s each for SmolLM2's
+    98k tokenizer strings) and rebuilds the same tensor-name map for each of the model's
+    ~400 modules (~15 s): together more than half of a conversion. Both are pure functions
+    of their arguments, and transformers imports them from `gguf` when it calls them, so
+    memoizing the module attributes for the block is enough; they are restored after."""
+    originals = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map")}
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = originals["GGUFReader"](path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader  # type: ignore[assignment,misc]
+    gguf.get_tensor_name_map = lru_cache(maxsize=None)(originals["get_tensor_name_map"])
+    try:
+        yield
+    finally:
+        for name, value in originals.items():
+            setattr(gguf, name, value)
+        readers.clear()
 
 
 def _rebuilt(loaded: PreTrainedModel) -> PreTrainedModel:

@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field, field_validator
 from modelfab.recipes.base import RecipeSpec, known_hub_model
 from modelfab.schemas.common import Name
 from modelfab.schemas.limits import MAX_SEED
+from modelfab.tasks import CHAT
 
-CHAT = "chat"
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
 Auto = Literal["auto"]

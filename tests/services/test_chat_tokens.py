@@ -18,7 +18,7 @@ from modelfab.tasks.chat import TokenCounter
 from tests.api.factories import upload
 from tests.api.test_chat_datasets import openai_jsonl
 from tests.conftest import Api
-from tests.llm.real_models import needs_smollm2
+from tests.llm.files import needs_smollm2
 
 
 def words(messages: Sequence[ChatMessage]) -> int:

@@ -219,7 +219,12 @@ def build_context(
     model = settings.chat_stats_model  # counts chat datasets' tokens
     chat.use_token_counter(HubTokenCounts(settings.hub_dir, model) if model else None)
     jobs = JobService(
-        factory, executor, node_ids=node_ids, on_change=on_change, path_roots=settings.path_roots
+        factory,
+        executor,
+        node_ids=node_ids,
+        on_change=on_change,
+        path_roots=settings.path_roots,
+        hub_dir=settings.hub_dir,
     )
     endpoints = EndpointService(factory, jobs, settings.controller)
     gateway = Gateway(

@@ -111,6 +111,14 @@ class FetchesModels(Protocol):
 
 
 @runtime_checkable
+class HasHub(Protocol):
+    """Capability: this node's hub folder, where `modelfab.hub.chat.chat_model_folder`
+    finds (or converts, once) a chat model's weights."""
+
+    hub_dir: Path | None
+
+
+@runtime_checkable
 class AnnouncesServing(Protocol):
     """Capability: tell the platform this job (an endpoint replica) answers at a URL to
     requests that present `secret` as a bearer token."""
@@ -132,6 +140,9 @@ class RecipeSpec:
     """params.model names a registry model (NAME, NAME:VERSION or NAME@ALIAS); at create the
     control plane pins the servable version it names in params.model_version_id, so every
     attempt of the job runs the same version."""
+    hub_models: tuple[str, ...] = ()
+    """Params that name a chat model of the hub (catalog or imported): the control plane
+    checks at create that each is there and usable."""
     meters: tuple[str, ...] = ()
     """Usage the recipe counts itself, as numbers in its result under these names (e.g.
     tokens_trained); the control plane meters them with the attempt's seconds."""

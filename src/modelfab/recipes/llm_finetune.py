@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
-from modelfab.recipes.base import RecipeSpec, known_hub_model
+from modelfab.recipes.base import RecipeSpec
 from modelfab.schemas.common import Name
 from modelfab.schemas.limits import MAX_SEED
 from modelfab.tasks import CHAT
@@ -24,8 +24,9 @@ Auto = Literal["auto"]
 class Params(BaseModel):
     model_config = {"extra": "forbid"}
 
-    base_model: str = Field(
-        default=DEFAULT_BASE_MODEL, description="Chat model id from `modelfab hub list`."
+    base_model: Name = Field(
+        default=DEFAULT_BASE_MODEL,
+        description="Chat model id from `modelfab hub list` (catalog or imported).",
     )
     method: Literal["lora", "full"] = Field(
         default="lora",
@@ -77,11 +78,6 @@ class Params(BaseModel):
         default=None, description="Registry name (default: the dataset's name)."
     )
 
-    @field_validator("base_model")
-    @classmethod
-    def _known_base_model(cls, value: str) -> str:
-        return known_hub_model(value, CHAT)
-
 
 RECIPE = RecipeSpec(
     name="llm-finetune",
@@ -92,5 +88,6 @@ RECIPE = RecipeSpec(
     entrypoint="modelfab.recipes.llm.job:run_finetune",
     needs_dataset=True,
     tasks=(CHAT,),
+    hub_models=("base_model",),
     meters=("tokens_trained",),
 )

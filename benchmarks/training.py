@@ -158,7 +158,7 @@ def run_modelfab(setup: Setup, loaders: tuple[Loader, Loader], tmp: Path, n: int
         checkpoint_path=checkpoint,
         reporter=LocalContext(tmp, on_event=clock.on_event),
     )
-    clock.fit_images_per_s = result.train_images_per_s
+    clock.fit_images_per_s = result.train_items_per_s
     checkpoint.unlink(missing_ok=True)
     return clock
 

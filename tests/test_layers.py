@@ -20,6 +20,8 @@ FORBIDDEN: dict[str, set[str]] = {
     # recipes run in workers, which never open the database
     "recipes": {"services", "db", "api", "server", "gateway", "metering", "usage_journal"},
     "hub": {"services", "db", "api", "server", "gateway"},
+    # the language-model foundation: used by the hub, tasks, recipes and replicas alike
+    "llm": {"services", "db", "api", "server", "gateway", "hub", "recipes", "compute", "tasks"},
     "data": {"services", "db", "api", "server", "gateway"},
     "compute.worker": {"services", "db", "api", "server", "gateway", "metering"},
     "client": {"services", "db", "api", "server", "gateway", "compute", "recipes", "serving"},

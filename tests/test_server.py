@@ -38,12 +38,19 @@ def test_start_sweeps_old_upload_leftovers_and_keeps_fresh_ones(
         _make(home / "tmp" / "tmpab12cd.tar.gz", age_s=2 * HOUR),
         _make(home / "datasets" / ".tmp-k1ll3d", age_s=2 * HOUR, folder=True),
         _make(home / "artifacts" / ".tmp-k1ll3d", age_s=2 * HOUR),
+        _make(home / "hub" / ".tmp-import-k1ll3d", age_s=2 * HOUR, folder=True),
+        _make(
+            home / "hub" / "smollm2-135m-instruct" / ".tmp-model-k1ll3d",
+            age_s=2 * HOUR,
+            folder=True,
+        ),
     ]
     # Another process sharing the home is uploading these right now.
     fresh = [
         _make(home / "tmp" / "upload-busy", folder=True),
         _make(home / "tmp" / "tmpbusy.zip"),
         _make(home / "datasets" / ".tmp-busy", folder=True),
+        _make(home / "hub" / "tiny-chat" / ".tmp-model-busy", folder=True),
     ]
     platform = Platform(settings.model_copy(update={"staging_grace_s": HOUR}))
     platform.start()

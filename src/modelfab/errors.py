@@ -24,7 +24,19 @@ class ModelfabError(Exception):
             self.code = code
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "param": self.param}}
+        return error_body(self.status, self.code, self.message, self.param)
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error `type` for an HTTP status, so that OpenAI's clients read ours."""
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(status: int, code: str, message: str, param: str | None) -> dict[str, Any]:
+    """The body of every error answer: `{"error": {code, message, param, type}}` (OpenAI's
+    shape, plus a stable `code` on every error)."""
+    error = {"code": code, "message": message, "param": param, "type": error_type(status)}
+    return {"error": error}
 
 
 class InvalidRequest(ModelfabError):
@@ -36,6 +48,13 @@ class DatasetInvalid(InvalidRequest):
     """A dataset failed validation; `param` is the offending file, relative to its root."""
 
     code = "dataset_invalid"
+
+
+class ChatModelInvalid(InvalidRequest):
+    """A language-model folder, tokenizer or GGUF file cannot be used; `param` is the input
+    that holds it (the upload's "file" by default)."""
+
+    code = "chat_model_invalid"
 
 
 class Unauthenticated(ModelfabError):

@@ -18,6 +18,7 @@ METERS = (
     "tokens_in",
     "tokens_out",
     "replica_seconds",
+    "tokens_trained",
 )
 
 

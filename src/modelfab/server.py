@@ -32,16 +32,20 @@ from modelfab.db import migrate
 from modelfab.db.engine import make_engine, make_sessionmaker
 from modelfab.errors import ModelfabError
 from modelfab.gateway import EndpointDeleter, Gateway
+from modelfab.hub.chat import sweep_hub_staging
 from modelfab.plugins import PLUGINS_ENV, load_plugins
 from modelfab.services.auth import authenticate, bootstrap_admin
+from modelfab.services.chat_tokens import HubTokenCounts
 from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoint_controller import EndpointController
 from modelfab.services.endpoints import EndpointService
+from modelfab.services.files import FileService
 from modelfab.services.jobs import JobService
 from modelfab.services.keys import KeyService
 from modelfab.services.registry import RegistryService
 from modelfab.services.worker import WorkerService
 from modelfab.settings import ServerSettings
+from modelfab.tasks import chat
 from modelfab.usage_journal import UsageJournal
 
 logger = logging.getLogger(__name__)
@@ -161,12 +165,14 @@ class Platform:
 
     def sweep_leftovers(self) -> list[Path]:
         """Remove upload and staging leftovers untouched for `staging_grace_s` (dataset
-        uploads, half-stored datasets and artifacts); uploads in progress, in this process
-        or another sharing the home, are kept. Returns what went. Blocks. After `setup()`."""
+        uploads, half-stored datasets and artifacts, hub imports and conversions); uploads in
+        progress, in this process or another sharing the home, are kept. Returns what went.
+        Blocks. After `setup()`."""
         assert self.datasets is not None, "call setup() first"
         grace = self.settings.staging_grace_s
         return [*self.datasets.sweep_staging(grace),
-                *sweep_staging(self.settings.artifacts_dir, grace)]  # fmt: skip
+                *sweep_staging(self.settings.artifacts_dir, grace),
+                *sweep_hub_staging(self.settings.hub_dir, grace)]  # fmt: skip
 
     def _sweep_loop(self, stop: threading.Event) -> None:
         """`sweep_leftovers` every `SWEEP_INTERVAL_S` until `stop`; a failed sweep is logged."""
@@ -210,8 +216,15 @@ def build_context(
     Without a `journal`, endpoint requests are served but not metered."""
     store = DatasetStore(settings.datasets_dir)
     artifacts = ArtifactStore(settings.artifacts_dir)
+    model = settings.chat_stats_model  # counts chat datasets' tokens
+    chat.use_token_counter(HubTokenCounts(settings.hub_dir, model) if model else None)
     jobs = JobService(
-        factory, executor, node_ids=node_ids, on_change=on_change, path_roots=settings.path_roots
+        factory,
+        executor,
+        node_ids=node_ids,
+        on_change=on_change,
+        path_roots=settings.path_roots,
+        hub_dir=settings.hub_dir,
     )
     endpoints = EndpointService(factory, jobs, settings.controller)
     gateway = Gateway(
@@ -223,17 +236,19 @@ def build_context(
         settings=settings.gateway,
     )
     endpoints.on_routes_change = gateway.invalidate
+    datasets = DatasetService(
+        factory,
+        store,
+        scratch=settings.home / "tmp",
+        max_extract_bytes=settings.max_extract_bytes,
+        max_archive_members=settings.max_archive_members,
+        max_extract_ratio=settings.max_extract_ratio,
+    )
     return AppContext(
         settings=settings,
         factory=factory,
-        datasets=DatasetService(
-            factory,
-            store,
-            scratch=settings.home / "tmp",
-            max_extract_bytes=settings.max_extract_bytes,
-            max_archive_members=settings.max_archive_members,
-            max_extract_ratio=settings.max_extract_ratio,
-        ),
+        datasets=datasets,
+        files=FileService(factory, datasets, artifacts, max_bytes=settings.max_upload_bytes),
         jobs=jobs,
         endpoints=endpoints,
         gateway=gateway,

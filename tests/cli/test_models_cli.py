@@ -14,7 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelfab.cli.main import EXIT_API_ERROR
 from modelfab.client import Client
 from modelfab.errors import ModelfabError
+from modelfab.llm.models import tiny_chat_model
 from modelfab.server import Platform
+from tests.llm.files import write_tiny_gguf
 from tests.registry_factories import LABELS, ONNX, WEIGHTS, insert_running_job, register, sha
 
 
@@ -85,11 +87,12 @@ def test_hub_list_and_import(cli: Any, member_key: str, tmp_path: Path, platform
     code, out, _ = cli("hub", "list", "-o", "json")
     assert code == 0
     available = {m["id"]: m["available"] for m in json.loads(out)["data"]}
-    assert available == {
+    assert {k: v for k, v in available.items() if k != "smollm2-135m-instruct"} == {
         "efficientnet-lite0": True,
         "resnet18": False,
         "mobilenetv3-small": False,
         "tiny-cnn": True,
+        "tiny-chat": True,
     }
     code, out, _ = cli("hub", "list")
     assert code == 0 and "modelfab hub import resnet18 FILE" in out
@@ -105,6 +108,35 @@ def test_hub_list_and_import(cli: Any, member_key: str, tmp_path: Path, platform
     assert entry.available is True
     code, out, _ = cli("hub", "list", "-o", "json")
     assert {m["id"]: m["available"] for m in json.loads(out)["data"]}["resnet18"] is True
+
+
+def test_hub_import_chat_folder_and_gguf(cli: Any, tmp_path: Path) -> None:
+    """An admin imports a chat model folder (symbolic links followed, as in a hub cache
+    snapshot) and a GGUF under new names; `hub list` shows them."""
+    folder = tiny_chat_model(tmp_path / "blobs", seed=3)
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    for f in folder.iterdir():
+        (snapshot / f.name).symlink_to(f)
+    code, out, err = cli("hub", "import", "my-chat", str(snapshot), "--task", "chat")
+    assert code == 0, err
+    assert "imported my-chat: imported hf" in out
+    code, out, _ = cli("hub", "import", "my-chat", str(snapshot), "--task", "chat")
+    assert code == 0 and "already imported my-chat" in out
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    code, out, err = cli("hub", "import", "my-gguf", str(gguf), "--task", "chat", "-o", "json")
+    assert code == 0, err
+    assert json.loads(out)["imported"]["format"] == "gguf"
+
+    code, _, err = cli("hub", "import", "other", str(snapshot))
+    assert code != 0 and "--task chat" in err
+
+    code, out, _ = cli("hub", "list")
+    assert code == 0
+    (row,) = [line for line in out.splitlines() if " my-chat " in line]
+    assert "2048 tok" in row and "yes" in row
+    assert "converted to safetensors on first use" in out
 
 
 def test_sdk_download_checks_the_sha256_header(tmp_path: Path) -> None:

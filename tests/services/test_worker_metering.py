@@ -76,3 +76,22 @@ def test_outage_before_the_spec_and_after_the_end_is_not_billed(
         job = session.get(Job, job_id)
         assert job is not None and job.started_at == 1_010.0
         assert job.finished_at == pytest.approx(1_010.0 + billed)
+
+
+@pytest.mark.parametrize(
+    ("result", "metered"),
+    [
+        ({"tokens_trained": 1234}, {"tokens_trained": 1234.0}),
+        ({"tokens_trained": float("nan")}, {}),
+        ({"tokens_trained": -1}, {}),
+        ({"tokens_trained": True}, {}),
+        ({"tokens_trained": "12"}, {}),
+        ({"tokens_trained": 1e300}, {}),
+        (None, {}),
+    ],
+)
+def test_a_recipe_meters_only_finite_counts_it_declares(
+    result: dict[str, object] | None, metered: dict[str, float]
+) -> None:
+    assert worker_service.recipe_usage("llm-finetune", result) == metered
+    assert worker_service.recipe_usage("sleep", {"tokens_trained": 5}) == {}  # not declared

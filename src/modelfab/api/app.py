@@ -10,7 +10,17 @@ from fastapi import FastAPI
 from modelfab import __version__
 from modelfab.api import errors
 from modelfab.api.context import AppContext
-from modelfab.api.routers import datasets, endpoints, hub, jobs, models, pool, tenants, worker
+from modelfab.api.routers import (
+    datasets,
+    endpoints,
+    files,
+    hub,
+    jobs,
+    models,
+    pool,
+    tenants,
+    worker,
+)
 from modelfab.schemas.common import Health
 
 
@@ -28,7 +38,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (tenants, datasets, jobs, pool, worker, hub, models, endpoints):
+    for module in (tenants, datasets, files, jobs, pool, worker, hub, models, endpoints):
         app.include_router(module.router, prefix="/v1")
 
     @app.get("/v1/health", tags=["health"])

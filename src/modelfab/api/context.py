@@ -10,6 +10,7 @@ from modelfab.gateway import EndpointDeleter, Gateway
 from modelfab.services.common import Principal
 from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoints import EndpointService
+from modelfab.services.files import FileService
 from modelfab.services.jobs import JobService
 from modelfab.services.keys import KeyService
 from modelfab.services.registry import RegistryService
@@ -22,6 +23,7 @@ class AppContext:
     settings: ServerSettings
     factory: sessionmaker[Session]
     datasets: DatasetService
+    files: FileService
     jobs: JobService
     worker: WorkerService
     registry: RegistryService

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from modelfab.errors import ModelfabError
+from modelfab.errors import ModelfabError, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def _error(
 ) -> JSONResponse:
     return JSONResponse(
         status_code=status,
-        content={"error": {"code": code, "message": message, "param": param}},
+        content=error_body(status, code, message, param),
         headers=headers,
     )
 

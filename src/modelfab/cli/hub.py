@@ -9,6 +9,7 @@ import typer
 
 from modelfab.cli.common import client
 from modelfab.cli.output import Output, OutputOpt, console, show, table
+from modelfab.schemas.hub import HubModel
 
 app = typer.Typer(help="Hub: foundation models to fine-tune from.", no_args_is_help=True)
 
@@ -30,7 +31,7 @@ def list_(output: OutputOpt = Output.table) -> None:
                 r.task,
                 r.arch,
                 f"{r.params_m:g}M",
-                r.input_size,
+                _input(r),
                 r.licence,
                 "yes" if r.available else "no",
                 r.how,
@@ -40,16 +41,38 @@ def list_(output: OutputOpt = Output.table) -> None:
     )
 
 
+def _input(row: HubModel) -> str:
+    if row.input_size is not None:
+        return f"{row.input_size}px"
+    if row.context_length is not None:
+        return f"{row.context_length} tok"
+    return ""
+
+
 @app.command("import")
 def import_(
-    model_id: Annotated[str, typer.Argument(help="Hub model id, e.g. resnet18")],
-    file: Annotated[Path, typer.Argument(help="Its weights: a torch state dict (.pth)")],
+    model_id: Annotated[
+        str,
+        typer.Argument(help="A vision catalog id (e.g. resnet18), or a new name with --task chat"),
+    ],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Vision: a torch state dict (.pth). Chat: a .gguf file or a Hugging Face "
+            "model folder (config.json, *.safetensors, tokenizer, chat template)"
+        ),
+    ],
+    task: Annotated[
+        str | None, typer.Option(help="chat: import a language model under the new name")
+    ] = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Import weights for a hub model (admin key). Jobs check that they load."""
-    with client() as c, console.status(f"uploading {file} ..."):
-        entry = c.hub_import(model_id, file)
+    """Import into the hub (admin key). Chat models are checked at once (tokenizer, chat
+    template, weights); vision weights are checked by the first job that loads them."""
+    with client() as c, console.status(f"uploading {path} ..."):
+        entry = c.hub_import(model_id, path, task=task)
     if output is Output.json:
         show(entry, output)
         return
-    console.print(f"[green]imported[/green] {entry.id}: {entry.how}")
+    verb = "imported" if entry.created else "already imported"
+    console.print(f"[green]{verb}[/green] {entry.id}: {entry.how}")

@@ -2,10 +2,9 @@
 the wire models of `modelfab.schemas` (the ones the server answers with) and raise
 `ApiError` (a ModelfabError carrying the server's code, message and param).
 
-Creates (tenants, keys, datasets, jobs, endpoints, hub imports) carry a fresh
-`Idempotency-Key` and are retried with it when the connection fails, even after the request
-was sent: the server answers a repeat as it did the first, so a retry never does the work
-twice."""
+Creates (tenants, keys, datasets, jobs, endpoints) carry a fresh `Idempotency-Key` and are
+retried with it when the connection fails, even after the request was sent: the server
+answers a repeat as it did the first, so a retry never does the work twice."""
 
 from __future__ import annotations
 
@@ -286,14 +285,40 @@ class Client:
     def hub_list(self) -> list[HubModel]:
         return self._list(HubModel, "/hub")
 
-    def hub_import(self, model_id: str, path: str | Path) -> HubModelImported:
-        """Upload a weights file (a torch state dict) for `model_id`; admin keys only."""
+    def hub_import(
+        self, model_id: str, path: str | Path, *, task: str | None = None
+    ) -> HubModelImported:
+        """Import into the hub (admin keys only). Without `task`: weights (a torch state
+        dict) for the vision catalog model `model_id`. With task "chat": a language model
+        under the new name `model_id`, from a .gguf file or a Hugging Face model folder
+        (sent as a tar, symbolic links followed, so a hub cache snapshot works). Safe to
+        retry: the same content again answers the stored import."""
         path = Path(path)
+        if path.is_dir():
+            if task is None:
+                raise ModelfabError(
+                    f"{path} is a folder: only chat models are imported as folders; pass "
+                    "task='chat' (--task chat)",
+                    param="task",
+                    code="invalid_request",
+                )
+            with tempfile.TemporaryDirectory() as tmp:
+                archive = Path(tmp) / f"{model_id}.tar"
+                # Uncompressed: safetensors barely compress, and gzip would cost minutes.
+                with tarfile.open(archive, "w", dereference=True) as tar:
+                    tar.add(path, arcname=model_id)
+                return self._hub_upload(model_id, archive, task)
         if not path.is_file():
-            raise ModelfabError(f"{path} is not a file", param="path", code="not_found")
+            raise ModelfabError(f"{path} is not a file or folder", param="path", code="not_found")
+        return self._hub_upload(model_id, path, task)
+
+    def _hub_upload(self, model_id: str, path: Path, task: str | None) -> HubModelImported:
+        params = {"task": task} if task else {}
         with open(path, "rb") as fh:
             files = {"file": (path.name, fh, "application/octet-stream")}
-            return self.create(HubModelImported, f"/hub/{model_id}/import", files=files)
+            return self.create(
+                HubModelImported, f"/hub/{model_id}/import", params=params, files=files
+            )
 
     # -- models ---------------------------------------------------------------------------
     def list_models(self) -> list[Model]:

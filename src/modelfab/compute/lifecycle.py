@@ -157,6 +157,7 @@ def end_attempt(
     retryable: bool = False,
     counts_as_failure: bool = True,
     result: dict[str, Any] | None = None,
+    usage: dict[str, float] | None = None,
 ) -> JobStatus:
     """Close the running attempt of `job`: meter it, free its devices, and move the job on.
 
@@ -164,8 +165,9 @@ def end_attempt(
     while attempts remain; a failure that is not the job's fault (`counts_as_failure=False`,
     e.g. the control plane died, or an `error` coded LEASE_EXPIRED: the worker's report that
     it lost the control plane for its lease) is re-queued without spending an attempt.
-    Returns the new status. Raises IllegalTransition when the job is not running or
-    `outcome` is no end.
+    `usage` adds meters the attempt counted itself (e.g. tokens_trained), recorded with
+    the attempt's seconds. Returns the new status. Raises IllegalTransition when the job is
+    not running or `outcome` is no end.
     """
     ending = JobStatus(outcome)
     if ending not in TERMINAL:
@@ -173,7 +175,7 @@ def end_attempt(
     check_transition(job.status, ending)
     if error is not None and error.get("code") == LEASE_EXPIRED:
         counts_as_failure = False
-    _meter_attempt(session, job, at)
+    _meter_attempt(session, job, at, usage or {})
     session.execute(delete(JobAllocation).where(JobAllocation.job_id == job.id))
     job.pid = None
     job.token_hash = None
@@ -214,12 +216,13 @@ def _requeue(session: Session, job: Job, at: float, error: dict[str, Any]) -> Jo
     return QUEUED
 
 
-def _meter_attempt(session: Session, job: Job, at: float) -> None:
+def _meter_attempt(session: Session, job: Job, at: float, usage: dict[str, float]) -> None:
     seconds = max(0.0, at - (job.started_at or at))
     ref = f"job:{job.id}:{job.attempt}"
     meters = [("cpu_seconds", job.cpus * seconds)]
     if job.gpus > 0:
         meters.append(("gpu_seconds", job.gpus * seconds))
+    meters += sorted(usage.items())
     for meter, quantity in meters:
         metering.record(
             session,

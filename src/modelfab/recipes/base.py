@@ -4,11 +4,12 @@ A recipe module defines a pydantic `Params` model (defaults strong, a docstring 
 and a `RECIPE` spec whose `entrypoint` names the function that does the work.
 
 Two halves, two layers. The light catalogue -- this module and the modules `CATALOG`
-names (`sleep`, `image_classification`, `anomaly_detection`, `serve`, `batch_inspection`:
-names, params, specs) -- sits below `services`, which import it to validate params at
-`jobs create`. The heavy halves (`recipes.vision`, `recipes.anomaly`, `recipes.training`:
-torch) are loaded only through an `entrypoint`, in a worker or by `run_recipe`; the
-control plane never imports them (tests/recipes/test_local.py checks it).
+names (`sleep`, `image_classification`, `anomaly_detection`, `serve`, `batch_inspection`,
+`llm_finetune`: names, params, specs) -- sits below `services`, which import it to validate
+params at `jobs create`. The heavy halves (`recipes.vision`, `recipes.anomaly`,
+`recipes.llm`, `recipes.training`: torch) are loaded only through an `entrypoint`, in a
+worker or by `run_recipe`; the control plane never imports them
+(tests/recipes/test_local.py checks it).
 
 A recipe runs against a `RecipeContext`: the worker's, or `recipes.local.LocalContext`
 in-process.
@@ -34,6 +35,7 @@ CATALOG: dict[str, str] = {
     "anomaly-detection": "modelfab.recipes.anomaly_detection",
     "serve": "modelfab.recipes.serve",
     "batch-inspection": "modelfab.recipes.batch_inspection",
+    "llm-finetune": "modelfab.recipes.llm_finetune",
 }
 
 
@@ -109,6 +111,14 @@ class FetchesModels(Protocol):
 
 
 @runtime_checkable
+class HasHub(Protocol):
+    """Capability: this node's hub folder, where `modelfab.hub.chat.chat_model_folder`
+    finds (or converts, once) a chat model's weights."""
+
+    hub_dir: Path | None
+
+
+@runtime_checkable
 class AnnouncesServing(Protocol):
     """Capability: tell the platform this job (an endpoint replica) answers at a URL to
     requests that present `secret` as a bearer token."""
@@ -130,6 +140,12 @@ class RecipeSpec:
     """params.model names a registry model (NAME, NAME:VERSION or NAME@ALIAS); at create the
     control plane pins the servable version it names in params.model_version_id, so every
     attempt of the job runs the same version."""
+    hub_models: tuple[str, ...] = ()
+    """Params that name a chat model of the hub (catalog or imported): the control plane
+    checks at create that each is there and usable."""
+    meters: tuple[str, ...] = ()
+    """Usage the recipe counts itself, as numbers in its result under these names (e.g.
+    tokens_trained); the control plane meters them with the attempt's seconds."""
     server_paths: tuple[str, ...] = ()
     """Params that name paths on the node (absolute): admins may use any, other tenants only
     paths under the server's `path_roots`."""

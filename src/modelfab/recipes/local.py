@@ -53,6 +53,7 @@ class LocalContext:
         dataset: dict[str, Any] | None = None,
         dataset_path: Path | None = None,
         base_weights: Path | None = None,
+        hub_dir: Path | None = None,
         resources: Mapping[str, Any] | None = None,
         job_id: str = "job_local",
         attempt: int = 1,
@@ -65,6 +66,7 @@ class LocalContext:
         self.dataset = dataset
         self.dataset_path = dataset_path
         self.base_weights = base_weights
+        self.hub_dir = hub_dir
         self.resources: dict[str, Any] = {**DEFAULT_RESOURCES, **(resources or {})}
         self.workdir = workdir
         self.models = dict(models or {})

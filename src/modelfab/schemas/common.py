@@ -90,6 +90,11 @@ class ErrorDetail(WireModel):
     code: str = Field(description="Stable, machine-readable, e.g. not_found, quota_exceeded.")
     message: str = Field(description="What went wrong and what to do about it.")
     param: str | None = Field(default=None, description="The offending field, when one is.")
+    type: str | None = Field(
+        default=None,
+        description="OpenAI's error type (invalid_request_error, server_error), so that "
+        "OpenAI's clients read the error too.",
+    )
 
 
 class ErrorResponse(WireModel):

@@ -16,6 +16,8 @@ MAX_COUNT = 2**31 - 1
 """The cap of counts the API takes (attempt numbers and the like)."""
 MAX_SIZE_BYTES = 1 << 50
 """The largest size in bytes the API takes (1 PiB): memory requests, artifact sizes."""
+MAX_METERED_QUANTITY = 1e15
+"""The most one attempt may meter of a quantity it counts itself (tokens_trained...)."""
 
 # resources (jobs and endpoint replicas)
 RESOURCE_STEP = 0.01
@@ -80,3 +82,21 @@ MAX_KEY_LIFETIME_S = 10 * 365 * 86400.0
 # idempotency
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 """Length of an `Idempotency-Key` header (printable ASCII)."""
+
+# chat datasets (and fine-tuning files)
+MAX_CHAT_CONVERSATIONS = 1_000_000
+"""Conversations one chat dataset may hold."""
+MAX_CHAT_MESSAGES = 1000
+"""Messages one conversation may hold."""
+MAX_CHAT_CONVERSATION_CHARS = 1_000_000
+"""Characters of content one conversation may hold (all its messages together)."""
+MAX_CHAT_RECORD_BYTES = 16 << 20
+"""Bytes of one JSONL line (one conversation as uploaded)."""
+MAX_CHAT_JSON_BYTES = 1 << 30
+"""Bytes of a chat file uploaded as one JSON list (it is read whole; JSONL is streamed)."""
+
+# files (the OpenAI files API)
+MAX_LIST_FILES = 10_000
+"""Files one list call answers at most (OpenAI's cap; also the default)."""
+MAX_FILENAME_CHARS = 255
+"""Characters of an uploaded file's name that are kept."""

@@ -31,7 +31,7 @@ class ArtifactRecord(WireModel):
     sha256."""
 
     name: str
-    format: str = Field(description="pytorch, onnx or json.")
+    format: str = Field(description="pytorch, onnx, json, numpy, png, safetensors or text.")
     sha256: str
     size_bytes: int = Field(ge=0, le=limits.MAX_SIZE_BYTES)
 
@@ -100,6 +100,11 @@ class JobSpec(WireModel):
     resources: Resources
     cuda_visible_devices: str | None
     base_weights: BaseWeights | None
+    hub_dir: str | None = Field(
+        default=None,
+        description="file: URL of this node's hub folder, where chat models are converted "
+        "on first use (workers of the local executor share the control plane's disk).",
+    )
 
 
 class EventsAccepted(WireModel):

@@ -6,13 +6,15 @@ import hashlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelfab.data import DatasetStore, StoredDataset, extract_archive
+from modelfab.data import DatasetStore, StoredDataset, extract_archive, is_archive
 from modelfab.data.archive import (
     DEFAULT_MAX_EXTRACT_BYTES,
     DEFAULT_MAX_MEMBERS,
@@ -28,7 +30,7 @@ from modelfab.services import idempotency, named
 from modelfab.services.common import Principal, check_name
 from modelfab.services.idempotency import Idempotency
 from modelfab.services.named import Family
-from modelfab.tasks import get_task
+from modelfab.tasks import TaskSpec, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -107,61 +109,92 @@ class DatasetService:
         path: Path,
         idem: Idempotency | None = None,
     ) -> wire.DatasetCreated:
-        """Import a folder on the server's disk. Admin only: a path could name anyone's files.
-        A repeat with `idem` answers as the first time, reading nothing."""
+        """Import a folder on the server's disk (or, for a task that takes single files, one
+        file). Admin only: a path could name anyone's files. A repeat with `idem` answers as
+        the first time, reading nothing."""
         if not principal.is_admin:
             raise Forbidden(
                 "only admins may import a server-side path; upload an archive instead",
                 param="path",
             )
-        if not path.is_dir():
-            raise InvalidRequest(f"{path} is not a folder on the server", param="path")
+        spec = get_task(task)
+        if not (path.is_dir() or (spec.takes_single_files and path.is_file())):
+            what = "a folder or a file" if spec.takes_single_files else "a folder"
+            raise InvalidRequest(f"{path} is not {what} on the server", param="path")
         check_name(name)
         idem = idem.for_body({"name": name, "task": task, "path": str(path)}) if idem else None
         if (first := self._replay(idem)) is not None:
             return first
-        stored = self.store.ingest(path, get_task(task))
+        with self._workdir() as workdir:
+            stored = self._ingest(spec, path, workdir, label=path.name)
         return self._register(principal, name, task, stored, idem)
 
-    def create_from_archive(
+    def create_from_upload(
         self,
         principal: Principal,
         *,
         name: str,
         task: str,
-        archive: Path,
+        upload: Path,
         filename: str | None = None,
         idem: Idempotency | None = None,
     ) -> wire.DatasetCreated:
-        """Import an uploaded .zip/.tar/.tar.gz (blocks); validated before anything is
-        registered. `filename` is the upload's name, shown in errors. Raises PayloadTooLarge
-        past `max_extract_bytes` unpacked, `max_extract_ratio` times the archive's size
-        (beyond a 64 MiB floor) or `max_archive_members` entries, DatasetInvalid
-        or InvalidRequest (see `extract_archive` and the task's validation). A repeat with
-        `idem` (same fields, same archive bytes) answers as the first time, unpacking nothing."""
+        """Import an uploaded .zip/.tar/.tar.gz of the dataset folder, or, for a task that
+        takes single files (chat), the one file itself (blocks); validated before anything
+        is registered. `filename` is the upload's name, shown in errors. Raises
+        PayloadTooLarge past `max_extract_bytes` unpacked, `max_extract_ratio` times the
+        archive's size (beyond a 64 MiB floor) or `max_archive_members` entries,
+        DatasetInvalid or InvalidRequest (see `extract_archive` and the task's validation).
+        A repeat with `idem` (same fields, same bytes) answers as the first time, unpacking
+        nothing."""
         check_name(name)
         spec = get_task(task)
         if idem is not None:
-            with archive.open("rb") as f:
+            with upload.open("rb") as f:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
             idem = idem.for_body({"name": name, "task": task, "file_sha256": digest})
         if (first := self._replay(idem)) is not None:
             return first
+        stored = self.ingest_upload(spec, upload, label=filename or upload.name)
+        return self._register(principal, name, task, stored, idem)
+
+    def ingest_upload(
+        self, spec: TaskSpec, upload: Path, *, label: str, single_file: bool = False
+    ) -> StoredDataset:
+        """Validate the uploaded file `upload` as `spec` and store the dataset it makes,
+        registering nothing (blocks). An archive is unpacked, unless `single_file` (the
+        upload is one file of a task that takes single files, never unpacked); a task with
+        `prepare_upload` converts what results. Raises as `create_from_upload`; scratch
+        copies are removed whatever happens."""
+        with self._workdir() as workdir:
+            if single_file or (spec.takes_single_files and not is_archive(upload)):
+                root = upload
+            else:
+                root = extract_archive(
+                    upload,
+                    workdir / "x",
+                    max_bytes=self.max_extract_bytes,
+                    max_files=self.max_archive_members,
+                    max_ratio=self.max_extract_ratio,
+                    label=label,
+                )
+            return self._ingest(spec, root, workdir, label=label)
+
+    def _ingest(self, spec: TaskSpec, root: Path, workdir: Path, *, label: str) -> StoredDataset:
+        """`root` (prepared first by tasks that convert uploads) validated and stored."""
+        if spec.prepare_upload is not None:
+            root = spec.prepare_upload(root, workdir / "dataset", label)
+        return self.store.ingest(root, spec)
+
+    @contextmanager
+    def _workdir(self) -> Iterator[Path]:
+        """A fresh `upload-*` folder in the scratch folder, removed when the block ends."""
         self.scratch.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="upload-", dir=self.scratch))
         try:
-            root = extract_archive(
-                archive,
-                workdir / "x",
-                max_bytes=self.max_extract_bytes,
-                max_files=self.max_archive_members,
-                max_ratio=self.max_extract_ratio,
-                label=filename,
-            )
-            stored = self.store.ingest(root, spec)
+            yield workdir
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        return self._register(principal, name, task, stored, idem)
 
     def _replay(self, idem: Idempotency | None) -> wire.DatasetCreated | None:
         with self.factory() as session:
@@ -180,16 +213,20 @@ class DatasetService:
         for _ in range(3):  # a concurrent create of the same name may win the insert race
             try:
                 with transaction(self.factory) as session:
-                    out = self._register_once(session, principal, name, task, stored)
+                    out = self.register_in(session, principal, name, task, stored)
                     idempotency.record(session, idem, 201 if out.created else 200, out)
                     return out
             except IntegrityError:
                 logger.info("dataset %s: concurrent create, retrying", name)
         raise Conflict(f"dataset {name!r} is being created concurrently; retry", param="name")
 
-    def _register_once(
+    def register_in(
         self, session: Session, principal: Principal, name: str, task: str, stored: StoredDataset
     ) -> wire.DatasetCreated:
+        """In the caller's transaction: add a version of the tenant's dataset `name` for
+        `stored` (creating the dataset), or answer the version with the same content.
+        Raises Conflict when `name` is a dataset of another task; IntegrityError when a
+        concurrent create won (the caller retries)."""
         ds = session.scalar(
             select(Dataset).where(Dataset.tenant_id == principal.tenant_id, Dataset.name == name)
         )

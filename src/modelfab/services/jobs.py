@@ -26,6 +26,7 @@ from modelfab.compute.scheduler.snapshot import load_nodes
 from modelfab.db.engine import transaction
 from modelfab.db.models import Job, JobEvent, Node, Tenant, UsageRecord
 from modelfab.errors import Forbidden, InvalidRequest, NotFound, QuotaExceeded, Unschedulable
+from modelfab.hub.chat import chat_availability, get_chat_entry
 from modelfab.ids import new_id, now
 from modelfab.recipes.base import RecipeSpec, get_recipe, list_recipes
 from modelfab.schemas import jobs as wire
@@ -84,8 +85,10 @@ class JobService:
         node_ids: list[str],
         on_change: Callable[[], None] = lambda: None,
         path_roots: Sequence[Path] = (),
+        hub_dir: Path | None = None,
     ):
         self.factory = factory
+        self.hub_dir = hub_dir
         self.executor = executor
         self.node_ids = node_ids
         self.on_change = on_change
@@ -116,6 +119,7 @@ class JobService:
                 raise InvalidRequest(f"recipe {spec.name!r} needs --dataset", param="dataset")
             params = spec.validate_params(request.params)
             _check_server_paths(spec, principal, params, self.path_roots)
+            _check_hub_models(spec, params, self.hub_dir)
             if spec.needs_model:
                 _pin_model(session, spec, principal.tenant_id, params)
             request = replace(request, params=params)
@@ -348,6 +352,26 @@ def _event_view(e: JobEvent) -> wire.JobEvent:
         message=e.message,
         data=e.data,
     )
+
+
+def _check_hub_models(spec: RecipeSpec, params: dict[str, Any], hub_dir: Path | None) -> None:
+    """Each param of `spec.hub_models` names a chat model of the hub that is usable now.
+    Raises NotFound or InvalidRequest naming `params.<name>` and what to do."""
+    for name in spec.hub_models:
+        value = params.get(name)
+        if not isinstance(value, str):
+            continue
+        if hub_dir is None:
+            raise InvalidRequest("this server has no hub folder", param=f"params.{name}")
+        try:
+            entry = get_chat_entry(hub_dir, value)
+        except NotFound as exc:
+            raise NotFound(exc.message, param=f"params.{name}") from exc
+        usable, how = chat_availability(entry, hub_dir)
+        if not usable:
+            raise InvalidRequest(
+                f"hub model {value!r} is not usable on this server: {how}", param=f"params.{name}"
+            )
 
 
 def _check_server_paths(

@@ -31,7 +31,7 @@ from modelfab.db.models import (
     ModelVersion,
 )
 from modelfab.errors import Conflict, InvalidRequest, ModelfabError, NotFound
-from modelfab.hub.catalog import CATALOG
+from modelfab.hub.catalog import CATALOG, CHAT_CATALOG, ChatEntry, HubEntry
 from modelfab.ids import new_id, now
 from modelfab.recipes.base import get_recipe
 from modelfab.schemas import models as wire
@@ -43,7 +43,7 @@ from modelfab.tasks import get_task, task_names
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT_FORMATS = ("pytorch", "onnx", "json", "numpy", "png")
+ARTIFACT_FORMATS = ("pytorch", "onnx", "json", "numpy", "png", "safetensors", "text")
 ONNX_NAME, LABELS_NAME = "model.onnx", "labels.json"
 """The artifacts the ONNX kinds serve from (which a task needs: `TaskSpec.serving_artifacts`)."""
 ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -362,7 +362,8 @@ def _base_model(model_id: str | None) -> wire.BaseModelRef | None:
     """The hub entry a version started from (only its id once it left the catalog)."""
     if model_id is None:
         return None
-    for e in CATALOG:
+    entries: list[HubEntry | ChatEntry] = [*CATALOG, *CHAT_CATALOG]
+    for e in entries:
         if e.id == model_id:
             return wire.BaseModelRef(id=e.id, arch=e.arch, source=e.source, licence=e.licence)
     return wire.BaseModelRef(id=model_id)

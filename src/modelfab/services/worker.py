@@ -17,9 +17,11 @@ from modelfab.compute import lifecycle
 from modelfab.compute.status import JobStatus
 from modelfab.db.engine import transaction
 from modelfab.db.models import DatasetVersion, Job
-from modelfab.errors import Conflict, InvalidRequest, ModelfabError, Unauthenticated
+from modelfab.errors import Conflict, InvalidRequest, ModelfabError, NotFound, Unauthenticated
 from modelfab.hub.catalog import imported_meta, imported_weights
 from modelfab.ids import hash_secret, now
+from modelfab.metering import METERS
+from modelfab.recipes.base import get_recipe
 from modelfab.schemas import limits
 from modelfab.schemas import worker as wire
 from modelfab.schemas.jobs import Resources
@@ -68,6 +70,7 @@ class WorkerService:
                 resources=Resources(gpus=job.gpus, cpus=job.cpus, memory_bytes=job.memory_bytes),
                 cuda_visible_devices=job.cuda_visible_devices,
                 base_weights=self._base_weights(job.params.get("base_model")),
+                hub_dir=self.hub_dir.resolve().as_uri() if self.hub_dir is not None else None,
             )
 
     def _base_weights(self, model_id: Any) -> wire.BaseWeights | None:
@@ -202,6 +205,7 @@ class WorkerService:
         return lifecycle.end_attempt(
             session,
             job,
+            usage=recipe_usage(job.recipe, result),
             outcome=outcome,
             at=at,
             error=error,
@@ -228,6 +232,26 @@ def _dataset(session: Session, version_id: str | None) -> wire.WorkerDataset | N
 def _pick(value: Any, allowed: tuple[str, ...]) -> str:
     """`value` when it is one of `allowed`, else the first (the default)."""
     return value if isinstance(value, str) and value in allowed else allowed[0]
+
+
+def recipe_usage(recipe: str, result: dict[str, Any] | None) -> dict[str, float]:
+    """The meters the recipe counts itself (its spec's `meters`), read from the attempt's
+    result: finite numbers from 0 to MAX_METERED_QUANTITY, anything else left out."""
+    try:
+        meters = get_recipe(recipe).meters
+    except NotFound:
+        return {}
+    found = {}
+    for meter in meters:
+        if meter not in METERS:  # a plugin's recipe naming a meter the platform lacks
+            logger.warning("recipe %s declares unknown meter %r; not metered", recipe, meter)
+            continue
+        value = (result or {}).get(meter)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if 0 <= value <= limits.MAX_METERED_QUANTITY:  # also refuses nan
+            found[meter] = float(value)
+    return found
 
 
 def worker_time(at: float | None, since: float | None) -> float:

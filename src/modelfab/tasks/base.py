@@ -23,6 +23,11 @@ logger = logging.getLogger(__name__)
 Surveyor = Callable[[Path, Tree], Survey]
 """(dataset root, its walked tree) -> the survey; raises DatasetInvalid."""
 
+UploadPreparer = Callable[[Path, Path, str], Path]
+"""(what was uploaded: a single file, or the folder an archive unpacked to; an empty scratch
+folder it may write into; the upload's name for errors) -> the dataset folder. Raises
+DatasetInvalid naming the upload."""
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -43,6 +48,10 @@ class TaskSpec:
     task's models; None when they cannot be served."""
     serving_artifacts: tuple[str, ...] = ()
     """Artifact names a model version needs for `served_model` to load it."""
+    prepare_upload: UploadPreparer | None = None
+    """Makes the dataset folder out of an upload: set by tasks whose datasets may be
+    uploaded as one file (converted, e.g. chat JSONL); None: an upload is an archive of the
+    dataset folder, used as it unpacks."""
 
     def survey(self, root: Path, tree: Tree) -> Survey:
         """See `modelfab.data.DatasetKind.survey`."""
@@ -52,6 +61,11 @@ class TaskSpec:
         """Validate the dataset folder `root` as this task (see `scan_dataset`). Blocks.
         Raises DatasetInvalid naming the offending file or folder."""
         return scan_dataset(root, self)
+
+    @property
+    def takes_single_files(self) -> bool:
+        """Whether a dataset of this task may be uploaded as one (non-archive) file."""
+        return self.prepare_upload is not None
 
     @property
     def servable(self) -> bool:

@@ -81,7 +81,7 @@ def test_fit_learns_reports_and_checkpoints(tmp_path: Path) -> None:
     assert result.resumed_from_epoch is None and not result.cancelled
     assert result.history[-1]["val_accuracy"] >= 0.9
     assert result.best_score == max(row["val_accuracy"] for row in result.history)
-    assert result.train_images_per_s > 0
+    assert result.train_items_per_s > 0
     steps = [m for m in reporter.metric_rows if "eta_s" in m]
     assert len(steps) == 24  # 8 steps an epoch: one event each
     assert {"train_loss", "images_per_s", "lr", "epoch", "eta_s"} <= set(steps[0])

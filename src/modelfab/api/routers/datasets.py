@@ -42,28 +42,31 @@ def create_from_path(
     openapi_extra=multipart_body(
         "Body_upload_v1_datasets_upload_post",
         fields={"name": "", "task": ""},
-        files={"file": ".zip, .tar or .tar.gz of the dataset folder"},
+        files={
+            "file": ".zip, .tar or .tar.gz of the dataset folder; for chat, also one .jsonl "
+            "or .json file (OpenAI messages, alpaca or sharegpt), converted"
+        },
     ),
 )
 async def upload(
     request: Request, ctx: Ctx, principal: Caller, response: Response, idem: IdemKey
 ) -> DatasetCreated:
-    """Multipart fields `name`, `task` and the archive as `file`. The body is read only
-    after the key is checked."""
+    """Multipart fields `name`, `task` and the archive (or a task's single file) as `file`.
+    The body is read only after the key is checked."""
     async with read_multipart(
         request,
         scratch=ctx.settings.home / "tmp",
         files={"file": ctx.settings.max_upload_bytes},
         fields=("name", "task"),
     ) as form:
-        archive = form.file("file")
+        part = form.file("file")
         out = await run_in_threadpool(
-            ctx.datasets.create_from_archive,
+            ctx.datasets.create_from_upload,
             principal,
             name=form.field("name"),
             task=form.field("task"),
-            archive=archive.path,
-            filename=archive.filename,
+            upload=part.path,
+            filename=part.filename,
             idem=idem,
         )
     response.status_code = 201 if out.created else 200

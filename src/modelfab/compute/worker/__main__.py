@@ -86,7 +86,12 @@ def dataset_folder(dataset: dict[str, Any] | None) -> Path | None:
     only the worker's job token reads; tenants' views carry no location)."""
     if not dataset:
         return None
-    return Path(unquote(urlparse(dataset["uri"]).path))
+    return file_path(dataset["uri"])
+
+
+def file_path(uri: str | None) -> Path | None:
+    """The path of a file: URL of the job spec (None for None)."""
+    return Path(unquote(urlparse(uri).path)) if uri else None
 
 
 def lease_s_from_env() -> float:
@@ -147,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir=args.workdir,
         base_weights=base_weights,
         resources=spec.get("resources"),
+        hub_dir=file_path(spec.get("hub_dir")),
     )
     signal.signal(signal.SIGTERM, ctx.on_signal)
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")

@@ -40,6 +40,7 @@ class WorkerContext:
         workdir: Path,
         base_weights: Path | None = None,
         resources: dict[str, Any] | None = None,
+        hub_dir: Path | None = None,
     ):
         self.job_id = job_id
         self.resources = dict(resources or {})
@@ -47,6 +48,8 @@ class WorkerContext:
         self.attempt = attempt
         self.dataset = dataset
         self.base_weights = base_weights
+        self.hub_dir = hub_dir
+        """This node's hub folder (the `HasHub` capability)."""
         self.dataset_path = dataset_path
         self.workdir = workdir
         self._api = api

@@ -1,10 +1,14 @@
 """The one supervised training loop every recipe uses: `fit`.
 
 It owns what each recipe would otherwise copy: mixed precision and channels_last on CUDA
-(fp32 on the CPU), progress metrics, a checkpoint per epoch that a retried job attempt
-resumes from, early stopping on a validation score, best-weights restore and cancel.
-What differs per recipe comes in: the model, the loaders, the optimizer and scheduler
-(`make_optimizer` and `cosine_with_warmup` build the usual ones), the loss and `eval_fn`.
+(fp32 on the CPU), gradient clipping, progress metrics, a checkpoint per epoch that a
+retried job attempt resumes from, early stopping on a validation score, best-weights
+restore and cancel. What differs per recipe comes in: the model, the loaders, the optimizer
+and scheduler (`make_optimizer` and `cosine_with_warmup` build the usual ones), `eval_fn`,
+and how a batch becomes a loss: `loss_fn` over (images, labels) batches for the vision
+recipes, or a whole `step_fn` (a language model's batch is a dict, and its throughput is
+counted in tokens). With `trainable_only`, checkpoints and the best weights hold only the
+parameters that train (a LoRA adapter, not the frozen base model).
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 EvalFn = Callable[[nn.Module, Iterable[Any], torch.device], dict[str, float]]
 """(model in eval mode, validation loader, device) -> metrics such as val_loss, val_accuracy."""
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepFn = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, int]]
+"""(model in train mode, one batch, device) -> (the batch's loss, the items it counted, in
+the loop's `unit`). Runs inside the loop's autocast; the loop does backward and the step."""
 
 
 class BatchLoader(Protocol):
@@ -65,8 +72,13 @@ class FitResult:
     """Epochs the checkpoint this attempt resumed from had done; None for a fresh start."""
     history: list[dict[str, float]]
     """One row per finished epoch (all attempts): epoch, train_loss, eval metrics, lr, epoch_s."""
-    train_images_per_s: float
-    """Training throughput of this attempt, data loading included and evaluation excluded."""
+    train_items_per_s: float
+    """Training throughput of this attempt in `unit` per second, data loading included and
+    evaluation excluded."""
+    unit: str = "images"
+    """What `train_items_per_s` counts (images, tokens...)."""
+    items_run: int = 0
+    """Items (in `unit`) this attempt trained on."""
     stopped_early: bool = False
     cancelled: bool = False
 
@@ -95,16 +107,54 @@ class _Run:
     scaler: torch.amp.GradScaler
     device: torch.device
     amp_dtype: torch.dtype | None
-    channels_last: bool
-    loss_fn: LossFn
+    step_fn: StepFn
     reporter: Reporter
+    unit: str = "images"
+    higher_is_better: bool = True
+    trainable_only: bool = False
+    max_grad_norm: float | None = None
     epochs: int = 0
     steps_per_epoch: int = 1
     log_every: int = 1
     started: float = field(default_factory=time.perf_counter)
     steps: int = 0
-    images: int = 0
+    items: int = 0
     train_s: float = 0.0
+
+
+def classification_step(loss_fn: LossFn, channels_last: bool) -> StepFn:
+    """The step of an (images, labels) batch: `loss_fn(model(images), labels)`, counting
+    images (channels_last memory format when asked)."""
+
+    def step(model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
+        images, labels = batch
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return loss_fn(model(images), labels), len(images)
+
+    return step
+
+
+def _state(run: _Run) -> dict[str, torch.Tensor]:
+    """What a checkpoint and the best weights keep of the model: all of its state, or with
+    `trainable_only` the parameters that train."""
+    state = run.model.state_dict()
+    if not run.trainable_only:
+        return state
+    names = {name for name, p in run.model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if k in names}
+
+
+def _load_state(run: _Run, state: dict[str, torch.Tensor]) -> None:
+    if not run.trainable_only:
+        run.model.load_state_dict(state)
+        return
+    missing = set(_state(run)) - set(state)
+    if missing:
+        raise ValueError(f"{len(missing)} trainable tensors missing, e.g. {sorted(missing)[0]}")
+    run.model.load_state_dict(state, strict=False)
 
 
 # --------------------------------------------------------------------------- builders
@@ -150,7 +200,7 @@ def _save_checkpoint(path: Path, run: _Run, progress: _Progress) -> None:
     """Write the resumable state atomically (temporary file, fsync, os.replace)."""
     state = {
         "format": CHECKPOINT_FORMAT,
-        "model": run.model.state_dict(),
+        "model": _state(run),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
@@ -182,7 +232,7 @@ def _load_checkpoint(path: Path, run: _Run) -> _Progress | None:
             level="warning",
         )
         return None
-    run.model.load_state_dict(state["model"])
+    _load_state(run, state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
@@ -201,20 +251,21 @@ def _autocast(run: _Run) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast(device_type=run.device.type, dtype=run.amp_dtype)
 
 
-def _step(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """One optimizer step; returns the (detached, on-device) loss without syncing."""
-    images = images.to(run.device, non_blocking=True)
-    labels = labels.to(run.device, non_blocking=True)
-    if run.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+def _step(run: _Run, batch: Any) -> tuple[torch.Tensor, int]:
+    """One optimizer step; returns the (detached, on-device) loss without syncing, and the
+    items the batch counted."""
     with _autocast(run):
-        loss = run.loss_fn(run.model(images), labels)
+        loss, items = run.step_fn(run.model, batch, run.device)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
+    if run.max_grad_norm is not None:
+        run.scaler.unscale_(run.optimizer)
+        trainable = [p for p in run.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(trainable, run.max_grad_norm)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
-    return loss.detach()
+    return loss.detach(), items
 
 
 def _lr(run: _Run) -> float:
@@ -229,15 +280,16 @@ def _report_steps(
     window: tuple[int, float],
     epoch_pos: float,
 ) -> None:
-    """One step-metrics event: mean loss over the window, images/s, lr, epoch, ETA."""
-    images, since = window
+    """One step-metrics event: mean loss over the window, items/s (`images_per_s`,
+    `tokens_per_s`...), lr, epoch, ETA."""
+    items, since = window
     elapsed = time.perf_counter() - run.started
     remaining = run.epochs * run.steps_per_epoch - progress.global_step
     eta = elapsed / max(1, run.steps) * max(0, remaining)
     run.reporter.metrics(
         step=progress.global_step,
         train_loss=round(loss_sum / max(1, n), 6),
-        images_per_s=round(images / max(1e-9, time.perf_counter() - since), 2),
+        **{f"{run.unit}_per_s": round(items / max(1e-9, time.perf_counter() - since), 2)},
         lr=_lr(run),
         epoch=round(epoch_pos, 4),
         eta_s=round(eta, 1),
@@ -248,21 +300,21 @@ def _train_epoch(run: _Run, progress: _Progress, loader: Iterable[Batch]) -> flo
     """Train one epoch; returns its mean loss, or None when cancelled mid-way."""
     run.model.train()
     epoch_loss = window_loss = torch.zeros((), device=run.device)
-    n_epoch = n_window = window_images = 0
+    n_epoch = n_window = window_items = 0
     epoch_start = window_start = time.perf_counter()
-    for i, (images, labels) in enumerate(loader):
+    for i, batch in enumerate(loader):
         if run.reporter.cancelled():
             return None
-        loss = _step(run, images, labels)
+        loss, items = _step(run, batch)
         epoch_loss, window_loss = epoch_loss + loss.float(), window_loss + loss.float()
-        n_epoch, n_window, window_images = n_epoch + 1, n_window + 1, window_images + len(images)
+        n_epoch, n_window, window_items = n_epoch + 1, n_window + 1, window_items + items
         progress.global_step += 1
-        run.steps, run.images = run.steps + 1, run.images + len(images)
+        run.steps, run.items = run.steps + 1, run.items + items
         if progress.global_step % run.log_every == 0:
             pos = progress.epochs_done + (i + 1) / run.steps_per_epoch
-            window = (window_images, window_start)
+            window = (window_items, window_start)
             _report_steps(run, progress, window_loss.item(), n_window, window, pos)
-            window_loss, n_window, window_images = torch.zeros_like(window_loss), 0, 0
+            window_loss, n_window, window_items = torch.zeros_like(window_loss), 0, 0
             window_start = time.perf_counter()
     mean_loss = epoch_loss.item() / max(1, n_epoch)  # .item() syncs: the time below is real
     run.train_s += time.perf_counter() - epoch_start
@@ -272,11 +324,14 @@ def _train_epoch(run: _Run, progress: _Progress, loader: Iterable[Batch]) -> flo
 # --------------------------------------------------------------------------- epochs
 
 
-def _is_better(progress: _Progress, metrics: dict[str, float], monitor: str) -> bool:
-    """Higher `monitor` wins; on a tie, lower val_loss (when reported) wins."""
+def _is_better(run: _Run, progress: _Progress, metrics: dict[str, float], monitor: str) -> bool:
+    """Higher `monitor` wins (lower with `higher_is_better` False); on a tie, lower val_loss
+    (when reported) wins."""
     score = metrics[monitor]
+    if progress.best_epoch == 0:
+        return True
     if score != progress.best_score:
-        return score > progress.best_score
+        return score > progress.best_score if run.higher_is_better else score < progress.best_score
     return metrics.get("val_loss", math.inf) < progress.best_loss
 
 
@@ -287,12 +342,10 @@ def _end_epoch(
     progress.epochs_done += 1
     progress.history.append(row)
     run.reporter.metrics(step=progress.global_step, **row)
-    if _is_better(progress, row, monitor):
+    if _is_better(run, progress, row, monitor):
         progress.best_score, progress.best_loss = row[monitor], row.get("val_loss", math.inf)
         progress.best_epoch, progress.bad_epochs = progress.epochs_done, 0
-        progress.best_state = {
-            k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()
-        }
+        progress.best_state = {k: v.detach().to("cpu", copy=True) for k, v in _state(run).items()}
     else:
         progress.bad_epochs += 1
     _save_checkpoint(checkpoint, run, progress)
@@ -357,21 +410,29 @@ def _start(run: _Run, checkpoint: Path) -> tuple[_Progress, int | None]:
 # --------------------------------------------------------------------------- fit
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How `fit` turns batches into optimizer steps, beyond the defaults of the vision
+    recipes: see `fit`."""
+
+    step_fn: StepFn | None = None
+    unit: str = "images"
+    higher_is_better: bool = True
+    trainable_only: bool = False
+    max_grad_norm: float | None = None
+
+
 def _make_run(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: LRScheduler,
     device: torch.device,
     amp: bool,
-    channels_last: bool,
-    loss_fn: LossFn,
+    step_fn: StepFn,
     reporter: Reporter,
 ) -> _Run:
-    """Move the model to `device` (channels_last on CUDA only) and pick the precision."""
+    """Move the model to `device` and pick the precision."""
     model.to(device)
-    use_cl = channels_last and device.type == "cuda"
-    if use_cl:
-        model.to(memory_format=torch.channels_last)
     amp_dtype = _precision(device, amp)
     return _Run(
         model=model,
@@ -380,8 +441,7 @@ def _make_run(
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
         device=device,
         amp_dtype=amp_dtype,
-        channels_last=use_cl,
-        loss_fn=loss_fn,
+        step_fn=step_fn,
         reporter=reporter,
     )
 
@@ -403,6 +463,7 @@ def fit(
     eval_fn: EvalFn,
     loss_fn: LossFn = F.cross_entropy,
     monitor: str = "val_accuracy",
+    options: StepOptions | None = None,
 ) -> FitResult:
     """Train `model` for up to `epochs`, resuming from `checkpoint_path` when it exists.
 
@@ -413,10 +474,23 @@ def fit(
     epoch: a metrics event, a checkpoint written atomically, then a "checkpoint" event.
     On return the model holds the best epoch's weights (unless no epoch finished).
     Exceptions from the model, loaders or reporter propagate; the last checkpoint stays.
+
+    Batches are (images, labels) scored by `loss_fn`, unless `options.step_fn` computes
+    each batch's loss itself (then `loss_fn` and `channels_last` are unused). `options`
+    also names what throughput counts (`unit`: the step metric is `<unit>_per_s`), whether
+    a lower `monitor` is better (`higher_is_better=False`, e.g. val_loss), whether
+    checkpoints keep only the parameters that train (`trainable_only`), and a gradient
+    norm to clip to (`max_grad_norm`).
     """
-    run = _make_run(
-        model, optimizer, scheduler, torch.device(device), amp, channels_last, loss_fn, reporter
-    )
+    opts = options or StepOptions()
+    device = torch.device(device)
+    use_cl = channels_last and device.type == "cuda" and opts.step_fn is None
+    if use_cl:
+        model.to(memory_format=torch.channels_last)
+    step_fn = opts.step_fn or classification_step(loss_fn, use_cl)
+    run = _make_run(model, optimizer, scheduler, device, amp, step_fn, reporter)
+    run.unit, run.higher_is_better = opts.unit, opts.higher_is_better
+    run.trainable_only, run.max_grad_norm = opts.trainable_only, opts.max_grad_norm
     run.epochs, run.steps_per_epoch = epochs, max(1, len(train_loader))
     run.log_every = math.ceil(run.steps_per_epoch / MAX_METRICS_PER_EPOCH)
     progress, resumed_from = _start(run, checkpoint_path)
@@ -441,7 +515,7 @@ def _finish(
 ) -> FitResult:
     """Restore the best weights and summarise."""
     if progress.best_state is not None:
-        run.model.load_state_dict(progress.best_state)
+        _load_state(run, progress.best_state)
     return FitResult(
         best_epoch=progress.best_epoch,
         best_score=progress.best_score,
@@ -450,7 +524,9 @@ def _finish(
         steps_run=run.steps,
         resumed_from_epoch=resumed_from,
         history=list(progress.history),
-        train_images_per_s=round(run.images / run.train_s, 2) if run.train_s > 0 else 0.0,
+        train_items_per_s=round(run.items / run.train_s, 2) if run.train_s > 0 else 0.0,
+        unit=run.unit,
+        items_run=run.items,
         stopped_early=_out_of_patience(progress, patience) and progress.epochs_done < run.epochs,
         cancelled=cancelled,
     )

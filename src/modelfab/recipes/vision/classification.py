@@ -309,6 +309,8 @@ def _write_outputs(
 def _fit_summary(result: FitResult) -> dict[str, Any]:
     summary = asdict(result)
     summary["best_val_accuracy"] = summary.pop("best_score")
+    summary["train_images_per_s"] = summary.pop("train_items_per_s")
+    del summary["unit"], summary["items_run"]
     return summary
 
 

@@ -124,6 +124,7 @@ def model_report(
     *,
     artifacts: Mapping[str, tuple[bytes, str]] = ARTIFACTS,
     metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Upload `artifacts` for the attempt; returns the `model` of its complete call."""
     records = []
@@ -137,7 +138,7 @@ def model_report(
         "artifacts": records,
         "metrics": metrics or {"accuracy": 0.9},
         "base_model": "tiny-cnn",
-        "extra": {"labels": ["cat", "dog"], "input_size": 64},
+        "extra": {"labels": ["cat", "dog"], "input_size": 64, **(extra or {})},
     }
 
 

@@ -151,3 +151,33 @@ def test_sdk_download_checks_the_sha256_header(tmp_path: Path) -> None:
         c.download_artifact("clf:1", "weights.pt", tmp_path)
     assert err.value.code == "artifact_corrupt"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_show_prints_before_and_after_and_samples_and_compare_puts_versions_side_by_side(
+    cli: Any, platform: Platform, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = cli("tenants", "create", "cli-compare", "-o", "json")
+    tenant = json.loads(out)
+    sample = {"prompt": "Who are you?", "expected": "Fabi.", "before": "I am", "after": "Fabi."}
+    metrics = [
+        {"eval_loss": 0.5, "eval_loss_before": 2.0, "tokens_per_s": 100.0},
+        {"eval_loss": 0.75, "eval_loss_before": 2.0, "tokens_per_s": 250.0},
+    ]
+    with httpx.Client(base_url=platform.url) as http:
+        for m in metrics:
+            job_id, token = insert_running_job(factory, tenant["id"])
+            register(http, job_id, token, "bot", metrics=m, extra={"samples": [sample]})
+    monkeypatch.setenv("MODELFAB_API_KEY", tenant["api_key"])
+
+    code, out, _ = cli("models", "show", "bot:1")
+    assert code == 0
+    row = next(line for line in out.splitlines() if "eval_loss " in line and "2" in line)
+    assert "2" in row and "0.5" in row  # before, after
+    assert "Who are you?" in out and "Fabi." in out
+
+    code, out, _ = cli("models", "compare", "bot:1", "bot:2")
+    assert code == 0 and "bot:1" in out and "bot:2" in out
+    assert "(2.50x)" in out  # tokens/s of bot:2 against bot:1
+    assert "(1.50x)" in out  # eval_loss
+    code, _, _ = cli("models", "compare", "bot:1")
+    assert code != 0

@@ -61,7 +61,81 @@ def show_(
         version = c.get_model(ref)
     show(version, output, SHOW_FIELDS)
     if output is Output.table:
+        _before_after(version.metrics)
+        _samples(version.extra.get("samples"))
         _artifact_table(version.artifacts)
+
+
+@app.command("compare")
+def compare(
+    refs: Annotated[list[str], typer.Argument(help=f"Two or more versions: {REF_HELP}")],
+    output: OutputOpt = Output.table,
+) -> None:
+    """Versions side by side: task, base model, size and every metric (quality, tokens/s,
+    parameters...), with each metric's ratio to the first version."""
+    if len(refs) < 2:
+        raise typer.BadParameter("give at least two versions to compare", param_hint="REFS")
+    with client() as c:
+        versions = [c.get_model(ref) for ref in refs]
+    if output is Output.json:
+        show({"object": "list", "data": versions}, output)
+        return
+    rows: list[list[object]] = [
+        ["task", *(v.task for v in versions)],
+        ["base model", *(v.base_model or "-" for v in versions)],
+        ["recipe", *(v.recipe for v in versions)],
+        ["size", *(_size(sum(a.size_bytes for a in v.artifacts)) for v in versions)],
+    ]
+    names = sorted({k for v in versions for k, x in v.metrics.items() if _number(x)})
+    for name in names:
+        values = [v.metrics.get(name) for v in versions]
+        first = values[0]
+        cells = [_fmt(x) if _number(x) else "-" for x in values]
+        if _number(first) and first:
+            cells = [cells[0]] + [
+                f"{cell} ({x / first:.2f}x)" if _number(x) else cell
+                for cell, x in zip(cells[1:], values[1:], strict=True)
+            ]
+        rows.append([name, *cells])
+    table(None, ("", *(v.ref for v in versions)), rows)
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _fmt(x: object) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def _before_after(metrics: dict[str, object]) -> None:
+    """A metric measured before training too (`X_before` beside `X`): one row each."""
+    rows = [
+        [name, _fmt(metrics[f"{name}_before"]), _fmt(value)]
+        for name, value in metrics.items()
+        if f"{name}_before" in metrics and _number(value)
+    ]
+    if rows:
+        table("held-out, before and after training", ("metric", "before", "after"), rows)
+
+
+def _samples(samples: object) -> None:
+    """Held-out prompts a chat model answered before and after fine-tuning."""
+    if not isinstance(samples, list) or not samples:
+        return
+    columns = ("prompt", "expected", "before", "after")
+    rows = [[str(s.get(c, "")) for c in columns] for s in samples if isinstance(s, dict)]
+    table("sample answers (held out)", columns, rows)
 
 
 @app.command("alias")

@@ -44,9 +44,6 @@ import itertools
 import random
 import secrets
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -61,9 +58,9 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
 from modelfab.client import TERMINAL, ApiError, Client, Unreachable
-from modelfab.compute.executors.local.process import find_workers, kill_tree
+from modelfab.compute.executors.local.process import find_workers
 from modelfab.db.models import Job, JobEvent, Tenant, UsageRecord
-from tests.e2e.helpers import eventually
+from tests.e2e.helpers import UpProcess, eventually
 
 TENANT = "crash"
 ENDPOINT = "crash"
@@ -71,60 +68,6 @@ TINY = {"base_model": "tiny-cnn", "image_size": 32, "batch_size": 8, "augment": 
 STUCK_AFTER_S = 180.0
 INFLATED_S = 3.0
 SLEEP_CPUS = 0.5
-
-
-class Server:
-    """`modelfab up` on a fixed loopback port (workers keep the URL across restarts)."""
-
-    def __init__(self, home: Path, database_url: str):
-        self.home, self.database_url = home, database_url
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> float:
-        """Start it and wait until it answers; returns the seconds that took."""
-        t0 = time.monotonic()
-        options = {"--home": self.home, "--port": self.port, "--fake-gpus": 2, "--cpus": 4,
-                   "--database-url": self.database_url, "--log-level": "warning"}  # fmt: skip
-        argv = [sys.executable, "-m", "modelfab.cli.main", "up"]
-        argv += [str(part) for option in options.items() for part in option]
-        log = open(self.home / "up.log", "ab")  # noqa: SIM115 - the child writes it
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        eventually(self._ready, timeout_s=90, what="modelfab up to answer")
-        return time.monotonic() - t0
-
-    def _ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError("modelfab up exited:\n" + (self.home / "up.log").read_text())
-        try:
-            return httpx.get(self.url + "/v1/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
-
-    def node_id(self) -> str:
-        return (self.home / "node-id").read_text().strip()
-
-    def cleanup(self) -> None:
-        """Kill the control plane and every worker and replica it left."""
-        if self.proc is not None and self.proc.poll() is None:
-            kill_tree(self.proc.pid, grace_s=2)
-        if (self.home / "node-id").exists():
-            for proc in find_workers(self.node_id()).values():
-                kill_tree(proc.pid, grace_s=1)
 
 
 @dataclass
@@ -201,7 +144,7 @@ def stripes_png(seed: int, side: int = 40) -> bytes:
     return buf.getvalue()
 
 
-def setup(server: Server, work: Path) -> tuple[str, bytes]:
+def setup(server: UpProcess, work: Path) -> tuple[str, bytes]:
     """A tenant, a model trained by a real job and a ready endpoint; returns the key."""
     from tests.e2e.test_image_classification import stripes
 
@@ -324,7 +267,7 @@ def wait_jobs(url: str, key: str, job_ids: list[str]) -> None:
 
 
 def crash_trials(
-    server: Server, key: str, image: bytes, trials: int, seed: int, log: bool = True
+    server: UpProcess, key: str, image: bytes, trials: int, seed: int, log: bool = True
 ) -> Audit:
     rng = random.Random(seed)
     load, stop = Load(), threading.Event()
@@ -392,7 +335,7 @@ class ReplicaKills:
 
 
 def replica_kills(
-    server: Server, key: str, image: bytes, replicas: int, kills: int
+    server: UpProcess, key: str, image: bytes, replicas: int, kills: int
 ) -> ReplicaKills:
     team = Client(server.url, key)
     team.update_endpoint(ENDPOINT, replicas=replicas)
@@ -480,7 +423,7 @@ def run(
 ) -> tuple[Audit, list[ReplicaKills]]:
     home = work / "home"
     home.mkdir(parents=True)
-    server = Server(home, database_url)
+    server = UpProcess(home, database_url)
     try:
         server.start()
         key, image = setup(server, work)

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,74 +14,26 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelfab.client import Client, Unreachable
-from modelfab.compute.executors.local.process import find_workers, kill_tree
+from modelfab.client import Client
+from modelfab.compute.executors.local.process import find_workers
 from modelfab.db.engine import make_engine, make_sessionmaker
 from modelfab.db.models import UsageRecord
-from tests.e2e.helpers import eventually, wait_status, wait_terminal, worker_started
+from tests.e2e.helpers import UpProcess, eventually, wait_status, wait_terminal, worker_started
 from tests.e2e.test_serving import predict, register_tiny
 from tests.serving.factories import image_bytes
 
 pytestmark = pytest.mark.e2e
 
 
-class UpProcess:
-    """`modelfab up` on a fixed loopback port (workers keep the URL across restarts)."""
-
-    def __init__(self, home: Path, port: int, database_url: str):
-        self.home, self.port, self.database_url = home, port, database_url
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "modelfab.cli.main", "up", "--home", str(self.home),
-                "--port", str(self.port), "--fake-gpus", "2", "--cpus", "4",
-                "--database-url", self.database_url]  # fmt: skip
-        log = open(self.home / "up.log", "ab")  # noqa: SIM115 - the child writes it
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        eventually(self._ready, timeout_s=60, what="modelfab up to answer")
-
-    def _ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError("modelfab up exited:\n" + (self.home / "up.log").read_text())
-        try:
-            Client(self.url).request("GET", "/health")
-            return True
-        except Unreachable:
-            return False
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        """SIGTERM, as a service manager stops it; waits for the exit."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
-
-    def node_id(self) -> str:
-        return (self.home / "node-id").read_text().strip()
-
-
 @pytest.fixture
 def up(tmp_path: Path, db_url: str, factory: object) -> Iterator[UpProcess]:
     home = tmp_path / "home"
     home.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = UpProcess(home, port, db_url)
+    server = UpProcess(home, db_url)
     try:
         yield server
     finally:
-        if server.proc is not None and server.proc.poll() is None:
-            kill_tree(server.proc.pid, grace_s=2)
-        if (home / "node-id").exists():
-            for proc in find_workers(server.node_id()).values():
-                kill_tree(proc.pid, grace_s=1)
+        server.cleanup()
 
 
 def _team(up: UpProcess) -> Client:

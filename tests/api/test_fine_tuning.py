@@ -286,3 +286,13 @@ def test_a_failed_job_carries_its_error_with_openai_params(
     failed = api.call("GET", f"{JOBS}/{ft['id']}", member).json()
     assert failed["status"] == "failed"
     assert failed["error"]["param"] == "hyperparameters.n_epochs"
+
+
+def test_resources_and_quotas_apply_as_to_any_job(api: Api) -> None:
+    small = str(api.create_tenant("small-team", max_cpus=1)["api_key"])
+    file_id = create_file(api, small, openai_jsonl()).json()["id"]
+    resp = create(api, small, tiny(file_id, resources={"cpus": 2}))
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "unschedulable"
+    ft = create(api, small, tiny(file_id, resources={"cpus": 1, "gpus": 0.5})).json()
+    job = api.call("GET", f"/jobs/{ft['job']}", small).json()
+    assert job["resources"]["cpus"] == 1 and job["resources"]["gpus"] == 0.5

@@ -12,6 +12,7 @@ from pydantic import ConfigDict, Field, PlainValidator, WithJsonSchema
 
 from modelfab.schemas import limits
 from modelfab.schemas.common import RequestModel, WireModel
+from modelfab.schemas.jobs import ResourceRequest
 
 Auto = Literal["auto"]
 
@@ -134,6 +135,11 @@ class FineTuningJobCreate(RequestModel):
     metadata: Metadata | None = None
     integrations: list[dict[str, Any]] | None = Field(
         default=None, max_length=0, description="None are supported; leave it out or empty."
+    )
+    resources: ResourceRequest = Field(
+        default_factory=ResourceRequest,
+        description="modelfab's own: what the job asks of the pool (the openai client sends "
+        'it as extra_body={"resources": {"gpus": 1}}); one CPU slot by default.',
     )
 
 

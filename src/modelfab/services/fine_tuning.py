@@ -160,7 +160,14 @@ class FineTuningService:
                 if (first := idempotency.replay(session, idem, wire.FineTuningJob)) is not None:
                     return first
                 dataset = _file_dataset(session, principal, body.training_file)
-                request = JobRequest(recipe=LLM_FINETUNE.name, params=params, dataset=dataset)
+                request = JobRequest(
+                    recipe=LLM_FINETUNE.name,
+                    params=params,
+                    dataset=dataset,
+                    gpus=body.resources.gpus,
+                    cpus=body.resources.cpus,
+                    memory_bytes=body.resources.memory_bytes,
+                )
                 created = self.jobs.create_in(session, principal, request)
                 job = session.get(Job, created.id)
                 assert job is not None

@@ -40,6 +40,7 @@ from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoint_controller import EndpointController
 from modelfab.services.endpoints import EndpointService
 from modelfab.services.files import FileService
+from modelfab.services.fine_tuning import FineTuningService
 from modelfab.services.jobs import JobService
 from modelfab.services.keys import KeyService
 from modelfab.services.registry import RegistryService
@@ -249,6 +250,7 @@ def build_context(
         factory=factory,
         datasets=datasets,
         files=FileService(factory, datasets, artifacts, max_bytes=settings.max_upload_bytes),
+        fine_tuning=FineTuningService(factory, jobs),
         jobs=jobs,
         endpoints=endpoints,
         gateway=gateway,

@@ -177,7 +177,8 @@ def test_a_race_on_one_key_does_the_work_once(
 def test_every_create_documents_the_header(api: Api) -> None:
     paths = api.client.get("/openapi.json").json()["paths"]
     creates = ["/v1/jobs", "/v1/datasets", "/v1/datasets/upload", "/v1/endpoints",
-               "/v1/tenants", "/v1/tenants/{name}/keys", "/v1/hub/{model_id}/import"]  # fmt: skip
+               "/v1/tenants", "/v1/tenants/{name}/keys", "/v1/hub/{model_id}/import",
+               "/v1/files", "/v1/fine_tuning/jobs"]  # fmt: skip
     for path in creates:
         params = paths[path]["post"].get("parameters", [])
         assert any(p["in"] == "header" and p["name"] == HEADER for p in params), path

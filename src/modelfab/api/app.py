@@ -14,6 +14,7 @@ from modelfab.api.routers import (
     datasets,
     endpoints,
     files,
+    fine_tuning,
     hub,
     jobs,
     models,
@@ -38,7 +39,18 @@ def create_app(ctx: AppContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (tenants, datasets, files, jobs, pool, worker, hub, models, endpoints):
+    for module in (
+        tenants,
+        datasets,
+        files,
+        fine_tuning,
+        jobs,
+        pool,
+        worker,
+        hub,
+        models,
+        endpoints,
+    ):
         app.include_router(module.router, prefix="/v1")
 
     @app.get("/v1/health", tags=["health"])

@@ -11,6 +11,7 @@ from modelfab.services.common import Principal
 from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoints import EndpointService
 from modelfab.services.files import FileService
+from modelfab.services.fine_tuning import FineTuningService
 from modelfab.services.jobs import JobService
 from modelfab.services.keys import KeyService
 from modelfab.services.registry import RegistryService
@@ -24,6 +25,7 @@ class AppContext:
     factory: sessionmaker[Session]
     datasets: DatasetService
     files: FileService
+    fine_tuning: FineTuningService
     jobs: JobService
     worker: WorkerService
     registry: RegistryService

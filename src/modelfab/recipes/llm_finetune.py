@@ -20,6 +20,9 @@ DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
 Auto = Literal["auto"]
 
+AUTO_LR: dict[str, float] = {"lora": 2e-4, "full": 2e-5}
+"""`lr` when "auto", by `method`: the base that OpenAI's `learning_rate_multiplier` scales."""
+
 
 class Params(BaseModel):
     model_config = {"extra": "forbid"}
@@ -39,7 +42,8 @@ class Params(BaseModel):
         "sooner (auto: 3 below 2,000 conversations, 2 below 20,000, else 1).",
     )
     lr: Annotated[float, Field(gt=0, le=1)] | Auto = Field(
-        default="auto", description="AdamW peak learning rate (auto: 2e-4 LoRA, 2e-5 full)."
+        default="auto",
+        description="AdamW peak learning rate (auto: 2e-4 LoRA, 2e-5 full: `AUTO_LR`).",
     )
     batch_size: Annotated[int, Field(ge=1, le=512)] | Auto = Field(
         default="auto", description="Conversations per step (auto: 8, 16 on a GPU)."

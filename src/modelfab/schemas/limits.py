@@ -100,3 +100,13 @@ MAX_LIST_FILES = 10_000
 """Files one list call answers at most (OpenAI's cap; also the default)."""
 MAX_FILENAME_CHARS = 255
 """Characters of an uploaded file's name that are kept."""
+
+# fine-tuning jobs (the OpenAI fine-tuning API)
+DEFAULT_LIST_FINE_TUNING = 20
+"""Fine-tuning jobs, events or checkpoints one list call answers by default (OpenAI's)."""
+MAX_LIST_FINE_TUNING = 100
+"""... and at most."""
+MAX_LR_MULTIPLIER = 100.0
+"""The largest `learning_rate_multiplier` (times the recipe's auto lr)."""
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+"""OpenAI's bounds on an object's `metadata`: pairs, characters of a key and of a value."""

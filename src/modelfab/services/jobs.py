@@ -101,38 +101,43 @@ class JobService:
         Unschedulable when no capacity or quota could ever run it. With `idem`, a repeat
         answers the first job (queuing nothing) and a reused key is Conflict."""
         idem = idem.for_body(dataclasses.asdict(request)) if idem else None
+        with transaction(self.factory) as session:
+            first = idempotency.replay(session, idem, wire.Job)
+            if first is not None:
+                return first
+            out = self.create_in(session, principal, request)
+            idempotency.record(session, idem, 201, out)
+        self.on_change()
+        return out
+
+    def create_in(self, session: Session, principal: Principal, request: JobRequest) -> wire.Job:
+        """`create` inside the caller's transaction (which must call `on_change` after
+        commit), for services that add their own rows beside the job. Raises as `create`."""
         spec = get_recipe(request.recipe)
         if spec.internal:
             raise InvalidRequest(
                 f"recipe {spec.name!r} is run by the platform itself; {spec.description}",
                 param="recipe",
             )
-        with transaction(self.factory) as session:
-            first = idempotency.replay(session, idem, wire.Job)
-            if first is not None:
-                return first
-            version = None
-            if request.dataset:
-                version = resolve_version(session, principal.tenant_id, request.dataset)
-                _check_task(spec.tasks, version[0].task)
-            elif spec.needs_dataset:
-                raise InvalidRequest(f"recipe {spec.name!r} needs --dataset", param="dataset")
-            params = spec.validate_params(request.params)
-            _check_server_paths(spec, principal, params, self.path_roots)
-            _check_hub_models(spec, params, self.hub_dir)
-            if spec.needs_model:
-                _pin_model(session, spec, principal.tenant_id, params)
-            request = replace(request, params=params)
-            job = self.queue(
-                session,
-                principal.tenant_id,
-                request,
-                dataset_version_id=version[1].id if version else None,
-            )
-            out = job_view(job, version_view(*version) if version else None)
-            idempotency.record(session, idem, 201, out)
-        self.on_change()
-        return out
+        version = None
+        if request.dataset:
+            version = resolve_version(session, principal.tenant_id, request.dataset)
+            _check_task(spec.tasks, version[0].task)
+        elif spec.needs_dataset:
+            raise InvalidRequest(f"recipe {spec.name!r} needs --dataset", param="dataset")
+        params = spec.validate_params(request.params)
+        _check_server_paths(spec, principal, params, self.path_roots)
+        _check_hub_models(spec, params, self.hub_dir)
+        if spec.needs_model:
+            _pin_model(session, spec, principal.tenant_id, params)
+        request = replace(request, params=params)
+        job = self.queue(
+            session,
+            principal.tenant_id,
+            request,
+            dataset_version_id=version[1].id if version else None,
+        )
+        return job_view(job, version_view(*version) if version else None)
 
     def queue(
         self,

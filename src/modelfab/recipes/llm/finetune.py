@@ -31,6 +31,7 @@ from modelfab.recipes.llm.data import (
     encode_all,
     split,
 )
+from modelfab.recipes.llm_finetune import AUTO_LR
 from modelfab.recipes.training.loop import (
     FitResult,
     StepOptions,
@@ -84,7 +85,7 @@ def resolve(params: dict[str, Any], n_conversations: int, device: torch.device) 
     if out["epochs"] == "auto":
         out["epochs"] = 3 if n_conversations < 2000 else 2 if n_conversations < 20000 else 1
     if out["lr"] == "auto":
-        out["lr"] = 2e-4 if out["method"] == "lora" else 2e-5
+        out["lr"] = AUTO_LR[out["method"]]
     if out["batch_size"] == "auto":
         out["batch_size"] = 16 if gpu else 8
     if out["lora_rank"] == "auto":

@@ -5,7 +5,7 @@ and a `RECIPE` spec whose `entrypoint` names the function that does the work.
 
 Two halves, two layers. The light catalogue -- this module and the modules `CATALOG`
 names (`sleep`, `image_classification`, `anomaly_detection`, `serve`, `batch_inspection`,
-`llm_finetune`: names, params, specs) -- sits below `services`, which import it to validate
+`llm_finetune`, `llm_distill`: names, params, specs) -- sits below `services`, which import it to validate
 params at `jobs create`. The heavy halves (`recipes.vision`, `recipes.anomaly`,
 `recipes.llm`, `recipes.training`: torch) are loaded only through an `entrypoint`, in a
 worker or by `run_recipe`; the control plane never imports them
@@ -36,6 +36,7 @@ CATALOG: dict[str, str] = {
     "serve": "modelfab.recipes.serve",
     "batch-inspection": "modelfab.recipes.batch_inspection",
     "llm-finetune": "modelfab.recipes.llm_finetune",
+    "llm-distill": "modelfab.recipes.llm_distill",
 }
 
 
@@ -93,7 +94,8 @@ class RecipeContext(Reporter, Protocol):
         ...
 
     def register_model(self, model: dict[str, Any]) -> None:
-        """Register `model` (name, task, artifacts, metrics, ...) if the job succeeds."""
+        """Register `model` (name, task, artifacts, metrics, ...) if the job succeeds; each
+        call adds one model (a job may register several, each its own version)."""
         ...
 
     def flush(self) -> None:
@@ -107,6 +109,17 @@ class FetchesModels(Protocol):
 
     def model_files(self, version_id: str) -> dict[str, Any]:
         """{version_id, onnx, labels}, each file a `{uri, sha256}` reference."""
+        ...
+
+
+@runtime_checkable
+class FetchesModelArtifacts(Protocol):
+    """Capability: every artifact of a registered model version of the job's tenant (a
+    registered chat model a recipe starts from, say)."""
+
+    def model_artifacts(self, version_id: str) -> dict[str, Any]:
+        """{version_id, task, artifacts: {name: {uri, sha256}}} for every artifact. Raises
+        ModelfabError when the tenant has no such version."""
         ...
 
 
@@ -143,6 +156,12 @@ class RecipeSpec:
     hub_models: tuple[str, ...] = ()
     """Params that name a chat model of the hub (catalog or imported): the control plane
     checks at create that each is there and usable."""
+    registered_models: tuple[str, ...] = ()
+    """Params that name a model either of the hub (an id, checked as `hub_models` are) or of
+    the tenant's registry (NAME:VERSION or NAME@ALIAS, of one of `tasks`): at create the
+    control plane pins the version a ref names in params.<name>_version_id (None for a hub
+    id), so every attempt uses the same one; the worker fetches its files through
+    `FetchesModelArtifacts`."""
     meters: tuple[str, ...] = ()
     """Usage the recipe counts itself, as numbers in its result under these names (e.g.
     tokens_trained); the control plane meters them with the attempt's seconds."""

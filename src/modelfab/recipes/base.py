@@ -5,10 +5,10 @@ and a `RECIPE` spec whose `entrypoint` names the function that does the work.
 
 Two halves, two layers. The light catalogue -- this module and the modules `CATALOG`
 names (`sleep`, `image_classification`, `anomaly_detection`, `serve`, `batch_inspection`,
-`llm_finetune`, `llm_distill`: names, params, specs) -- sits below `services`, which import it to validate
-params at `jobs create`. The heavy halves (`recipes.vision`, `recipes.anomaly`,
-`recipes.llm`, `recipes.training`: torch) are loaded only through an `entrypoint`, in a
-worker or by `run_recipe`; the control plane never imports them
+`llm_finetune`, `llm_distill`: names, params, specs) -- sits below `services`, which
+import it to validate params at `jobs create`. The heavy halves (`recipes.vision`,
+`recipes.anomaly`, `recipes.llm`, `recipes.training`: torch) are loaded only through an
+`entrypoint`, in a worker or by `run_recipe`; the control plane never imports them
 (tests/recipes/test_local.py checks it).
 
 A recipe runs against a `RecipeContext`: the worker's, or `recipes.local.LocalContext`
@@ -18,6 +18,7 @@ in-process.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +216,16 @@ def run_recipe(
 def list_recipes() -> list[RecipeSpec]:
     """The recipes tenants can run (internal ones are left out)."""
     return [s for s in (get_recipe(name) for name in sorted(CATALOG)) if not s.internal]
+
+
+REGISTRY_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}(:[0-9]{1,9}|@[a-z0-9][a-z0-9._-]{0,62})$")
+"""A registered model version: NAME:VERSION or NAME@ALIAS (a bare name is a hub id)."""
+
+
+def is_registry_ref(value: str) -> bool:
+    """True when `value` names a registered version (NAME:VERSION or NAME@ALIAS), not a
+    hub id: what a param of `RecipeSpec.registered_models` holds when it is pinned."""
+    return REGISTRY_REF_RE.fullmatch(value) is not None
 
 
 def known_hub_model(value: str, task: str | None = None) -> str:

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from modelfab.recipes.base import RecipeSpec
+from modelfab.recipes.base import RecipeSpec, is_registry_ref
 from modelfab.recipes.llm_finetune import DEFAULT_BASE_MODEL
 from modelfab.schemas.common import Name
 from modelfab.schemas.limits import MAX_SEED
@@ -24,15 +24,8 @@ Auto = Literal["auto"]
 
 MAX_STUDENTS = 8
 MAX_LAYERS = 512
-REGISTRY_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}(:[0-9]{1,9}|@[a-z0-9][a-z0-9._-]{0,62})$")
-"""A registered model version: NAME:VERSION or NAME@ALIAS (a bare name is a hub id)."""
 STUDENT_SUFFIX_CHARS = 5
 """Room a student's name needs after `model_name`: "-<layers>l"."""
-
-
-def is_registry_ref(value: str) -> bool:
-    """True when `value` names a registered version (NAME:VERSION or NAME@ALIAS)."""
-    return REGISTRY_REF_RE.fullmatch(value) is not None
 
 
 def student_name(model_name: str, layers: int) -> str:
@@ -108,6 +101,13 @@ class Params(BaseModel):
         ge=1,
         le=200,
         description="Held-out prompts both answer greedily: answer agreement and tokens/s.",
+    )
+    answer_tokens: int = Field(
+        default=128,
+        ge=1,
+        le=2048,
+        description="Most tokens of each greedy answer: the held-out ones (agreement, "
+        "tokens/s) and, with teacher_answers, the teacher's training answers.",
     )
     model_name: Name | None = Field(
         default=None,

@@ -41,10 +41,11 @@ class LocalContext:
     """Everything a recipe reports, kept in lists; nothing leaves the process.
 
     `models` maps a model version id to its files by role (`onnx`, `labels`) or, for
-    `model_artifacts`, by artifact name, for recipes that load registered models. `cancel_after` N: `cancelled()` answers False N times,
-    then True (a cancel mid-run, deterministically); `cancel()` makes it True at once.
-    `on_event(item)` sees each event before it is kept; what it raises reaches the recipe
-    (a test can simulate a crash at a chosen point)."""
+    `model_artifacts`, by artifact name, for recipes that load registered models.
+    `cancel_after` N: `cancelled()` answers False N times, then True (a cancel mid-run,
+    deterministically); `cancel()` makes it True at once. `on_event(item)` sees each event
+    before it is kept; what it raises reaches the recipe (a test can simulate a crash at a
+    chosen point)."""
 
     def __init__(
         self,

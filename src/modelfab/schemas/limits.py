@@ -100,3 +100,6 @@ MAX_LIST_FILES = 10_000
 """Files one list call answers at most (OpenAI's cap; also the default)."""
 MAX_FILENAME_CHARS = 255
 """Characters of an uploaded file's name that are kept."""
+
+MAX_MODELS_PER_JOB = 8
+"""Models one job may register (llm-distill: one per student size)."""

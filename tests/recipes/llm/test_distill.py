@@ -20,8 +20,8 @@ from modelfab.recipes.llm.distill import (
     kept_layer_indices,
     prune_layers,
 )
-from modelfab.recipes.local import LocalContext
 from modelfab.recipes.llm_distill import Params
+from modelfab.recipes.local import LocalContext
 from tests.llm_factories import arithmetic, dataset_folder, persona
 
 
@@ -30,7 +30,8 @@ def distill_params(**overrides: Any) -> dict[str, Any]:
     return {
         "student_layers": [2, 1], "loss": "forward_kl", "temperature": 2.0, "alpha": 0.0,
         "teacher_answers": False, "epochs": 2, "lr": 5e-3, "batch_size": 8,
-        "max_length": "auto", "val_fraction": 0.2, "seed": 0, "patience": 2, "samples": 3,
+        "max_length": "auto", "val_fraction": 0.2, "seed": 0, "patience": 2, "samples": 2,
+        "answer_tokens": 8,
         **overrides,
     }  # fmt: skip
 
@@ -70,7 +71,9 @@ def test_pruning_copies_the_kept_layers_and_everything_else(teacher_folder: Path
 def test_divergences_are_zero_for_equal_logits_and_positive_otherwise() -> None:
     a, b = torch.randn(5, 11), torch.randn(5, 11)
     for kind in ("forward_kl", "jsd"):
-        assert float(distillation_loss(a, a, kind=kind, temperature=2.0)) == pytest.approx(0, abs=1e-5)
+        assert float(distillation_loss(a, a, kind=kind, temperature=2.0)) == pytest.approx(
+            0, abs=1e-5
+        )
         assert float(distillation_loss(a, b, kind=kind, temperature=2.0)) > 0
 
 
@@ -80,7 +83,7 @@ def test_students_learn_the_teacher_and_report_beside_it(
     teacher, tokenizer = load_chat_model(teacher_folder)
     ctx = LocalContext(tmp_path)
     out = distill(
-        persona(40) + arithmetic(40), teacher, tokenizer, distill_params(), workdir=tmp_path,
+        persona(24) + arithmetic(24), teacher, tokenizer, distill_params(), workdir=tmp_path,
         reporter=ctx, teacher_ref={"hub": "tiny"},
     )  # fmt: skip
     assert [s.layers for s in out.students] == [2, 1]
@@ -105,7 +108,8 @@ def test_a_student_as_big_as_the_teacher_is_refused(teacher_folder: Path, tmp_pa
     teacher, tokenizer = load_chat_model(teacher_folder)
     with pytest.raises(InvalidRequest) as caught:
         distill(persona(10), teacher, tokenizer, distill_params(student_layers=[4]),
-                workdir=tmp_path, reporter=LocalContext(tmp_path), teacher_ref={"hub": "t"})  # fmt: skip
+                workdir=tmp_path, reporter=LocalContext(tmp_path),
+                teacher_ref={"hub": "t"})  # fmt: skip
     assert caught.value.param == "params.student_layers"
 
 
@@ -133,7 +137,7 @@ def test_the_recipe_registers_each_student_from_a_registered_teacher(
 
     save_chat_model(teacher, tokenizer, registered)
     (registered / "model.json").write_text(json.dumps({"kind": "full", "base_model": {}}))
-    data = dataset_folder(tmp_path / "data", persona(30))
+    data = dataset_folder(tmp_path / "data", persona(20))
     ctx = LocalContext(
         tmp_path / "work", dataset={"name": "persona"}, dataset_path=data,
         models={"mv_teacher": _registered_teacher(registered)},
@@ -150,3 +154,17 @@ def test_the_recipe_registers_each_student_from_a_registered_teacher(
     assert [s["layers"] for s in result["students"]] == [2, 1]
     assert result["tokens_trained"] == sum(s["tokens_trained"] for s in result["students"])
     assert result["teacher"]["layers"] == 4
+
+
+def test_students_can_learn_on_the_teachers_own_answers(
+    teacher_folder: Path, tmp_path: Path
+) -> None:
+    teacher, tokenizer = load_chat_model(teacher_folder)
+    ctx = LocalContext(tmp_path)
+    params = distill_params(student_layers=[1], teacher_answers=True, alpha=0.5, epochs=1,
+                            loss="jsd")  # fmt: skip
+    out = distill(persona(12), teacher, tokenizer, params, workdir=tmp_path, reporter=ctx,
+                  teacher_ref={"hub": "tiny"})  # fmt: skip
+    answered = [e for e in ctx.events_of("message") if "The teacher answered" in e["message"]]
+    assert answered and "answered 10 of 10" in answered[0]["message"]
+    assert out.students[0].metrics["tokens_trained"] > 0

@@ -34,16 +34,16 @@ from modelfab.recipes.llm.data import Batches, Conversation, auto_max_length, en
 from modelfab.recipes.llm.finetune import CONTRACT_FORMAT, MODEL_JSON, evaluate
 from modelfab.recipes.training.loop import (
     FitResult,
-    StepOptions,
     StepFn,
+    StepOptions,
     cosine_with_warmup,
     default_warmup_steps,
     fit,
     make_optimizer,
 )
 
-ANSWER_TOKENS = 64
-"""Greedy tokens per held-out answer (agreement and tokens/s) and per teacher answer."""
+ANSWER_TOKENS = 128
+"""Greedy tokens per answer, by default (the recipe passes its `answer_tokens`)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class DistillConfig:
     seed: int
     patience: int
     samples: int
+    answer_tokens: int
     device: str
 
 
@@ -247,13 +248,16 @@ def greedy_answers(
 
 
 def with_teacher_answers(
-    teacher: PreTrainedModel, tokenizer: ChatTokenizer, conversations: Sequence[Conversation]
+    teacher: PreTrainedModel,
+    tokenizer: ChatTokenizer,
+    conversations: Sequence[Conversation],
+    max_new_tokens: int,
 ) -> tuple[list[Conversation], int]:
     """`conversations` with each last assistant turn replaced by the teacher's greedy
     answer (kept as it was where the teacher answers nothing); and how many changed."""
     out, changed = [], 0
     prompts = [_prompt(c) for c in conversations]
-    answers, _ = greedy_answers(teacher, tokenizer, [p for p, _ in prompts])
+    answers, _ = greedy_answers(teacher, tokenizer, [p for p, _ in prompts], max_new_tokens)
     for conversation, (_, last), answer in zip(conversations, prompts, answers, strict=True):
         if answer:
             conversation = [*conversation[:last], {"role": "assistant", "content": answer},
@@ -315,7 +319,7 @@ def distill(
                          shuffle=False)  # fmt: skip
     prompts = [_prompt(c)[0] for c in val_convs[: cfg.samples]] or [_prompt(conversations[0])[0]]
     teacher_eval = evaluate(teacher, val_loader, device)
-    teacher_answers, teacher_speed = greedy_answers(teacher, tokenizer, prompts)
+    teacher_replies, teacher_speed = greedy_answers(teacher, tokenizer, prompts, cfg.answer_tokens)
     teacher_report = {
         "eval_loss": teacher_eval["val_loss"],
         "token_accuracy": teacher_eval["val_token_accuracy"],
@@ -331,10 +335,19 @@ def distill(
             break
         students.append(
             _train_student(
-                layers, teacher, tokenizer, cfg, train, val_loader,
-                workdir=workdir, reporter=reporter, teacher_report=teacher_report,
-                prompts=prompts, teacher_answers=teacher_answers, teacher_ref=teacher_ref,
-            )  # fmt: skip
+                layers,
+                teacher,
+                tokenizer,
+                cfg,
+                train,
+                val_loader,
+                workdir=workdir,
+                reporter=reporter,
+                teacher_report=teacher_report,
+                prompts=prompts,
+                teacher_replies=teacher_replies,
+                teacher_ref=teacher_ref,
+            )
         )
     return DistillOutput(config=cfg, teacher=teacher_report, students=students)
 
@@ -360,7 +373,9 @@ def _prepare(
         device=device.type,
     )
     if cfg.teacher_answers:
-        train_convs, changed = with_teacher_answers(teacher, tokenizer, train_convs)
+        train_convs, changed = with_teacher_answers(
+            teacher, tokenizer, train_convs, cfg.answer_tokens
+        )
         reporter.event(f"The teacher answered {changed} of {len(train_convs)} training prompts")
     train, val = (encode_all(tokenizer, c, cfg.max_length) for c in (train_convs, val_convs))
     if not train.items:
@@ -389,7 +404,7 @@ def _train_student(
     reporter: Reporter,
     teacher_report: dict[str, Any],
     prompts: list[Conversation],
-    teacher_answers: list[str],
+    teacher_replies: list[str],
     teacher_ref: dict[str, Any],
 ) -> StudentOutput:
     device = next(teacher.parameters()).device
@@ -416,13 +431,13 @@ def _train_student(
                             higher_is_better=False, max_grad_norm=1.0),
     )  # fmt: skip
     after = eval_fn(student, val_loader, device) if result.best_epoch else before
-    answers, speed = greedy_answers(student, tokenizer, prompts)
-    agree = sum(a == b for a, b in zip(answers, teacher_answers, strict=True))
+    answers, speed = greedy_answers(student, tokenizer, prompts, cfg.answer_tokens)
+    agree = sum(a == b for a, b in zip(answers, teacher_replies, strict=True))
     metrics = _metrics(layers, before, after, result, student, speed, teacher_report)
     metrics["answer_agreement"] = round(agree / len(prompts), 4)
     samples = [
         {"prompt": p[-1]["content"] if p else "", "teacher": t, "student": s}
-        for p, t, s in list(zip(prompts, teacher_answers, answers, strict=True))[:3]
+        for p, t, s in list(zip(prompts, teacher_replies, answers, strict=True))[:3]
     ]
     folder = workdir / f"student-{layers}l"
     _save(student, tokenizer, cfg, folder, teacher_ref, metrics, kept)

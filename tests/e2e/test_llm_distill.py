@@ -43,7 +43,7 @@ def test_a_registered_teacher_is_distilled_into_a_registered_student(team: Clien
 
     version = team.get_model("fabi-1l")
     assert version.task == "chat" and version.metrics["teacher_eval_loss"] > 0
-    assert {"eval_loss", "answer_agreement", "tokens_per_s", "teacher_tokens_per_s"} <= set(
+    assert {"eval_loss", "answer_agreement", "generate_tokens_per_s", "speedup"} <= set(
         version.metrics
     )
     assert {"model.safetensors", "model.json", "tokenizer.json"} <= {

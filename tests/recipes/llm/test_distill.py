@@ -93,8 +93,8 @@ def test_students_learn_the_teacher_and_report_beside_it(
         assert m["eval_kd"] < m["eval_kd_before"]  # the student moved toward the teacher
         assert m["teacher_eval_loss"] == out.teacher["eval_loss"] and m["eval_loss"] > 0
         assert 0 <= m["answer_agreement"] <= 1
-        assert m["params"] < m["teacher_params"] and m["tokens_per_s"] > 0
-        assert m["teacher_tokens_per_s"] > 0 and m["tokens_trained"] > 0
+        assert m["params"] < m["teacher_params"] and m["generate_tokens_per_s"] > 0
+        assert m["teacher_generate_tokens_per_s"] > 0 and m["tokens_trained"] > 0
         contract = json.loads((student.folder / "model.json").read_text())
         assert contract["kind"] == "full"
         assert contract["base_model"] == {"distilled_from": {"hub": "tiny"}}
@@ -168,3 +168,28 @@ def test_students_can_learn_on_the_teachers_own_answers(
     answered = [e for e in ctx.events_of("message") if "The teacher answered" in e["message"]]
     assert answered and "answered 10 of 10" in answered[0]["message"]
     assert out.students[0].metrics["tokens_trained"] > 0
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_a_crash_resumes_the_student_from_its_checkpoint(
+    teacher_folder: Path, tmp_path: Path
+) -> None:
+    teacher, tokenizer = load_chat_model(teacher_folder)
+    params = distill_params(student_layers=[2], epochs=2)
+    ctx = LocalContext(tmp_path)
+
+    def crash_after_first_epoch(item: dict[str, Any]) -> None:
+        if item["type"] == "checkpoint":
+            raise Crash("the worker died after epoch 1's checkpoint")
+
+    ctx.on_event = crash_after_first_epoch
+    data = persona(20)
+    with pytest.raises(Crash):
+        distill(data, teacher, tokenizer, params, workdir=tmp_path, reporter=ctx,
+                teacher_ref={"hub": "t"})  # fmt: skip
+    out = distill(data, teacher, tokenizer, params, workdir=tmp_path,
+                  reporter=LocalContext(tmp_path), teacher_ref={"hub": "t"})  # fmt: skip
+    assert out.students[0].fit.resumed_from_epoch == 1 and out.students[0].fit.epochs_run == 1

@@ -81,7 +81,8 @@ class StudentOutput:
 class DistillOutput:
     config: DistillConfig
     teacher: dict[str, Any]
-    """The teacher's held-out loss, token accuracy, parameters, layers and tokens/s."""
+    """The teacher's held-out loss, token accuracy, parameters, layers and greedy
+    generation tokens/s (`generate_tokens_per_s`)."""
     students: list[StudentOutput]
 
 
@@ -325,7 +326,7 @@ def distill(
         "token_accuracy": teacher_eval["val_token_accuracy"],
         "params": parameter_count(teacher),
         "layers": total_layers,
-        "tokens_per_s": teacher_speed,
+        "generate_tokens_per_s": teacher_speed,
         **teacher_ref,
     }
     reporter.event("Teacher measured on the held-out split", data={"teacher": teacher_report})
@@ -462,17 +463,17 @@ def _metrics(
         "eval_kd_before": before["val_kd"],
         "eval_loss_before": before["val_loss"],
         "params": params,
-        "tokens_per_s": speed,
+        "generate_tokens_per_s": speed,
         "teacher_eval_loss": teacher["eval_loss"],
         "teacher_token_accuracy": teacher["token_accuracy"],
         "teacher_params": teacher["params"],
         "teacher_layers": teacher["layers"],
-        "teacher_tokens_per_s": teacher["tokens_per_s"],
+        "teacher_generate_tokens_per_s": teacher["generate_tokens_per_s"],
         "eval_loss_ratio": _ratio(after["val_loss"], teacher["eval_loss"]),
         "params_ratio": _ratio(params, teacher["params"]),
-        "speedup": _ratio(speed, teacher["tokens_per_s"]),
+        "speedup": _ratio(speed, teacher["generate_tokens_per_s"]),
         "tokens_trained": result.items_run,
-        "train_tokens_per_s": result.train_items_per_s,
+        "tokens_per_s": result.train_items_per_s,
         "epochs_done": result.epochs_done,
         "best_epoch": result.best_epoch,
     }

@@ -183,8 +183,8 @@ def run_distill(ctx: RecipeContext, params: llm_distill.Params) -> dict[str, Any
 
 def _distill_summary(out: DistillOutput) -> dict[str, Any]:
     keys = ("layers", "eval_loss", "token_accuracy", "eval_kd", "eval_kd_before",
-            "answer_agreement", "params", "tokens_per_s", "eval_loss_ratio", "params_ratio",
-            "speedup", "tokens_trained", "epochs_done", "best_epoch")  # fmt: skip
+            "answer_agreement", "params", "generate_tokens_per_s", "eval_loss_ratio",
+            "params_ratio", "speedup", "tokens_trained", "epochs_done", "best_epoch")  # fmt: skip
     students = [{k: s.metrics[k] for k in keys} for s in out.students]
     return {
         "teacher": out.teacher,

@@ -198,7 +198,7 @@ def register_version(
         params=job.params,
         metrics=model.metrics,
         extra=model.extra,
-        lineage={**_lineage(session, job, model), "parent_model": parent},
+        lineage={**_lineage(session, job, model), **({"parent_model": parent} if parent else {})},
         created_at=at,
     )
     session.add(version)

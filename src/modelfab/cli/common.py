@@ -18,16 +18,25 @@ def client() -> Client:
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs; values are JSON when they parse (3, 0.5, true, [1,2]), else strings."""
+    """`KEY=VALUE` pairs; values are JSON when they parse (3, 0.5, true, [1,2]), else strings.
+    A key repeated gathers its values in a list (`student_layers=8 student_layers=4`)."""
     out: dict[str, Any] = {}
+    repeated: set[str] = set()
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
         try:
-            out[key] = json.loads(raw)
+            value: Any = json.loads(raw)
         except json.JSONDecodeError:
-            out[key] = raw
+            value = raw
+        if key in repeated:
+            out[key].append(value)
+        elif key in out:
+            out[key] = [out[key], value]
+            repeated.add(key)
+        else:
+            out[key] = value
     return out
 
 

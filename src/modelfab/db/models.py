@@ -182,15 +182,19 @@ class Model(Base):
 
 
 class ModelVersion(Base):
-    """An immutable version, registered by the job that produced it (one version per job)."""
+    """An immutable version, registered by the job that produced it (one version per job
+    and model: a job may register several models)."""
 
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("model_id", "version"),)
+    __table_args__ = (
+        UniqueConstraint("model_id", "version"),
+        UniqueConstraint("job_id", "model_id", name="uq_model_versions_job_model"),
+    )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[str | None] = mapped_column(
-        ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
     )
     dataset_version_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_versions.id"))
     recipe: Mapped[str] = mapped_column(String(64))

@@ -5,10 +5,10 @@ and a `RECIPE` spec whose `entrypoint` names the function that does the work.
 
 Two halves, two layers. The light catalogue -- this module and the modules `CATALOG`
 names (`sleep`, `image_classification`, `anomaly_detection`, `serve`, `batch_inspection`,
-`llm_finetune`: names, params, specs) -- sits below `services`, which import it to validate
-params at `jobs create`. The heavy halves (`recipes.vision`, `recipes.anomaly`,
-`recipes.llm`, `recipes.training`: torch) are loaded only through an `entrypoint`, in a
-worker or by `run_recipe`; the control plane never imports them
+`llm_finetune`, `llm_distill`: names, params, specs) -- sits below `services`, which
+import it to validate params at `jobs create`. The heavy halves (`recipes.vision`,
+`recipes.anomaly`, `recipes.llm`, `recipes.training`: torch) are loaded only through an
+`entrypoint`, in a worker or by `run_recipe`; the control plane never imports them
 (tests/recipes/test_local.py checks it).
 
 A recipe runs against a `RecipeContext`: the worker's, or `recipes.local.LocalContext`
@@ -18,6 +18,7 @@ in-process.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ CATALOG: dict[str, str] = {
     "serve": "modelfab.recipes.serve",
     "batch-inspection": "modelfab.recipes.batch_inspection",
     "llm-finetune": "modelfab.recipes.llm_finetune",
+    "llm-distill": "modelfab.recipes.llm_distill",
 }
 
 
@@ -93,7 +95,8 @@ class RecipeContext(Reporter, Protocol):
         ...
 
     def register_model(self, model: dict[str, Any]) -> None:
-        """Register `model` (name, task, artifacts, metrics, ...) if the job succeeds."""
+        """Register `model` (name, task, artifacts, metrics, ...) if the job succeeds; each
+        call adds one model (a job may register several, each its own version)."""
         ...
 
     def flush(self) -> None:
@@ -107,6 +110,17 @@ class FetchesModels(Protocol):
 
     def model_files(self, version_id: str) -> dict[str, Any]:
         """{version_id, onnx, labels}, each file a `{uri, sha256}` reference."""
+        ...
+
+
+@runtime_checkable
+class FetchesModelArtifacts(Protocol):
+    """Capability: every artifact of a registered model version of the job's tenant (a
+    registered chat model a recipe starts from, say)."""
+
+    def model_artifacts(self, version_id: str) -> dict[str, Any]:
+        """{version_id, task, artifacts: {name: {uri, sha256}}} for every artifact. Raises
+        ModelfabError when the tenant has no such version."""
         ...
 
 
@@ -143,6 +157,12 @@ class RecipeSpec:
     hub_models: tuple[str, ...] = ()
     """Params that name a chat model of the hub (catalog or imported): the control plane
     checks at create that each is there and usable."""
+    registered_models: tuple[str, ...] = ()
+    """Params that name a model either of the hub (an id, checked as `hub_models` are) or of
+    the tenant's registry (NAME:VERSION or NAME@ALIAS, of one of `tasks`): at create the
+    control plane pins the version a ref names in params.<name>_version_id (None for a hub
+    id), so every attempt uses the same one; the worker fetches its files through
+    `FetchesModelArtifacts`."""
     meters: tuple[str, ...] = ()
     """Usage the recipe counts itself, as numbers in its result under these names (e.g.
     tokens_trained); the control plane meters them with the attempt's seconds."""
@@ -196,6 +216,16 @@ def run_recipe(
 def list_recipes() -> list[RecipeSpec]:
     """The recipes tenants can run (internal ones are left out)."""
     return [s for s in (get_recipe(name) for name in sorted(CATALOG)) if not s.internal]
+
+
+REGISTRY_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}(:[0-9]{1,9}|@[a-z0-9][a-z0-9._-]{0,62})$")
+"""A registered model version: NAME:VERSION or NAME@ALIAS (a bare name is a hub id)."""
+
+
+def is_registry_ref(value: str) -> bool:
+    """True when `value` names a registered version (NAME:VERSION or NAME@ALIAS), not a
+    hub id: what a param of `RecipeSpec.registered_models` holds when it is pinned."""
+    return REGISTRY_REF_RE.fullmatch(value) is not None
 
 
 def known_hub_model(value: str, task: str | None = None) -> str:

@@ -6,9 +6,9 @@ platform: for tests, benchmarks and notebooks.
     ctx.model, ctx.artifacts, ctx.events_of("metrics")
 
 It keeps what a worker would ship: events (metrics are events of type `metrics`, as the
-worker sends them), uploaded artifacts (copied under `workdir/artifacts`), the model the
+worker sends them), uploaded artifacts (copied under `workdir/artifacts`), the models the
 recipe registers and the URL a replica announces. It also has the opt-in capabilities
-(`FetchesModels` from `models`, `AnnouncesServing`).
+(`FetchesModels` and `FetchesModelArtifacts` from `models`, `AnnouncesServing`, `HasHub`).
 """
 
 from __future__ import annotations
@@ -40,11 +40,12 @@ def file_ref(path: Path) -> dict[str, str]:
 class LocalContext:
     """Everything a recipe reports, kept in lists; nothing leaves the process.
 
-    `models` maps a model version id to its files by role (`onnx`, `labels`), for recipes
-    that load registered models. `cancel_after` N: `cancelled()` answers False N times,
-    then True (a cancel mid-run, deterministically); `cancel()` makes it True at once.
-    `on_event(item)` sees each event before it is kept; what it raises reaches the recipe
-    (a test can simulate a crash at a chosen point)."""
+    `models` maps a model version id to its files by role (`onnx`, `labels`) or, for
+    `model_artifacts`, by artifact name, for recipes that load registered models.
+    `cancel_after` N: `cancelled()` answers False N times, then True (a cancel mid-run,
+    deterministically); `cancel()` makes it True at once. `on_event(item)` sees each event
+    before it is kept; what it raises reaches the recipe (a test can simulate a crash at a
+    chosen point)."""
 
     def __init__(
         self,
@@ -74,7 +75,8 @@ class LocalContext:
         self.on_event = on_event
         self.events: list[dict[str, Any]] = []
         self.artifacts: list[dict[str, Any]] = []
-        self.model: dict[str, Any] | None = None
+        self.models_registered: list[dict[str, Any]] = []
+        """Every model the recipe registered, in order; `model` is the last."""
         self.serving_url: str | None = None
         self.serving_secret: str | None = None
         """What a `serve` recipe announced: its URL and the secret its server asks for."""
@@ -132,7 +134,13 @@ class LocalContext:
         return record
 
     def register_model(self, model: dict[str, Any]) -> None:
-        self.model = model
+        with self._lock:
+            self.models_registered.append(model)
+
+    @property
+    def model(self) -> dict[str, Any] | None:
+        """The model the recipe registered last (None before any)."""
+        return self.models_registered[-1] if self.models_registered else None
 
     def flush(self) -> None:
         pass
@@ -145,6 +153,14 @@ class LocalContext:
             raise NotFound(f"no model version {version_id!r} in this context", param="model")
         files = self.models[version_id]
         return {"version_id": version_id, **{role: file_ref(p) for role, p in files.items()}}
+
+    def model_artifacts(self, version_id: str) -> dict[str, Any]:
+        """Every file given in `models` for `version_id`, by name; NotFound for another id."""
+        if version_id not in self.models:
+            raise NotFound(f"no model version {version_id!r} in this context", param="model")
+        files = self.models[version_id]
+        artifacts = {name: file_ref(p) for name, p in files.items()}
+        return {"version_id": version_id, "task": None, "artifacts": artifacts}
 
     def announce_serving(self, url: str, secret: str) -> None:
         self.serving_url, self.serving_secret = url, secret

@@ -110,3 +110,5 @@ MAX_LR_MULTIPLIER = 100.0
 """The largest `learning_rate_multiplier` (times the recipe's auto lr)."""
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 """OpenAI's bounds on an object's `metadata`: pairs, characters of a key and of a value."""
+MAX_MODELS_PER_JOB = 8
+"""Models one job may register (llm-distill: one per student size)."""

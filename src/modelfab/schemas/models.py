@@ -88,12 +88,21 @@ class BaseModelRef(WireModel):
     licence: str | None = None
 
 
+class LineageParent(WireModel):
+    id: str
+    ref: str = Field(description="NAME:VERSION when it was made.")
+
+
 class Lineage(WireModel):
     object: Literal["model.lineage"] = "model.lineage"
     model_version: LineageVersion
     dataset: LineageDataset | None
     job: LineageJob
     base_model: BaseModelRef | None
+    parent_model: LineageParent | None = Field(
+        default=None,
+        description="The registered version it was made from (a distilled student's teacher).",
+    )
     params: dict[str, Any] | None
     code_version: str | None
     endpoints: list[Any]

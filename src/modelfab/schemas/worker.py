@@ -44,6 +44,11 @@ class ModelReport(RequestModel):
     artifacts: list[ArtifactRecord] = Field(default_factory=list)
     metrics: dict[str, Any] = Field(default_factory=dict)
     base_model: str | None = Field(default=None, description="Hub model id it started from.")
+    parent_version_id: str | None = Field(
+        default=None,
+        description="The registered version of the same tenant it was made from (a "
+        "distilled student's teacher), kept in its lineage.",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="What serving needs: labels, input size, mean/std."
     )
@@ -55,7 +60,12 @@ class WorkerComplete(RequestModel):
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     retryable: bool = False
-    model: ModelReport | None = None
+    model: ModelReport | None = Field(default=None, description="One model to register.")
+    models: list[ModelReport] = Field(
+        default_factory=list,
+        max_length=limits.MAX_MODELS_PER_JOB,
+        description="Models to register, each its own version (after `model`, if given).",
+    )
     ended_at: float | None = Field(
         default=None,
         ge=0,

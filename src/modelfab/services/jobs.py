@@ -28,7 +28,7 @@ from modelfab.db.models import Job, JobEvent, Node, Tenant, UsageRecord
 from modelfab.errors import Forbidden, InvalidRequest, NotFound, QuotaExceeded, Unschedulable
 from modelfab.hub.chat import chat_availability, get_chat_entry
 from modelfab.ids import new_id, now
-from modelfab.recipes.base import RecipeSpec, get_recipe, list_recipes
+from modelfab.recipes.base import RecipeSpec, get_recipe, is_registry_ref, list_recipes
 from modelfab.schemas import jobs as wire
 from modelfab.schemas import limits
 from modelfab.schemas.datasets import DatasetVersion
@@ -128,6 +128,7 @@ class JobService:
         params = spec.validate_params(request.params)
         _check_server_paths(spec, principal, params, self.path_roots)
         _check_hub_models(spec, params, self.hub_dir)
+        _pin_registered_models(session, spec, principal.tenant_id, params, self.hub_dir)
         if spec.needs_model:
             _pin_model(session, spec, principal.tenant_id, params)
         request = replace(request, params=params)
@@ -359,10 +360,12 @@ def _event_view(e: JobEvent) -> wire.JobEvent:
     )
 
 
-def _check_hub_models(spec: RecipeSpec, params: dict[str, Any], hub_dir: Path | None) -> None:
-    """Each param of `spec.hub_models` names a chat model of the hub that is usable now.
-    Raises NotFound or InvalidRequest naming `params.<name>` and what to do."""
-    for name in spec.hub_models:
+def _check_hub_models(
+    spec: RecipeSpec, params: dict[str, Any], hub_dir: Path | None, names: Sequence[str] = ()
+) -> None:
+    """Each param of `spec.hub_models` (or of `names`) names a chat model of the hub that
+    is usable now. Raises NotFound or InvalidRequest naming `params.<name>` and what to do."""
+    for name in names or spec.hub_models:
         value = params.get(name)
         if not isinstance(value, str):
             continue
@@ -401,6 +404,31 @@ def _check_server_paths(
                 f"({allowed}); ask an admin to add a path root (modelfab up --path-root)",
                 param=f"params.{name}",
             )
+
+
+def _pin_registered_models(
+    session: Session,
+    spec: RecipeSpec,
+    tenant_id: str,
+    params: dict[str, Any],
+    hub_dir: Path | None,
+) -> None:
+    """For each param of `spec.registered_models`: a registry ref (NAME:VERSION or
+    NAME@ALIAS) is resolved to the tenant's version of one of the recipe's tasks and pinned
+    in params.<name>_version_id; anything else is a hub id, checked as `hub_models` are.
+    Raises InvalidRequest or NotFound naming params.<name>."""
+    for name in spec.registered_models:
+        value = str(params.get(name) or "")
+        params[f"{name}_version_id"] = None
+        if not is_registry_ref(value):
+            _check_hub_models(spec, params, hub_dir, names=(name,))
+            continue
+        try:
+            _, version = registry.registered_model(session, tenant_id, value, spec.tasks)
+        except (InvalidRequest, NotFound) as exc:
+            exc.param = f"params.{name}"
+            raise
+        params[f"{name}_version_id"] = version.id
 
 
 def _pin_model(session: Session, spec: RecipeSpec, tenant_id: str, params: dict[str, Any]) -> None:

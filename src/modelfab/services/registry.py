@@ -3,7 +3,8 @@ artifacts in the content-addressed store, their lineage, and movable aliases.
 
 A version is only ever created by `register_version`, inside the transaction that ends the
 job's attempt as succeeded (see `WorkerService.complete`), so a model version exists if and
-only if its job succeeded, and at most one exists per job.
+only if its job succeeded, and at most one exists per job and model name (a job may
+register several models: llm-distill's students).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class VerifiedModel:
     metrics: dict[str, Any]
     base_model: str | None
     extra: dict[str, Any]
+    parent_version_id: str | None = None
 
 
 def verify_model(store: ArtifactStore, payload: dict[str, Any]) -> VerifiedModel:
@@ -112,6 +114,7 @@ def verify_model(store: ArtifactStore, payload: dict[str, Any]) -> VerifiedModel
         metrics=dict(payload.get("metrics") or {}),
         base_model=payload.get("base_model"),
         extra=dict(payload.get("extra") or {}),
+        parent_version_id=payload.get("parent_version_id"),
     )
 
 
@@ -145,22 +148,27 @@ def register_version(
 ) -> wire.ModelVersion:
     """Add the next version of `model.name` for the job's tenant, in the caller's transaction.
 
-    Idempotent per job: a second call for the same job returns the version it made. Checks
-    come before any write, and raise Conflict when the name belongs to a model of another
-    task. A concurrent registration of the same new name raises IntegrityError: retry the
-    transaction.
+    Idempotent per job and name: a second call for the same job and model name returns the
+    version it made. Checks come before any write, and raise Conflict when the name belongs
+    to a model of another task, InvalidRequest when `parent_version_id` is not a version of
+    the tenant. A concurrent registration of the same new name raises IntegrityError: retry
+    the transaction.
     """
-    existing = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
-    if existing is not None:
-        owner = session.get(Model, existing.model_id)
-        assert owner is not None
-        return _version_view(session, owner, existing)
     # The row lock serialises version numbering of one model across writers (PostgreSQL).
     row = session.scalar(
         select(Model)
         .where(Model.tenant_id == job.tenant_id, Model.name == model.name)
         .with_for_update()
     )
+    if row is not None:
+        existing = session.scalar(
+            select(ModelVersion).where(
+                ModelVersion.job_id == job.id, ModelVersion.model_id == row.id
+            )
+        )
+        if existing is not None:
+            return _version_view(session, row, existing)
+    parent = _parent(session, job.tenant_id, model.parent_version_id)
     if row is not None and row.task != model.task:
         raise Conflict(
             f"model {model.name!r} is a {row.task} model; register {model.task} under "
@@ -190,7 +198,7 @@ def register_version(
         params=job.params,
         metrics=model.metrics,
         extra=model.extra,
-        lineage=_lineage(session, job, model),
+        lineage={**_lineage(session, job, model), **({"parent_model": parent} if parent else {})},
         created_at=at,
     )
     session.add(version)
@@ -200,6 +208,20 @@ def register_version(
     session.flush()
     logger.info("registered %s:%d from job %s", row.name, number, job.id)
     return _version_view(session, row, version)
+
+
+def _parent(session: Session, tenant_id: str, version_id: str | None) -> dict[str, Any] | None:
+    """{id, ref} of the tenant's version `version_id` a model was made from (None for
+    None). Raises InvalidRequest for another tenant's version or none."""
+    if version_id is None:
+        return None
+    version = session.get(ModelVersion, version_id)
+    owner = session.get(Model, version.model_id) if version is not None else None
+    if version is None or owner is None or owner.tenant_id != tenant_id:
+        raise InvalidRequest(
+            f"no model version {version_id} to record as the parent", param="model.parent"
+        )
+    return {"id": version.id, "ref": f"{owner.name}:{version.version}"}
 
 
 def _recipe_version(recipe: str) -> str:
@@ -293,6 +315,35 @@ def serving_refs(session: Session, version_id: str) -> ModelFiles:
         onnx=by_name.get(ONNX_NAME),
         labels=by_name.get(LABELS_NAME),
     )
+
+
+def version_artifacts(session: Session, tenant_id: str, version_id: str) -> ModelFiles:
+    """Every artifact of the tenant's version `version_id`, by name, as a recipe fetches
+    them (a registered model it starts from). Raises InvalidRequest (param version_id) for
+    another tenant's version or none, so ids do not leak."""
+    version = session.get(ModelVersion, version_id)
+    model = session.get(Model, version.model_id) if version else None
+    if version is None or model is None or model.tenant_id != tenant_id:
+        raise InvalidRequest(f"no model version {version_id} here", param="version_id")
+    artifacts = {
+        a.name: FileRef(uri=a.uri, sha256=a.sha256) for a in _artifacts(session, version_id)
+    }
+    return ModelFiles(version_id=version_id, task=model.task, artifacts=artifacts)
+
+
+def registered_model(
+    session: Session, tenant_id: str, ref: str, tasks: tuple[str, ...]
+) -> tuple[Model, ModelVersion]:
+    """The version `ref` names in the tenant, of one of `tasks` (any task when empty).
+    Raises InvalidRequest or NotFound saying what is wrong."""
+    model, version = resolve(session, tenant_id, ref)
+    if tasks and model.task not in tasks:
+        raise InvalidRequest(
+            f"model {model.name}:{version.version} is a {model.task} model, not "
+            f"{' or '.join(tasks)}",
+            param="ref",
+        )
+    return model, version
 
 
 def resolve(session: Session, tenant_id: str, ref: str) -> tuple[Model, ModelVersion]:
@@ -468,6 +519,7 @@ class RegistryService:
                     status=job.status if job is not None else None,
                 ),
                 base_model=_base_model(v.base_model),
+                parent_model=lin.get("parent_model"),
                 params=lin.get("params"),
                 code_version=lin.get("code_version"),
                 endpoints=[],

@@ -138,21 +138,31 @@ class WorkerService:
             )
         return wire.ArtifactStored(name=name, format=format, sha256=actual, size_bytes=size)
 
+    def model_artifacts(self, job_id: str, token: str, version_id: str) -> wire.ModelFiles:
+        """Every artifact of a model version of the attempt's own tenant, by name (a
+        registered model a recipe starts from). Raises InvalidRequest for another tenant's
+        version or none, Unauthenticated for a bad token."""
+        with self.factory() as session:
+            job = authorized(session, job_id, token)
+            return registry.version_artifacts(session, job.tenant_id, version_id)
+
     def complete(self, job_id: str, token: str, report: wire.WorkerComplete) -> wire.AttemptEnded:
-        """End the attempt. A succeeded one with a `model` registers its next version in
-        the same transaction; when the model cannot be registered (an artifact missing or
-        corrupt, a name of another task), the job fails instead, saying why. Raises
-        InvalidRequest (param status) for an outcome not in OUTCOMES, Conflict (param
-        attempt) for an attempt that is over."""
+        """End the attempt. A succeeded one registers each of its models (`model`, then
+        `models`) as its next version in the same transaction; when one cannot be
+        registered (an artifact missing or corrupt, a name of another task), none is and
+        the job fails instead, saying why. Raises InvalidRequest (param status) for an
+        outcome not in OUTCOMES, Conflict (param attempt) for an attempt that is over."""
         if report.status not in OUTCOMES:
             raise InvalidRequest(f"status must be one of {', '.join(OUTCOMES)}", param="status")
-        model, problem = None, None
-        if report.status == JobStatus.SUCCEEDED and report.model is not None:
-            model, problem = self._verify_model(job_id, token, report.model)
+        models: list[registry.VerifiedModel] = []
+        problem = None
+        reports = [*([report.model] if report.model is not None else []), *report.models]
+        if report.status == JobStatus.SUCCEEDED and reports:
+            models, problem = self._verify_models(job_id, token, reports)
         for _ in range(3):  # a concurrent registration of the same new model name may win
             try:
                 with transaction(self.factory) as session:
-                    status = self._end(session, job_id, token, report, model, problem)
+                    status = self._end(session, job_id, token, report, models, problem)
                 break
             except IntegrityError:
                 logger.info("job %s: concurrent model registration, retrying", job_id)
@@ -161,17 +171,21 @@ class WorkerService:
         self.on_change()
         return wire.AttemptEnded(status=status)
 
-    def _verify_model(
-        self, job_id: str, token: str, report: wire.ModelReport
-    ) -> tuple[registry.VerifiedModel | None, ModelfabError | None]:
+    def _verify_models(
+        self, job_id: str, token: str, reports: Sequence[wire.ModelReport]
+    ) -> tuple[list[registry.VerifiedModel], ModelfabError | None]:
         """Hash the reported artifacts before the transaction (it must not wait on disks)."""
         with self.factory() as session:
             authorized(session, job_id, token)  # hash nothing for a caller without a token
         try:
-            return registry.verify_model(self._store(), report.model_dump()), None
+            if len({r.name for r in reports}) != len(reports):
+                raise InvalidRequest(
+                    "each model a job registers needs its own name", param="model.name"
+                )
+            return [registry.verify_model(self._store(), r.model_dump()) for r in reports], None
         except ModelfabError as exc:
             logger.warning("job %s: model not registered: %s", job_id, exc.message)
-            return None, exc
+            return [], exc
 
     def _end(
         self,
@@ -179,7 +193,7 @@ class WorkerService:
         job_id: str,
         token: str,
         report: wire.WorkerComplete,
-        model: registry.VerifiedModel | None,
+        models: Sequence[registry.VerifiedModel],
         problem: ModelfabError | None,
     ) -> JobStatus:
         job = authorized(session, job_id, token, lock=True)
@@ -188,11 +202,13 @@ class WorkerService:
         at = worker_time(report.ended_at, job.started_at)
         outcome, error, result = JobStatus(report.status), report.error, report.result
         retryable = report.retryable
-        if model is not None:
+        if models and problem is None:
             try:
                 with session.begin_nested():
-                    version = registry.register_version(session, job, model, at=at)
-                result = {**(result or {}), "model": version.ref}
+                    refs = [registry.register_version(session, job, m, at=at).ref for m in models]
+                result = {**(result or {}), "model": refs[0]}
+                if len(refs) > 1:
+                    result["models"] = refs
             except ModelfabError as exc:
                 problem = exc
         if problem is not None:

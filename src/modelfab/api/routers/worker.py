@@ -91,6 +91,13 @@ def announce_serving(
     return ctx.endpoints.announce(job_id, token, url=body.url, secret=body.secret)
 
 
+@router.get("/models/{version_id}/artifacts", responses=errors(403, 404))
+def model_artifacts(job_id: str, version_id: str, ctx: Ctx, token: JobToken) -> ModelFiles:
+    """Every artifact of a model version of the job's tenant, by name: a registered model
+    the recipe starts from (llm-distill's teacher)."""
+    return ctx.worker.model_artifacts(job_id, token, version_id)
+
+
 @router.get("/models/{version_id}", responses=errors(403, 404))
 def model_files(job_id: str, version_id: str, ctx: Ctx, token: JobToken) -> ModelFiles:
     """Where a model version of the replica's tenant keeps the files its served-model kind

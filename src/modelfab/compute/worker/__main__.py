@@ -70,7 +70,7 @@ def run_attempt(ctx: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]:
         return _failed(LEASE_EXPIRED, message, retryable=True)
     if ctx.cancelled():
         return {"status": JobStatus.CANCELLED, "result": result}
-    return {"status": JobStatus.SUCCEEDED, "result": result, "model": ctx.model}
+    return {"status": JobStatus.SUCCEEDED, "result": result, "models": ctx.models}
 
 
 def _failed(code: str, message: str, *, retryable: bool) -> dict[str, Any]:

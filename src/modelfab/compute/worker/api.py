@@ -102,6 +102,12 @@ class WorkerAPI:
         ControlPlaneRefused on any other 4xx (e.g. 422: no such version of the tenant)."""
         return self._call("GET", f"/models/{version_id}", pass_on=True)
 
+    def model_artifacts(self, version_id: str) -> dict[str, Any]:
+        """Every artifact of a model version of the job's tenant: {version_id, task,
+        artifacts: {name: {uri, sha256}}}. Raises AttemptOver on 401, ControlPlaneRefused
+        on any other 4xx (e.g. 422: no such version of the tenant)."""
+        return self._call("GET", f"/models/{version_id}/artifacts", pass_on=True)
+
     def upload_artifact(self, path: Path, *, name: str, format: str) -> dict[str, Any]:
         """Upload a file to the artifact store; the server checks it against our sha256.
 

@@ -61,7 +61,8 @@ class WorkerContext:
         self.attempt_over = threading.Event()
         self.lease_lost = threading.Event()
         """Set when the control plane was unreachable for longer than the api's lease."""
-        self.model: dict[str, Any] | None = None
+        self.models: list[dict[str, Any]] = []
+        """The models the recipe registered, in order (each a version if the job succeeds)."""
         self._shipper = threading.Thread(target=self._ship_loop, name="event-shipper", daemon=True)
         self._shipper.start()
 
@@ -92,8 +93,9 @@ class WorkerContext:
 
     def register_model(self, model: dict[str, Any]) -> None:
         """Register `model` (name, task, artifacts, metrics, ...) when the job succeeds: the
-        version is created in the same transaction that marks the job succeeded."""
-        self.model = model
+        version is created in the same transaction that marks the job succeeded. Each call
+        adds a model."""
+        self.models.append(model)
 
     def announce_serving(self, url: str, secret: str) -> None:
         self._api.announce_serving(url, secret)
@@ -110,6 +112,11 @@ class WorkerContext:
                 "this replica is stopping (its job is no longer running); retry, another "
                 "replica answers"
             ) from exc
+
+    def model_artifacts(self, version_id: str) -> dict[str, Any]:
+        """Every artifact of a version of the job's tenant, by name (`FetchesModelArtifacts`).
+        Raises ControlPlaneRefused (the control plane's 4xx, e.g. no such version)."""
+        return self._api.model_artifacts(version_id)
 
     def cancelled(self) -> bool:
         return (

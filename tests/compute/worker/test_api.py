@@ -41,7 +41,9 @@ def test_a_refused_model_fetch_carries_the_control_planes_error(
     with pytest.raises(ModelfabError) as caught:
         api.model_files("mv_9")
     assert caught.value.status == status
-    assert caught.value.to_dict() == {"error": error}
+    passed_on = caught.value.to_dict()["error"]
+    assert {k: v for k, v in passed_on.items() if k != "type"} == error
+    assert passed_on["type"] == "invalid_request_error"  # OpenAI's, for a 4xx
 
 
 def test_an_unreadable_refusal_still_names_the_status() -> None:

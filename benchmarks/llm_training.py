@@ -50,7 +50,7 @@ from modelfab.recipes.local import LocalContext
 from modelfab.recipes.training.loop import default_warmup_steps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' data factories
-from tests.llm_factories import Conversation, arithmetic, persona, write_jsonl  # noqa: E402
+from tests.llm_factories import Conversation, arithmetic, persona, write_jsonl
 
 console = Console()
 SMOLLM2 = "smollm2-135m-instruct"

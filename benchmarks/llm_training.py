@@ -467,7 +467,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--conversations", type=int, help="to-model: (400; quick 120)")
     p.add_argument("--epochs", type=int, default=1, help="to-model: --param epochs (1)")
     p.add_argument("--cpus", type=float, default=2.0, help="to-model: job cpus and node slots")
-    p.add_argument("--quick", action="store_true", help="small sizes; about 2 minutes on 2 cores")
+    p.add_argument("--quick", action="store_true", help="small sizes: minutes on 2 quiet cores")
     args = p.parse_args(argv)
     args.steps = args.steps or (6 if args.quick else 20)
     args.rounds = args.rounds or (1 if args.quick else 2)

@@ -31,6 +31,25 @@ PG_URL = os.environ.get("MODELFAB_TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `one_backend` run on SQLite only (reported as deselected elsewhere):
+    what they test (a model's training, a client's protocol) does not change with the
+    database, and they are slow."""
+
+    def other_backend(item: pytest.Item) -> bool:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("db_url") if callspec is not None else None
+        return item.get_closest_marker("one_backend") is not None and backend not in (
+            None,
+            "sqlite",
+        )
+
+    dropped = [item for item in items if other_backend(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not other_backend(item)]
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def db_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

@@ -18,6 +18,10 @@ DISTILL = {"student_layers": [1], "epochs": 1, "lr": 5e-3, "batch_size": 8, "alp
            "val_fraction": 0.2, "samples": 2, "answer_tokens": 8}  # fmt: skip
 
 
+# The model and the client protocol are under test, not the database.
+pytestmark = [pytest.mark.e2e, pytest.mark.one_backend]
+
+
 @pytest.fixture
 def team(platform: Platform, tmp_path: Path) -> Client:
     admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())

@@ -13,6 +13,9 @@ from modelfab.server import Platform
 from tests.e2e.helpers import wait_terminal
 from tests.llm_factories import finetune_params, persona, write_jsonl
 
+# The model and the client protocol are under test, not the database.
+pytestmark = [pytest.mark.e2e, pytest.mark.one_backend]
+
 
 @pytest.fixture
 def team(platform: Platform) -> Client:

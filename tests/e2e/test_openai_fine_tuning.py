@@ -21,6 +21,10 @@ from tests.llm_factories import persona
 ENDED = ("succeeded", "failed", "cancelled")
 
 
+# The model and the client protocol are under test, not the database.
+pytestmark = [pytest.mark.e2e, pytest.mark.one_backend]
+
+
 @pytest.fixture
 def settings(settings: ServerSettings) -> ServerSettings:
     """Characters only: counting with the hub's tokenizer is tested on its own."""

@@ -160,6 +160,7 @@ def test_a_replica_answers_only_the_platform_and_passes_on_its_errors(
         "code": "invalid_request",
         "message": "no model version mv_nope here",
         "param": "version_id",
+        "type": "invalid_request_error",
     }
 
 

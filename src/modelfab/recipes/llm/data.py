@@ -105,6 +105,27 @@ def encode_all(
     return Encoded(items, skipped, truncated)
 
 
+def encode_split(
+    tokenizer: ChatTokenizer,
+    train: Sequence[Conversation],
+    val: Sequence[Conversation],
+    max_length: int,
+) -> tuple[Encoded, Encoded]:
+    """Both halves of a split encoded. Raises DatasetInvalid (param params.max_length) when
+    no training conversation keeps an assistant answer within `max_length`."""
+    encoded_train, encoded_val = (
+        encode_all(tokenizer, train, max_length),
+        encode_all(tokenizer, val, max_length),
+    )
+    if not encoded_train.items:
+        raise DatasetInvalid(
+            "no training conversation has an assistant answer within max_length "
+            f"{max_length}; raise --param max_length",
+            param="params.max_length",
+        )
+    return encoded_train, encoded_val
+
+
 def collate(items: Sequence[EncodedChat], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded `input_ids`, `attention_mask` and `labels` (IGNORE_INDEX on padding)."""
     width = max(len(e.input_ids) for e in items)

@@ -25,12 +25,12 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from modelfab.errors import DatasetInvalid, InvalidRequest
+from modelfab.errors import InvalidRequest
 from modelfab.llm.encoding import IGNORE_INDEX, render_chat
 from modelfab.llm.models import save_chat_model
 from modelfab.llm.tokenizer import ChatTokenizer
 from modelfab.recipes.base import Reporter
-from modelfab.recipes.llm.data import Batches, Conversation, auto_max_length, encode_all, split
+from modelfab.recipes.llm.data import Batches, Conversation, auto_max_length, encode_split, split
 from modelfab.recipes.llm.finetune import CONTRACT_FORMAT, MODEL_JSON, evaluate
 from modelfab.recipes.training.loop import (
     FitResult,
@@ -382,13 +382,7 @@ def _prepare(
             teacher, tokenizer, train_convs, cfg.answer_tokens
         )
         reporter.event(f"The teacher answered {changed} of {len(train_convs)} training prompts")
-    train, val = (encode_all(tokenizer, c, cfg.max_length) for c in (train_convs, val_convs))
-    if not train.items:
-        raise DatasetInvalid(
-            "no training conversation has an assistant answer within max_length "
-            f"{cfg.max_length}; raise --param max_length",
-            param="params.max_length",
-        )
+    train, val = encode_split(tokenizer, train_convs, val_convs, cfg.max_length)
     reporter.event(
         f"{len(train.items)} conversations to distil on ({train.tokens} tokens), "
         f"{len(val.items)} held out",

@@ -28,7 +28,7 @@ from modelfab.recipes.llm.data import (
     Batches,
     Conversation,
     auto_max_length,
-    encode_all,
+    encode_split,
     split,
 )
 from modelfab.recipes.llm_finetune import AUTO_LR
@@ -199,15 +199,7 @@ def finetune(
         **{k: raw[k] for k in FinetuneConfig.__dataclass_fields__ if k != "device"},
         device=device.type,
     )
-    train, val = (encode_all(tokenizer, c, cfg.max_length) for c in (train_convs, val_convs))
-    if not train.items:
-        from modelfab.errors import DatasetInvalid
-
-        raise DatasetInvalid(
-            "no training conversation has an assistant answer within max_length "
-            f"{cfg.max_length}; raise --param max_length",
-            param="params.max_length",
-        )
+    train, val = encode_split(tokenizer, train_convs, val_convs, cfg.max_length)
     reporter.event(
         f"{len(train.items)} conversations to train on ({train.tokens} tokens), "
         f"{len(val.items)} held out; {train.truncated + val.truncated} truncated to "

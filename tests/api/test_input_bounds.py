@@ -120,3 +120,23 @@ def test_job_memory_past_the_cap_is_422(api: Api, member: str) -> None:
 
 def test_usage_since_infinity_is_422(api: Api, member: str) -> None:
     _assert_422(api.call("GET", "/usage?since=inf", member), "since")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/files?after=%00", None),
+        ("GET", "/files/%00", None),
+        ("GET", "/jobs/a%00b", None),
+        ("GET", "/fine_tuning/jobs/ftjob-%00", None),
+        ("POST", "/fine_tuning/jobs", {"model": "tiny-chat", "training_file": "file-\u0000"}),
+    ],
+)
+def test_text_with_nul_is_refused_alike_on_both_backends(
+    api: Api, member: str, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    """PostgreSQL cannot hold NUL in text (psycopg raises DataError: a 500) while SQLite
+    can: every statement binding such text is refused with 422 before it runs."""
+    resp = api.call(method, path, member, json=body)
+    assert resp.status_code == 422, resp.text
+    assert "NUL" in resp.json()["error"]["message"]

@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelfab.errors import InvalidRequest
+
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -24,7 +26,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    return _refusing_nul(create_engine(url, **kwargs))
 
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
@@ -51,7 +53,37 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+    return _refusing_nul(engine)
+
+
+def _refusing_nul(engine: Engine) -> Engine:
+    """Refuses (InvalidRequest, 422) any statement binding text with a NUL character, in one
+    place for every query: PostgreSQL cannot store or compare such text (psycopg raises
+    DataError, which would be a 500) and SQLite can, so without this the same request would
+    answer differently on the two backends."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _no_nul(
+        _conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any, _many: bool
+    ) -> None:
+        if _has_nul(parameters):
+            raise InvalidRequest(
+                "text may not contain NUL (0x00) characters; remove them from the request"
+            )
+
     return engine
+
+
+def _has_nul(parameters: Any) -> bool:
+    """Whether any str among `parameters` (a dict or sequence of values, or, executing
+    many, a sequence of those) holds NUL."""
+    if isinstance(parameters, str):
+        return "\x00" in parameters
+    if isinstance(parameters, dict):
+        return any(_has_nul(v) for v in parameters.values())
+    if isinstance(parameters, list | tuple):
+        return any(_has_nul(v) for v in parameters)
+    return False
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

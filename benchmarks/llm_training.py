@@ -12,8 +12,9 @@ from tests/llm_factories.py) and one LoRA `llm-finetune` job. Time from `create_
 a registered model version, split into phases from the job's events, beside the bare
 training time inside the job (the sum of its epochs).
 
-distill: a placeholder for `llm-distill` (the student's held-out loss and tokens/s against
-the teacher's); not measured yet.
+distill: `llm-distill`'s code path in-process: the hub model teaches students of the sizes
+asked on persona + arithmetic conversations; each student's held-out loss and greedy
+tokens/s against the teacher's, measured in the same run (ratios).
 See benchmarks/README.md."""
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from modelfab.recipes.training.loop import default_warmup_steps
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' data factories
 from tests.llm_factories import Conversation, arithmetic, persona, write_jsonl
 
-console = Console()
+console = Console(width=160)  # the tables stay whole in a log
 SMOLLM2 = "smollm2-135m-instruct"
 DEFAULT_HUB_DIR = Path.home() / ".cache" / "modelfab-bench" / "hub"
 TASK = "llm-finetune"
@@ -442,13 +443,64 @@ def to_model_part(params: dict[str, Any], n: int, cpus: float, model_folder: Pat
     )
 
 
-# -- part 3: distillation (placeholder) ---------------------------------------------------
+# -- part 3: distillation ---------------------------------------------------------------
 
 
-def distill_part() -> None:
-    """PLACEHOLDER for `llm-distill` (written separately): the student's held-out loss and
-    tokens/s against the teacher's, as ratios. Nothing is measured yet."""
-    console.print("[bold]distill[/]: [yellow]not measured yet[/] (llm-distill is not on main)")
+def distill_part(folder: Path, args: argparse.Namespace) -> None:
+    """`llm-distill`'s own code path (`recipes.llm.distill`, in-process with a
+    `LocalContext`): the hub model teaches one student per size on the same conversations;
+    each student's held-out loss, token accuracy and greedy tokens/s beside the teacher's
+    (measured in the same run, on the same held-out split and prompts), as ratios."""
+    from modelfab.recipes.llm.distill import distill
+
+    convs = conversations(args.distill_conversations, seed=1)
+    params = {
+        "student_layers": args.student_layers, "loss": "forward_kl", "temperature": 2.0,
+        "alpha": 0.5, "teacher_answers": False, "epochs": args.distill_epochs, "lr": "auto",
+        "batch_size": args.batch_size, "max_length": "auto", "val_fraction": 0.15,
+        "seed": 0, "patience": 2, "samples": 8, "answer_tokens": 32,
+    }  # fmt: skip
+    console.print(
+        f"[bold]distill[/]: teacher {folder.parent.name}, students of {args.student_layers} "
+        f"layers, "
+        f"{len(convs)} conversations (persona + arithmetic), {args.distill_epochs} epoch(s), "
+        f"batch {args.batch_size}, fp32 on {torch.get_num_threads()} torch threads ..."
+    )
+    teacher, tokenizer = load_chat_model(folder)
+    with tempfile.TemporaryDirectory(prefix="modelfab-bench-") as tmp_name:
+        start = time.perf_counter()
+        out = distill(
+            convs, teacher, tokenizer, params, workdir=Path(tmp_name),
+            reporter=LocalContext(Path(tmp_name)), teacher_ref={"hub": folder.parent.name},
+        )  # fmt: skip
+        elapsed = time.perf_counter() - start
+    t = out.teacher
+    table = Table(title="student beside teacher, same held-out split; ratio = student / teacher")
+    columns = ("model", "layers", "params", "held-out loss", "token acc", "greedy tokens/s",
+               "agreement", "loss ratio", "params ratio", "tokens/s ratio")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    table.add_row(
+        "teacher", str(t["layers"]), f"{t['params']:,}", f"{t['eval_loss']:.4f}",
+        f"{t['token_accuracy']:.3f}", f"{t['generate_tokens_per_s']:.1f}", "", "", "", "",
+    )  # fmt: skip
+    for s in out.students:
+        m = s.metrics
+        table.add_row(
+            f"student-{s.layers}l", str(s.layers), f"{m['params']:,}", f"{m['eval_loss']:.4f}",
+            f"{m['token_accuracy']:.3f}", f"{m['generate_tokens_per_s']:.1f}",
+            f"{m['answer_agreement']:.2f}", f"[bold]{m['eval_loss_ratio']}[/]",
+            f"{m['params_ratio']}", f"[bold]{m['speedup']}[/]",
+        )  # fmt: skip
+    console.print(table)
+    for s in out.students:
+        m = s.metrics
+        console.print(
+            f"student-{s.layers}l: kept layers {s.kept_layers}; held-out distillation loss "
+            f"{m['eval_kd_before']:.4f} -> {m['eval_kd']:.4f}; {m['tokens_trained']:,} tokens "
+            f"trained at {m['tokens_per_s']:,.1f} tokens/s over {m['epochs_done']} epoch(s)"
+        )
+    console.print(f"distillation of {len(out.students)} student(s) took {elapsed:.0f} s")
 
 
 # -- main --------------------------------------------------------------------------------
@@ -467,11 +519,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--conversations", type=int, help="to-model: (400; quick 120)")
     p.add_argument("--epochs", type=int, default=1, help="to-model: --param epochs (1)")
     p.add_argument("--cpus", type=float, default=2.0, help="to-model: job cpus and node slots")
+    p.add_argument("--student-layers", type=int, nargs="+", help="distill: (15 8; quick 8)")
+    p.add_argument("--distill-conversations", type=int, help="distill: (160; quick 48)")
+    p.add_argument("--distill-epochs", type=int, default=1, help="distill: epochs (1)")
     p.add_argument("--quick", action="store_true", help="small sizes: minutes on 2 quiet cores")
     args = p.parse_args(argv)
     args.steps = args.steps or (6 if args.quick else 20)
     args.rounds = args.rounds or (1 if args.quick else 2)
     args.conversations = args.conversations or (120 if args.quick else 400)
+    args.student_layers = args.student_layers or ([8] if args.quick else [15, 8])
+    args.distill_conversations = args.distill_conversations or (48 if args.quick else 160)
     return args
 
 
@@ -493,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         to_model_part(params, args.conversations, args.cpus, folder)
     if args.part in ("distill", "all"):
-        distill_part()
+        distill_part(folder, args)
     load1, _, _ = os.getloadavg()
     console.print(f"done in {time.monotonic() - start:.0f} s; load average {load1:.2f} at end")
     return 0

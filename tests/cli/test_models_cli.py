@@ -181,3 +181,25 @@ def test_show_prints_before_and_after_and_samples_and_compare_puts_versions_side
     assert "(1.50x)" in out  # eval_loss
     code, _, _ = cli("models", "compare", "bot:1")
     assert code != 0
+
+
+def test_show_puts_a_distilled_student_beside_its_teacher_with_its_samples(
+    cli: Any, platform: Platform, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = cli("tenants", "create", "cli-distilled", "-o", "json")
+    tenant = json.loads(out)
+    metrics = {"eval_loss": 3.0, "teacher_eval_loss": 2.0, "params": 50, "teacher_params": 200}
+    sample = {"prompt": "What is 2+2?", "teacher": "Four.", "student": "Five."}
+    with httpx.Client(base_url=platform.url) as http:
+        job_id, token = insert_running_job(factory, tenant["id"])
+        register(http, job_id, token, "small", metrics=metrics, extra={"samples": [sample]})
+    monkeypatch.setenv("MODELFAB_API_KEY", tenant["api_key"])
+
+    code, out, _ = cli("models", "show", "small:1")
+    assert code == 0, out
+    loss = next(line for line in out.splitlines() if "eval_loss " in line and "1.50x" in line)
+    assert "2" in loss and "3" in loss  # teacher, student
+    assert any("params" in line and "0.25x" in line for line in out.splitlines())
+    assert "Five." in out and "Four." in out
+    header = next(line for line in out.splitlines() if "prompt" in line)
+    assert "teacher" in header and "student" in header and "before" not in header

@@ -62,6 +62,7 @@ def show_(
     show(version, output, SHOW_FIELDS)
     if output is Output.table:
         _before_after(version.metrics)
+        _beside_teacher(version.metrics)
         _samples(version.extra.get("samples"))
         _artifact_table(version.artifacts)
 
@@ -129,11 +130,31 @@ def _before_after(metrics: dict[str, object]) -> None:
         table("held-out, before and after training", ("metric", "before", "after"), rows)
 
 
+def _beside_teacher(metrics: dict[str, object]) -> None:
+    """A distilled student's metric beside its teacher's (`teacher_X` beside `X`), with the
+    ratio student / teacher."""
+    rows = []
+    for name, value in metrics.items():
+        theirs = metrics.get(f"teacher_{name}")
+        if _number(value) and _number(theirs):
+            ratio = f"{value / theirs:.2f}x" if theirs else "-"  # type: ignore[operator]
+            rows.append([name, _fmt(theirs), _fmt(value), ratio])
+    if rows:
+        table("beside the teacher", ("metric", "teacher", "this model", "ratio"), rows)
+
+
+SAMPLE_COLUMNS = ("prompt", "expected", "before", "after", "teacher", "student")
+"""The known fields of a sample answer, in the order shown: fine-tuning keeps the answers
+before and after, distillation the teacher's and the student's."""
+
+
 def _samples(samples: object) -> None:
-    """Held-out prompts a chat model answered before and after fine-tuning."""
+    """Held-out prompts a chat model answered: before and after fine-tuning, or beside its
+    teacher's answers when distilled. Only the fields the samples have are shown."""
     if not isinstance(samples, list) or not samples:
         return
-    columns = ("prompt", "expected", "before", "after")
+    found = {k for s in samples if isinstance(s, dict) for k in s}
+    columns = tuple(c for c in SAMPLE_COLUMNS if c in found)
     rows = [[str(s.get(c, "")) for c in columns] for s in samples if isinstance(s, dict)]
     table("sample answers (held out)", columns, rows)
 

@@ -34,6 +34,22 @@ MAX_AUTO_LENGTH = 2048
 Conversation = list[dict[str, Any]]
 
 
+def last_answer(conversation: Conversation) -> int:
+    """The index of `conversation`'s last assistant turn: the messages before it are the
+    prompt a held-out sample (or a teacher) answers."""
+    return max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
+
+
+def auto_epochs(n_conversations: int) -> int:
+    """Epochs for "auto": fewer passes over more data (3 below 2,000, 2 below 20,000)."""
+    return 3 if n_conversations < 2000 else 2 if n_conversations < 20000 else 1
+
+
+def auto_batch_size(device: torch.device) -> int:
+    """Conversations per step for "auto": 16 on a GPU, 8 on the CPU."""
+    return 16 if device.type == "cuda" else 8
+
+
 def read_conversations(folder: Path) -> list[Conversation]:
     """The messages of every conversation of a chat dataset version's folder."""
     path = folder / CONVERSATIONS_FILE

@@ -30,7 +30,16 @@ from modelfab.llm.encoding import IGNORE_INDEX, render_chat
 from modelfab.llm.models import save_chat_model
 from modelfab.llm.tokenizer import ChatTokenizer
 from modelfab.recipes.base import Reporter
-from modelfab.recipes.llm.data import Batches, Conversation, auto_max_length, encode_split, split
+from modelfab.recipes.llm.data import (
+    Batches,
+    Conversation,
+    auto_batch_size,
+    auto_epochs,
+    auto_max_length,
+    encode_split,
+    last_answer,
+    split,
+)
 from modelfab.recipes.llm.finetune import CONTRACT_FORMAT, MODEL_JSON, evaluate
 from modelfab.recipes.training.loop import (
     FitResult,
@@ -213,7 +222,7 @@ def kd_evaluate(teacher: nn.Module, cfg: DistillConfig) -> Any:
 
 def _prompt(conversation: Conversation) -> tuple[Conversation, int]:
     """The messages before the last assistant turn, and that turn's index."""
-    last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
+    last = last_answer(conversation)
     return conversation[:last], last
 
 
@@ -283,11 +292,11 @@ def resolve(params: dict[str, Any], n_conversations: int, device: torch.device) 
     """The params with "auto" replaced, except max_length (it needs the tokenizer)."""
     out = dict(params)
     if out["epochs"] == "auto":
-        out["epochs"] = 3 if n_conversations < 2000 else 2 if n_conversations < 20000 else 1
+        out["epochs"] = auto_epochs(n_conversations)
     if out["lr"] == "auto":
         out["lr"] = 1e-4
     if out["batch_size"] == "auto":
-        out["batch_size"] = 16 if device.type == "cuda" else 8
+        out["batch_size"] = auto_batch_size(device)
     return out
 
 

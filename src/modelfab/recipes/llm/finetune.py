@@ -27,8 +27,11 @@ from modelfab.recipes.base import Reporter
 from modelfab.recipes.llm.data import (
     Batches,
     Conversation,
+    auto_batch_size,
+    auto_epochs,
     auto_max_length,
     encode_split,
+    last_answer,
     split,
 )
 from modelfab.recipes.llm_finetune import AUTO_LR
@@ -80,14 +83,13 @@ class FinetuneOutput:
 
 def resolve(params: dict[str, Any], n_conversations: int, device: torch.device) -> dict[str, Any]:
     """The params with "auto" replaced, except max_length (it needs the tokenizer)."""
-    gpu = device.type == "cuda"
     out = dict(params)
     if out["epochs"] == "auto":
-        out["epochs"] = 3 if n_conversations < 2000 else 2 if n_conversations < 20000 else 1
+        out["epochs"] = auto_epochs(n_conversations)
     if out["lr"] == "auto":
         out["lr"] = AUTO_LR[out["method"]]
     if out["batch_size"] == "auto":
-        out["batch_size"] = 16 if gpu else 8
+        out["batch_size"] = auto_batch_size(device)
     if out["lora_rank"] == "auto":
         out["lora_rank"] = 32 if n_conversations >= 20000 else 16
     return out
@@ -130,7 +132,7 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device) -> d
 
 def _prompt(conversation: Conversation) -> tuple[Conversation, str]:
     """The messages before the last assistant turn, and that turn's content."""
-    last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
+    last = last_answer(conversation)
     return conversation[:last], str(conversation[last]["content"])
 
 

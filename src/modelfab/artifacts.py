@@ -13,8 +13,9 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from modelfab.errors import ModelfabError, NotFound, PayloadTooLarge
@@ -46,6 +47,20 @@ def verified_file(ref: dict[str, str]) -> Path:
             f"{path} does not match its recorded sha256; register or import it again"
         )
     return path
+
+
+def fetch_folder(files: Mapping[str, Any], folder: Path) -> Path:
+    """Link each artifact of a `model_artifacts` answer ({artifacts: {name: {uri, sha256}}})
+    into `folder` under its name, after checking its bytes. Blocks while hashing.
+    Raises ArtifactCorrupt for a file that does not match its sha256."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, ref in dict(files.get("artifacts") or {}).items():
+        source = verified_file(ref)
+        target = folder / Path(name).name
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        os.symlink(source.resolve(), target)
+    return folder
 
 
 def hash_path(path: Path) -> tuple[str, int]:

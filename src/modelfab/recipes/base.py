@@ -140,6 +140,11 @@ class AnnouncesServing(Protocol):
     def announce_serving(self, url: str, secret: str) -> None: ...
 
 
+InputsCheck = Callable[[Mapping[str, Any], str | None, Mapping[str, str | None]], None]
+"""(params as the user gave them, the dataset's task or None, {param of `registered_models`:
+the pinned version's task, None for a hub id}) -> None; raises InvalidRequest."""
+
+
 @dataclass(frozen=True)
 class RecipeSpec:
     name: str
@@ -169,6 +174,13 @@ class RecipeSpec:
     server_paths: tuple[str, ...] = ()
     """Params that name paths on the node (absolute): admins may use any, other tenants only
     paths under the server's `path_roots`."""
+    check_inputs: InputsCheck | None = None
+    """Checks at create that the inputs go together (e.g. a teacher's task and the
+    dataset's), after the registered models are pinned; raises InvalidRequest naming the
+    param."""
+    weights_param: str = "base_model"
+    """The param naming the hub image model whose imported weights the worker hands the
+    recipe as `RecipeContext.base_weights`."""
 
     def validate_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Coerce and check params; raises InvalidRequest naming the offending `params.<field>`."""

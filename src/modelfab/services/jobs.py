@@ -127,8 +127,11 @@ class JobService:
             raise InvalidRequest(f"recipe {spec.name!r} needs --dataset", param="dataset")
         params = spec.validate_params(request.params)
         _check_server_paths(spec, principal, params, self.path_roots)
-        _check_hub_models(spec, params, self.hub_dir)
-        _pin_registered_models(session, spec, principal.tenant_id, params, self.hub_dir)
+        model_tasks = _pin_registered_models(session, spec, principal.tenant_id, params)
+        if spec.check_inputs is not None:
+            spec.check_inputs(request.params, version[0].task if version else None, model_tasks)
+        hub_ids = [name for name, task in model_tasks.items() if task is None]
+        _check_hub_models(spec, params, self.hub_dir, names=(*spec.hub_models, *hub_ids))
         if spec.needs_model:
             _pin_model(session, spec, principal.tenant_id, params)
         request = replace(request, params=params)
@@ -407,28 +410,27 @@ def _check_server_paths(
 
 
 def _pin_registered_models(
-    session: Session,
-    spec: RecipeSpec,
-    tenant_id: str,
-    params: dict[str, Any],
-    hub_dir: Path | None,
-) -> None:
+    session: Session, spec: RecipeSpec, tenant_id: str, params: dict[str, Any]
+) -> dict[str, str | None]:
     """For each param of `spec.registered_models`: a registry ref (NAME:VERSION or
     NAME@ALIAS) is resolved to the tenant's version of one of the recipe's tasks and pinned
-    in params.<name>_version_id; anything else is a hub id, checked as `hub_models` are.
-    Raises InvalidRequest or NotFound naming params.<name>."""
+    in params.<name>_version_id; anything else is a hub id (pinned as None), which the
+    caller checks as `hub_models` are. Returns {param: the pinned version's task, None for
+    a hub id}. Raises InvalidRequest or NotFound naming params.<name>."""
+    tasks: dict[str, str | None] = {}
     for name in spec.registered_models:
         value = str(params.get(name) or "")
-        params[f"{name}_version_id"] = None
+        params[f"{name}_version_id"] = tasks[name] = None
         if not is_registry_ref(value):
-            _check_hub_models(spec, params, hub_dir, names=(name,))
             continue
         try:
-            _, version = registry.registered_model(session, tenant_id, value, spec.tasks)
+            model, version = registry.registered_model(session, tenant_id, value, spec.tasks)
         except (InvalidRequest, NotFound) as exc:
             exc.param = f"params.{name}"
             raise
         params[f"{name}_version_id"] = version.id
+        tasks[name] = model.task
+    return tasks
 
 
 def _pin_model(session: Session, spec: RecipeSpec, tenant_id: str, params: dict[str, Any]) -> None:

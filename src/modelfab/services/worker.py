@@ -69,7 +69,7 @@ class WorkerService:
                 dataset=_dataset(session, job.dataset_version_id),
                 resources=Resources(gpus=job.gpus, cpus=job.cpus, memory_bytes=job.memory_bytes),
                 cuda_visible_devices=job.cuda_visible_devices,
-                base_weights=self._base_weights(job.params.get("base_model")),
+                base_weights=self._base_weights(job.params.get(_weights_param(job.recipe))),
                 hub_dir=self.hub_dir.resolve().as_uri() if self.hub_dir is not None else None,
             )
 
@@ -243,6 +243,14 @@ def _dataset(session: Session, version_id: str | None) -> wire.WorkerDataset | N
     if view is None or row is None:
         return None
     return wire.WorkerDataset(**view.model_dump(), uri=row.uri)
+
+
+def _weights_param(recipe: str) -> str:
+    """The param naming the hub model whose imported weights the recipe gets."""
+    try:
+        return get_recipe(recipe).weights_param
+    except NotFound:
+        return "base_model"
 
 
 def _pick(value: Any, allowed: tuple[str, ...]) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from modelfab.artifacts import fetch_folder
 from modelfab.errors import InvalidRequest, ModelfabError
 from modelfab.hub.chat import chat_model_folder
 from modelfab.llm.models import load_chat_model
@@ -18,7 +19,7 @@ from modelfab.recipes.base import FetchesModelArtifacts, HasHub, RecipeContext
 from modelfab.recipes.llm.data import read_conversations
 from modelfab.recipes.llm.distill import DistillOutput, distill
 from modelfab.recipes.llm.finetune import MODEL_JSON, FinetuneOutput, finetune
-from modelfab.recipes.llm.registered import fetch_folder, load_registered
+from modelfab.recipes.llm.registered import load_registered
 from modelfab.recipes.llm_finetune import CHAT, Params
 
 GATE_FIELDS = {"min_eval_loss_drop", "model_name", "base_model"}

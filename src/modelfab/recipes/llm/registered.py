@@ -1,38 +1,22 @@
 """A registered chat model version as a loadable model: its artifacts fetched (each
-sha256-checked) into a folder under their names, then loaded whole (kind "full") or as its
-hub base model with the LoRA adapter merged in (kind "lora"), as its `model.json` says."""
+sha256-checked, by `modelfab.artifacts.fetch_folder`) into a folder under their names,
+then loaded whole (kind "full") or as its hub base model with the LoRA adapter merged in
+(kind "lora"), as its `model.json` says."""
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from modelfab.artifacts import verified_file
 from modelfab.errors import ChatModelInvalid
 from modelfab.hub.chat import chat_model_folder
 from modelfab.llm.models import load_chat_model
 from modelfab.llm.tokenizer import ChatTokenizer, load_tokenizer
 from modelfab.recipes.llm.finetune import MODEL_JSON
-
-
-def fetch_folder(files: Mapping[str, Any], folder: Path) -> Path:
-    """Link each artifact of a `model_artifacts` answer ({artifacts: {name: {uri, sha256}}})
-    into `folder` under its name, after checking its bytes. Blocks while hashing.
-    Raises ArtifactCorrupt for a file that does not match its sha256."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, ref in dict(files.get("artifacts") or {}).items():
-        source = verified_file(ref)
-        target = folder / Path(name).name
-        if target.is_symlink() or target.exists():
-            target.unlink()
-        os.symlink(source.resolve(), target)
-    return folder
 
 
 def load_registered(

@@ -282,31 +282,32 @@ def _parity_sample(val_loader: Loader) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(n)])
 
 
-def _write_outputs(
-    model: torch.nn.Module, data: _Data, cfg: ClassifierConfig, entry: HubEntryLike, out: Path
+def write_outputs(
+    model: torch.nn.Module, classes: list[str], image_size: int, entry: HubEntryLike, out: Path
 ) -> None:
     """Write weights.pt (arch, num_classes, state_dict, classes, image_size, mean, std) and
-    labels.json (classes, image_size, mean, std, input, output, resize, interpolation)."""
+    labels.json (classes, image_size, mean, std, input, output, resize, interpolation): the
+    files besides model.onnx that make an image-classification version servable."""
     common = {
-        "classes": data.classes,
-        "image_size": cfg.image_size,
+        "classes": classes,
+        "image_size": image_size,
         "mean": list(entry.mean),
         "std": list(entry.std),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"arch": entry.arch, "num_classes": len(data.classes), "state_dict": state}
+    payload = {"arch": entry.arch, "num_classes": len(classes), "state_dict": state}
     torch.save({**payload, **common}, out / WEIGHTS_NAME)
     labels = {
         **common,
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
-        "resize": int(cfg.image_size * EVAL_RESIZE_RATIO),
+        "resize": int(image_size * EVAL_RESIZE_RATIO),
         "interpolation": "bilinear",
     }
     (out / LABELS_NAME).write_text(json.dumps(labels, indent=2) + "\n")
 
 
-def _fit_summary(result: FitResult) -> dict[str, Any]:
+def fit_summary(result: FitResult) -> dict[str, Any]:
     summary = asdict(result)
     summary["best_val_accuracy"] = summary.pop("best_score")
     summary["train_images_per_s"] = summary.pop("train_items_per_s")
@@ -330,7 +331,7 @@ def _finish(
     reporter.event("Exporting ONNX and checking parity with PyTorch")
     export_onnx(model, cfg.image_size, out / ONNX_NAME)
     metrics["onnx_parity"] = check_parity(model, out / ONNX_NAME, _parity_sample(val_loader))
-    _write_outputs(model, data, cfg, entry, out)
+    write_outputs(model, data.classes, cfg.image_size, entry, out)
     metrics["split"] = {"train": len(data.train), "val": len(data.val)}
     reporter.event(
         f"Validation accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}",
@@ -380,7 +381,7 @@ def train_classifier(
     metrics = (
         {} if result.cancelled else _finish(model, loaders[1], data, cfg, entry, out, reporter)
     )
-    metrics["fit"] = _fit_summary(result)
+    metrics["fit"] = fit_summary(result)
     return TrainOutput(
         classes=data.classes,
         config=cfg,

@@ -65,6 +65,17 @@ def split_dataset(
     return train, val
 
 
+def split_unlabelled(
+    relpaths: list[str], val_fraction: float, seed: int
+) -> tuple[list[Item], list[Item]]:
+    """Split images without classes into (train, validation) items of label -1, by the
+    rule `split_dataset` applies to one class: reproducible per file, at least one image
+    on each side when there are two or more."""
+    held_out = _class_holdout(relpaths, val_fraction, seed)
+    train = [(rel, -1) for rel in relpaths if rel not in held_out]
+    return train, [(rel, -1) for rel in relpaths if rel in held_out]
+
+
 def _class_holdout(files: list[str], val_fraction: float, seed: int) -> set[str]:
     """The validation files of one class (see `split_dataset`)."""
     if len(files) < 2:

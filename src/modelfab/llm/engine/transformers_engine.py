@@ -216,11 +216,14 @@ class TransformersEngine:
             seq = self._live.get(request_id)
             if seq is None:
                 return False
-            if seq in self._queue:
+            queued = seq in self._queue
+            if queued:
                 self._queue.remove(seq)
-                self._finish(seq, "cancelled")
-                return True
-            self._cancels.add(request_id)
+            else:
+                self._cancels.add(request_id)
+        if queued:
+            self._finish(seq, "cancelled")
+            return True
         if self._step_lock.acquire(blocking=False):
             try:
                 self._apply_cancels()
@@ -348,13 +351,16 @@ class TransformersEngine:
             self._recent.append((time.monotonic(), len(chosen)))
         for seq, token in zip(rows, chosen, strict=True):
             seq.completion.append(token)
-            text, stopped = seq.text.feed(seq.completion)
-            if token in self._eos or stopped:
+            eos = token in self._eos
+            # An end-of-turn token is counted but is no text (also when it is not special).
+            visible = seq.completion[:-1] if eos else seq.completion
+            text, stopped = seq.text.feed(visible)
+            if eos or stopped:
                 seq.finish = "stop"
             elif len(seq.completion) >= seq.max_tokens:
                 seq.finish = "length"
             if seq.finish is not None and not stopped:
-                text += seq.text.flush(seq.completion)
+                text += seq.text.flush(visible)
             seq.stream.put(TokenDelta(token_ids=(token,), text=text))
             if seq.finish is not None:
                 self._leave(seq)

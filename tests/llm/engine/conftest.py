@@ -93,7 +93,9 @@ def adapters(base_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 @pytest.fixture
 def make_engine(base_folder: Path) -> Callable[..., TransformersEngine]:
     def make(**config: int) -> TransformersEngine:
-        return TransformersEngine.load(base_folder, base_name=BASE_NAME, config=EngineConfig(**config))
+        return TransformersEngine.load(
+            base_folder, base_name=BASE_NAME, config=EngineConfig(**config)
+        )
 
     return make
 
@@ -108,7 +110,9 @@ def reference(base_folder: Path, adapters: dict[str, Path]) -> Callable[..., lis
         if adapter not in models:
             base, _ = load_chat_model(base_folder)
             models[adapter] = (
-                base if adapter is None else PeftModel.from_pretrained(base, adapters[adapter]).eval()
+                base
+                if adapter is None
+                else PeftModel.from_pretrained(base, adapters[adapter]).eval()
             )
         return models[adapter]
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from modelfab.llm.encoding import render_chat
-from modelfab.llm.engine.adapters import BaseIdentity
 from modelfab.llm.engine import (
     BadParameter,
     ContextTooLong,
@@ -19,6 +18,7 @@ from modelfab.llm.engine import (
     TokenDelta,
     TransformersEngine,
 )
+from modelfab.llm.engine.adapters import BaseIdentity
 from modelfab.llm.models import load_chat_model
 from modelfab.llm.tokenizer import ChatTokenizer
 from tests.llm.engine.conftest import BASE_NAME, final, run_all
@@ -99,9 +99,11 @@ def test_concurrency_limit_and_fifo_queue(
         engine.step()
         assert engine.stats().running <= 2
         order += [s.request_id for s in streams if s.finished and s.request_id not in order]
-    # r0 (3 tokens) frees the first slot: r2 is admitted before r3, then both run.
-    assert order[0] == "r0"
-    assert all(final(s).completion_tokens == p.max_tokens for s, p in zip(streams, params))
+    # r0 (3 tokens) frees a slot for r2; r3 waits until r1 (6 tokens) ends: FIFO.
+    assert order == ["r0", "r1", "r2", "r3"]
+    assert all(
+        final(s).completion_tokens == p.max_tokens for s, p in zip(streams, params, strict=True)
+    )
 
 
 def test_cancel_frees_the_slot_at_once(
@@ -135,7 +137,9 @@ def test_finish_reasons_and_exact_counts(
 ) -> None:
     engine = make_engine()
     messages = [{"role": "user", "content": "Count the tokens."}]
-    stream = engine.add_request(messages=messages, params=SamplingParams(max_tokens=7, temperature=0))
+    stream = engine.add_request(
+        messages=messages, params=SamplingParams(max_tokens=7, temperature=0)
+    )
     run_all(engine)
     events = list(stream)
     done = events[-1]
@@ -144,7 +148,9 @@ def test_finish_reasons_and_exact_counts(
     assert (done.prompt_tokens, done.completion_tokens) == (len(prompt), 7)
     deltas = [e for e in events if isinstance(e, TokenDelta)]
     assert [t for d in deltas for t in d.token_ids] == list(done.completion_ids)
-    assert "".join(d.text for d in deltas) == done.text == tokenizer.decode(list(done.completion_ids))
+    assert (
+        "".join(d.text for d in deltas) == done.text == tokenizer.decode(list(done.completion_ids))
+    )
 
 
 def test_end_of_turn_token_stops_and_counts(

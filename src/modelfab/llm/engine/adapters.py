@@ -92,7 +92,11 @@ def read_adapter(
     for path, (a_shape, b_shape) in sorted(shapes.items()):
         layer = linear_at(model, path)
         rank = a_shape[0]
-        if layer is None or a_shape[1] != layer.in_features or b_shape != (layer.out_features, rank):
+        if (
+            layer is None
+            or a_shape[1] != layer.in_features
+            or b_shape != (layer.out_features, rank)
+        ):
             have = "no linear layer" if layer is None else (layer.out_features, layer.in_features)
             raise AdapterRefused(
                 f"adapter {name!r} does not fit the loaded base model {base.name!r}: its "
@@ -158,9 +162,7 @@ def _check_lineage(name: str, folder: Path, config: dict[str, Any], base: BaseId
         )
 
 
-def _weight_shapes(
-    name: str, folder: Path
-) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+def _weight_shapes(name: str, folder: Path) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
     path = folder / ADAPTER_WEIGHTS
     found: dict[str, dict[str, tuple[int, int]]] = {}
     try:

@@ -42,7 +42,7 @@ class Decoder:
         self._layers: list[nn.Module] = list(inner.layers)
         self._norm: nn.Module = inner.norm
         self._rotary: nn.Module = inner.rotary_emb
-        self._head: nn.Module = model.get_output_embeddings()  # type: ignore[assignment]
+        self._head: nn.Module = model.get_output_embeddings()
         params = inspect.signature(self._layers[0].forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         config = model.config

@@ -138,7 +138,9 @@ class BatchCache:
         self.keys[layer_idx][rows, :, at] = key[:, :, 0]
         self.values[layer_idx][rows, :, at] = value[:, :, 0]
         span = slice(0, self._attend)
-        return self.keys[layer_idx][: self.rows, :, span], self.values[layer_idx][: self.rows, :, span]
+        return self.keys[layer_idx][: self.rows, :, span], self.values[layer_idx][
+            : self.rows, :, span
+        ]
 
     def end_step(self) -> None:
         self.lengths[: self.rows] += 1

@@ -203,7 +203,8 @@ class TransformersEngine:
         if room < 1 or (asked is not None and asked > room):
             raise ContextTooLong(
                 f"this model's context is {self.context_length} tokens; the prompt has "
-                f"{prompt_tokens}" + (f" and max_tokens asks {asked} more" if asked else "")
+                f"{prompt_tokens}"
+                + (f" and max_tokens asks {asked} more" if asked else "")
                 + "; shorten the prompt or lower max_tokens",
                 param="messages" if asked is None or room < 1 else "max_tokens",
             )

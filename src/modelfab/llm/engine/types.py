@@ -32,7 +32,9 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise BadParameter(f"max_tokens must be at least 1, not {self.max_tokens}", "max_tokens")
+            raise BadParameter(
+                f"max_tokens must be at least 1, not {self.max_tokens}", "max_tokens"
+            )
         if not (0.0 <= self.temperature <= 2.0) or math.isnan(self.temperature):
             raise BadParameter(
                 f"temperature must be between 0 and 2, not {self.temperature}", "temperature"

@@ -132,6 +132,25 @@ def test_cancel_frees_the_slot_at_once(
     assert final(second).completion_tokens == 40
 
 
+def test_cancelling_one_row_leaves_the_others_unchanged(
+    make_engine: Callable[..., TransformersEngine],
+    tokenizer: ChatTokenizer,
+    reference: Callable[..., list[int]],
+) -> None:
+    """The cancelled first row is replaced by the last one (its cache row moves)."""
+    engine = make_engine(max_concurrency=4)
+    prompts = [tokenizer.encode(t) for t in PROMPTS[:3]]
+    streams = [engine.add_request(prompt_ids=p, params=GREEDY) for p in prompts]
+    engine.step()
+    engine.step()
+    assert engine.cancel(streams[0].request_id)  # no step in progress: at once
+    assert engine.stats().running == 2
+    run_all(engine)
+    assert final(streams[0]).finish_reason == "cancelled"
+    for prompt, stream in zip(prompts[1:], streams[1:], strict=True):
+        assert list(final(stream).completion_ids) == reference(prompt, 12)
+
+
 def test_finish_reasons_and_exact_counts(
     make_engine: Callable[..., TransformersEngine], tokenizer: ChatTokenizer
 ) -> None:

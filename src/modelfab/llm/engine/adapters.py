@@ -308,6 +308,11 @@ class AdapterBank:
     def release(self, name: str) -> None:
         self._entries[name].running -= 1
 
+    def release_all(self) -> None:
+        """Forget every use (after an engine failure: no sequence runs any more)."""
+        for entry in self._entries.values():
+            entry.running = 0
+
     def residency(self) -> tuple[AdapterResidency, ...]:
         return tuple(
             AdapterResidency(

@@ -116,6 +116,11 @@ class BatchCache:
         self.lengths[row] = self.lengths[last]
         return last
 
+    def clear(self) -> None:
+        """Drop every row (the buffers stay allocated)."""
+        self.rows = 0
+        self.lengths.zero_()
+
     def begin_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Before a decode step of one token per row: (position ids [rows, 1], additive
         attention mask [rows, 1, 1, attended positions]) in the cache dtype."""

@@ -227,7 +227,8 @@ class TransformersEngine:
             return True
         if self._step_lock.acquire(blocking=False):
             try:
-                self._apply_cancels()
+                with torch.inference_mode():  # the caches are inference tensors
+                    self._apply_cancels()
             finally:
                 self._step_lock.release()
         return True
@@ -264,7 +265,7 @@ class TransformersEngine:
     def register_adapter(self, name: str, folder: Path, *, pinned: bool = False) -> None:
         """Check adapter `name` in `folder` against the base and record it (its weights
         load on first use). Raises AdapterRefused."""
-        with self._step_lock:
+        with self._step_lock, torch.inference_mode():
             self._bank.register(name, folder, pinned=pinned)
 
     def pin_adapter(self, name: str, pinned: bool = True) -> None:
@@ -288,9 +289,12 @@ class TransformersEngine:
             live = list(self._live.values())
         for seq in live:
             self._finish(seq, "error", error=reason)
-        with self._step_lock:
+        with self._step_lock, torch.inference_mode():
             while self._running:
                 self._leave(self._running[-1])
+            # A step that failed half-way may have left a row or an adapter use behind.
+            self._cache.clear()
+            self._bank.release_all()
 
     def _apply_cancels(self) -> None:
         with self._lock:
@@ -352,7 +356,7 @@ class TransformersEngine:
             self._recent.append((time.monotonic(), len(chosen)))
         for seq, token in zip(rows, chosen, strict=True):
             seq.completion.append(token)
-            eos = token in self._eos
+            eos = token in self._eos and not seq.params.ignore_eos
             # An end-of-turn token is counted but is no text (also when it is not special).
             visible = seq.completion[:-1] if eos else seq.completion
             text, stopped = seq.text.feed(visible)

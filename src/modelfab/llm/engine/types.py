@@ -29,6 +29,8 @@ class SamplingParams:
     stop: Sequence[str] = ()
     """Strings that end the answer; the text returned stops before the first one found."""
     seed: int | None = None
+    ignore_eos: bool = False
+    """Generate through end-of-turn tokens (benchmarks: the same work for every request)."""
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:

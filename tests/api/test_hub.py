@@ -45,7 +45,14 @@ def test_list_says_what_is_usable_offline(api: Api, member: str) -> None:
         "tiny-cnn",
         "smollm2-135m-instruct",
         "tiny-chat",
+        "minilm",
     ]
+    minilm = models["minilm"]
+    assert (minilm["task"], minilm["context_length"], minilm["source"]) == (
+        "embeddings",
+        256,
+        "package",
+    )
     lite = models["efficientnet-lite0"]
     assert (lite["available"], lite["how"]) == (
         True,

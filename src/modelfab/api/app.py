@@ -12,6 +12,7 @@ from modelfab.api import errors
 from modelfab.api.context import AppContext
 from modelfab.api.routers import (
     datasets,
+    embeddings,
     endpoints,
     files,
     fine_tuning,
@@ -50,6 +51,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         hub,
         models,
         endpoints,
+        embeddings,
     ):
         app.include_router(module.router, prefix="/v1")
 

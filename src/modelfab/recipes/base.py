@@ -5,7 +5,7 @@ and a `RECIPE` spec whose `entrypoint` names the function that does the work.
 
 Two halves, two layers. The light catalogue -- this module and the modules `CATALOG`
 names (`sleep`, `image_classification`, `anomaly_detection`, `serve`, `batch_inspection`,
-`llm_finetune`, `llm_distill`: names, params, specs) -- sits below `services`, which
+`llm_finetune`, `llm_distill`, `hub_register`: names, params, specs) -- sits below `services`, which
 import it to validate params at `jobs create`. The heavy halves (`recipes.vision`,
 `recipes.anomaly`, `recipes.llm`, `recipes.training`: torch) are loaded only through an
 `entrypoint`, in a worker or by `run_recipe`; the control plane never imports them
@@ -38,6 +38,7 @@ CATALOG: dict[str, str] = {
     "batch-inspection": "modelfab.recipes.batch_inspection",
     "llm-finetune": "modelfab.recipes.llm_finetune",
     "llm-distill": "modelfab.recipes.llm_distill",
+    "hub-register": "modelfab.recipes.hub_register",
 }
 
 

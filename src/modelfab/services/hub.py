@@ -26,7 +26,9 @@ from modelfab.hub.catalog import (
     CATALOG_IDS,
     CHAT,
     CHAT_CATALOG,
+    EMBEDDING_CATALOG,
     ChatEntry,
+    EmbeddingEntry,
     HubEntry,
     availability,
     get_entry,
@@ -34,6 +36,7 @@ from modelfab.hub.catalog import (
 )
 from modelfab.hub.chat import chat_availability, chat_entries, imported_chat_meta, imported_entry
 from modelfab.hub.chat_import import import_chat_model
+from modelfab.hub.embeddings import embedding_availability
 from modelfab.ids import now
 from modelfab.schemas.hub import HubModel, HubModelImported, ImportedWeights
 from modelfab.services import idempotency
@@ -46,6 +49,11 @@ MAX_IMPORT_BYTES = 2 * 2**30
 """Largest vision weights file."""
 IMPORTABLE = ("import", "package")
 _CHAT_IDS = frozenset(e.id for e in CHAT_CATALOG)
+_CATALOG_TASKS = {
+    **{e.id: e.task for e in CATALOG},
+    **{e.id: e.task for e in CHAT_CATALOG},
+    **{e.id: e.task for e in EMBEDDING_CATALOG},
+}
 
 
 @dataclass(frozen=True)
@@ -90,12 +98,29 @@ def _chat_view(entry: ChatEntry, hub_dir: Path) -> HubModel:
     )
 
 
+def _embedding_view(entry: EmbeddingEntry) -> HubModel:
+    available, how = embedding_availability(entry)
+    return HubModel(
+        id=entry.id,
+        task=entry.task,
+        arch=entry.arch,
+        source=entry.source,
+        licence=entry.licence,
+        params_m=entry.params_m,
+        context_length=entry.max_tokens,
+        description=entry.description,
+        available=available,
+        how=how,
+    )
+
+
 def list_models(hub_dir: Path) -> list[HubModel]:
-    """Every catalog entry, then the imported chat models, each with whether it is usable
-    offline here and how (or what to run)."""
+    """Every catalog entry, then the imported chat models, then the embeddings models, each
+    with whether it is usable offline here and how (or what to run)."""
     return [
         *(_entry_view(e, hub_dir) for e in CATALOG),
         *(_chat_view(e, hub_dir) for e in chat_entries(hub_dir)),
+        *(_embedding_view(e) for e in EMBEDDING_CATALOG),
     ]
 
 
@@ -148,7 +173,7 @@ def check_import(
 def _check_chat_name(model_id: str, max_bytes: int) -> ImportPlan:
     check_name(model_id, "model_id")
     if model_id in CATALOG_IDS:
-        kind = CHAT if model_id in _CHAT_IDS else get_entry(model_id).task
+        kind = _CATALOG_TASKS[model_id]
         raise Conflict(
             f"{model_id!r} is a catalog {kind} model; import the chat model under another name",
             param="model_id",

@@ -32,7 +32,14 @@ from modelfab.db.models import (
     ModelVersion,
 )
 from modelfab.errors import Conflict, InvalidRequest, ModelfabError, NotFound
-from modelfab.hub.catalog import CATALOG, CHAT_CATALOG, ChatEntry, HubEntry
+from modelfab.hub.catalog import (
+    CATALOG,
+    CHAT_CATALOG,
+    EMBEDDING_CATALOG,
+    ChatEntry,
+    EmbeddingEntry,
+    HubEntry,
+)
 from modelfab.ids import new_id, now
 from modelfab.recipes.base import get_recipe
 from modelfab.schemas import models as wire
@@ -413,7 +420,11 @@ def _base_model(model_id: str | None) -> wire.BaseModelRef | None:
     """The hub entry a version started from (only its id once it left the catalog)."""
     if model_id is None:
         return None
-    entries: list[HubEntry | ChatEntry] = [*CATALOG, *CHAT_CATALOG]
+    entries: list[HubEntry | ChatEntry | EmbeddingEntry] = [
+        *CATALOG,
+        *CHAT_CATALOG,
+        *EMBEDDING_CATALOG,
+    ]
     for e in entries:
         if e.id == model_id:
             return wire.BaseModelRef(id=e.id, arch=e.arch, source=e.source, licence=e.licence)

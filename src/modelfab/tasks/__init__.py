@@ -9,7 +9,7 @@ This package sits above `modelfab.data` (it builds its layouts from `data.valida
 helpers) and below `services`, `recipes`, `hub` and the replica side of `serving`.
 """
 
-from modelfab.tasks import anomaly_detection, chat, image_classification, images
+from modelfab.tasks import anomaly_detection, chat, embeddings, image_classification, images
 from modelfab.tasks.base import TaskSpec
 from modelfab.tasks.registry import (
     check_task,
@@ -23,15 +23,18 @@ IMAGE_CLASSIFICATION = image_classification.NAME
 ANOMALY_DETECTION = anomaly_detection.NAME
 CHAT = chat.NAME
 IMAGES = images.NAME
+EMBEDDINGS = embeddings.NAME
 
 register_task(image_classification.SPEC)
 register_task(anomaly_detection.SPEC)
 register_task(chat.SPEC)
 register_task(images.SPEC)
+register_task(embeddings.SPEC)
 
 __all__ = [
     "ANOMALY_DETECTION",
     "CHAT",
+    "EMBEDDINGS",
     "IMAGES",
     "IMAGE_CLASSIFICATION",
     "TaskSpec",

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.compute.lifecycle import RUNNING
-from modelfab.db.models import Endpoint, EndpointReplica, Job
+from modelfab.db.models import Endpoint, EndpointReplica, Job, Model, ModelVersion
 from modelfab.gateway.types import ReplicaRoute, Route, RouteTable
 from modelfab.services import registry
 from modelfab.services.endpoints.rows import ACTIVE, is_ready
@@ -20,7 +20,12 @@ class RouteView:
         """Every active endpoint by (tenant id, name) with its ready replicas, oldest
         first. Endpoints being deleted have no route (the gateway answers 404)."""
         with self.factory() as session:
-            endpoints = session.scalars(select(Endpoint).where(Endpoint.status == ACTIVE)).all()
+            endpoints = session.execute(
+                select(Endpoint, Model.task)
+                .join(ModelVersion, ModelVersion.id == Endpoint.model_version_id)
+                .join(Model, Model.id == ModelVersion.model_id)
+                .where(Endpoint.status == ACTIVE)
+            ).all()
             rows = session.execute(
                 select(EndpointReplica, Job)
                 .join(Job, Job.id == EndpointReplica.job_id)
@@ -42,8 +47,9 @@ class RouteView:
                 max_batch_size=e.max_batch_size,
                 max_wait_ms=e.max_wait_ms,
                 replicas=tuple(by_endpoint.get(e.id, [])),
+                task=task,
             )
-            for e in endpoints
+            for e, task in endpoints
         }
 
     def servable_version(self, tenant_id: str, ref: str) -> str:

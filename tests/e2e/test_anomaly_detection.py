@@ -85,6 +85,7 @@ def registered_detector(team: Client, tmp_path: Path) -> None:
         assert picture.size == (4 * EXAMPLE_SIDE, 2 * (EXAMPLE_SIDE + 18))
 
 
+@pytest.mark.one_backend  # the detector's threshold is under test, not the database
 def test_good_images_only_give_a_good_quantile_threshold_and_no_auroc(
     team: Client, tmp_path: Path
 ) -> None:

@@ -45,6 +45,7 @@ def team(platform: Platform) -> Client:
     return Client(platform.url, admin.create_tenant("vision").api_key)
 
 
+@pytest.mark.one_backend  # the training, export and parity are under test, not the database
 def test_trains_evaluates_exports_and_registers(team: Client, tmp_path: Path) -> None:
     team.create_dataset("stripes", stripes(tmp_path / "stripes"), task="image-classification")
     job = team.create_job(

@@ -75,14 +75,7 @@ class Gateway:
     async def predict(self, request: Request, name: str) -> Response:
         """Forward one predict request; raises ModelfabError subclasses for the error
         handler (401, 404, 413, 415, 422, 429, 503, 504)."""
-        principal = await self._principal(request)
-        wait_s = self.limiter.take(principal.key_id, principal.rate_limit_rps)
-        if wait_s > 0:
-            raise RateLimited(
-                f"rate limit of {principal.rate_limit_rps:g} requests/s for this key reached; "
-                f"retry after {wait_s:.2f}s or ask an admin to raise rate_limit_rps",
-                retry_after_s=wait_s,
-            )
+        principal = await self.admit(request)
         route = await self._route(principal.tenant_id, name)
         content_type = _content_type(request)
         version_id = await self._version(principal.tenant_id, route, request)
@@ -92,7 +85,7 @@ class Gateway:
             "x-modelfab-max-batch-size": str(route.max_batch_size),
             "x-modelfab-max-wait-ms": str(route.max_wait_ms),
         }
-        self._inflight[route.endpoint_id] = self._inflight.get(route.endpoint_id, 0) + 1
+        self.track(route.endpoint_id, +1)
         try:
             answer, replica = await self.forwarder.forward(
                 route, f"/models/{version_id}/predict", body, headers, _replica_params(request)
@@ -101,7 +94,7 @@ class Gateway:
             self.invalidate()  # the table may list replicas that are gone
             raise
         finally:
-            self._inflight[route.endpoint_id] -= 1
+            self.track(route.endpoint_id, -1)
         usage.record(self.journal, principal.tenant_id, route.endpoint_id, answer)
         return Response(
             answer.content,
@@ -109,6 +102,33 @@ class Gateway:
             media_type=answer.content_type,
             headers={"x-modelfab-replica": replica.job_id, "x-modelfab-items": str(answer.items)},
         )
+
+    async def admit(self, request: Request) -> Caller:
+        """The caller, authenticated, within its key's rate limit. Raises Unauthenticated
+        (401) or RateLimited (429, with when to retry)."""
+        principal = await self._principal(request)
+        wait_s = self.limiter.take(principal.key_id, principal.rate_limit_rps)
+        if wait_s > 0:
+            raise RateLimited(
+                f"rate limit of {principal.rate_limit_rps:g} requests/s for this key reached; "
+                f"retry after {wait_s:.2f}s or ask an admin to raise rate_limit_rps",
+                retry_after_s=wait_s,
+            )
+        return principal
+
+    async def route(self, tenant_id: str, name: str) -> Route:
+        """The tenant's endpoint `name` with a ready replica. Raises NotFound (param "name";
+        also for another tenant's endpoint) or Unavailable (no ready replica yet)."""
+        return await self._route(tenant_id, name)
+
+    async def read_body(self, request: Request) -> bytes:
+        """The request body, refused (413) past `max_body_bytes`."""
+        return await self._body(request)
+
+    def track(self, endpoint_id: str, delta: int) -> None:
+        """Count a request of the endpoint in (+1) or out (-1) of flight: `drain` waits for
+        them. Streams count until their last event was sent."""
+        self._inflight[endpoint_id] = self._inflight.get(endpoint_id, 0) + delta
 
     async def _principal(self, request: Request) -> Caller:
         token = parse_bearer(request.headers.get("authorization"))

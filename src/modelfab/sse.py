@@ -53,6 +53,7 @@ class EventStream(Response):
         self.on_close = on_close
         self.extra_headers = {"cache-control": "no-cache", **(headers or {})}
         self.status_code = 200
+        self._ended = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client_left = False
@@ -67,7 +68,7 @@ class EventStream(Response):
                     nonlocal client_left
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    client_left = True
+                    client_left = not self._ended  # after the end: the normal close
                     group.cancel_scope.cancel()
 
                 group.start_soon(stream)
@@ -87,6 +88,7 @@ class EventStream(Response):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Exception:
             logger.exception("a server-sent event stream failed; cutting it")
+        self._ended = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

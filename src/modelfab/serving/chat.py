@@ -141,9 +141,10 @@ class ChatModel:
         )
         return self.driver.submit(prompt_ids=prompt, params=params, adapter=self.adapter)
 
-    def cancel(self, request_id: str) -> None:
-        """End the request now (the client left): its slot frees at the next step."""
-        self.driver.cancel(request_id)
+    def cancel(self, request_id: str) -> bool:
+        """End the request now (the client left): its slot frees at the next step. False
+        when it had ended already."""
+        return self.driver.cancel(request_id)
 
     def warm(self) -> None:
         """One token through the engine (and the adapter's first load). Blocks."""

@@ -34,7 +34,9 @@ class Generates(Protocol):
         """Queue `request`: (request id, its events). Raises 4xx ModelfabErrors at once."""
         ...
 
-    def cancel(self, request_id: str) -> None: ...
+    def cancel(self, request_id: str) -> bool:
+        """End the request now; False when it had ended already."""
+        ...
 
 
 class ReplicaState(Protocol):

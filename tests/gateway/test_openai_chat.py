@@ -1,0 +1,190 @@
+"""The OpenAI surface without an engine: request checks name the field, the answer and chunk
+shapes, the meter bills once, and an `EventStream` always runs its `on_close`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from modelfab.gateway.openai_chat import Meter, Shapes
+from modelfab.gateway.openai_params import BadParameter, parse_chat, parse_completion
+from modelfab.schemas.generation import GenerateDelta, GenerateFinished, GenerateStarted
+from modelfab.sse import DONE, EventStream, event
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    return {"model": "assistant", "messages": MESSAGES, **fields}
+
+
+def refused(body: Any, parse: Any = parse_chat) -> str | None:
+    with pytest.raises(BadParameter) as caught:
+        parse(body)
+    assert caught.value.status == 400
+    return caught.value.param
+
+
+def test_a_chat_request_becomes_the_replica_request() -> None:
+    got = parse_chat(
+        chat(
+            temperature=0,
+            top_p=0.5,
+            max_completion_tokens=7,
+            stop="END",
+            seed=3,
+            stream=True,
+            stream_options={"include_usage": True},
+            user="ignored",
+        )
+    )
+    assert got.chat and got.model == "assistant" and got.stream and got.include_usage
+    g = got.generate
+    assert (g.max_tokens, g.temperature, g.top_p, g.stop, g.seed) == (7, 0.0, 0.5, ["END"], 3)
+    assert g.messages == MESSAGES and g.prompt is None
+
+
+def test_content_parts_and_developer_messages_are_read_as_text() -> None:
+    body = chat(
+        messages=[
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        ]
+    )
+    assert parse_chat(body).generate.messages == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "ab"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"n": True}, "n"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"max_completion_tokens": 1.5}, "max_completion_tokens"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"seed": "x"}, "seed"),
+        ({"stream": "yes"}, "stream"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"stream": True, "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
+        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"logprobs": True}, "logprobs"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
+        ({"model": ""}, "model"),
+    ],
+)
+def test_bad_fields_are_refused_naming_them(fields: dict[str, Any], param: str) -> None:
+    assert refused(chat(**fields)) == param
+
+
+def test_a_completion_takes_one_prompt() -> None:
+    got = parse_completion({"model": "m", "prompt": ["once"], "max_tokens": 5})
+    assert not got.chat and got.generate.prompt == "once" and got.generate.messages is None
+    assert refused({"model": "m", "prompt": ["a", "b"]}, parse_completion) == "prompt"
+    assert refused([1], parse_completion) == "body"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, dict[str, float]]] = []
+
+    def add(self, tenant_id: str, ref_type: str, ref_id: str, /, **q: float) -> None:
+        self.rows.append((tenant_id, ref_type, ref_id, q))
+
+
+def test_the_meter_bills_the_engine_counts_once_and_only_when_delivered() -> None:
+    sink = Sink()
+    meter = Meter(sink, "t1", "ep1")
+    meter.started(GenerateStarted(prompt_tokens=11))
+    meter.delta(GenerateDelta(text="a", tokens=2))
+    meter.bill()
+    assert sink.rows == []  # nothing reached the client
+    meter.delivered = True
+    meter.bill()
+    meter.bill()
+    assert sink.rows == [("t1", "endpoint", "ep1", {"requests": 1, "tokens_in": 11, "tokens_out": 2})]
+
+    finished = Meter(sink, "t1", "ep1", delivered=True)
+    finished.delta(GenerateDelta(text="a", tokens=1))
+    finished.finish(GenerateFinished(finish_reason="stop", prompt_tokens=4, completion_tokens=3))
+    assert finished.usage() == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+
+
+def test_chat_chunks_and_answers_have_openai_shapes() -> None:
+    shapes = Shapes(parse_chat(chat(stream=True)))
+    first = shapes.chunk({"role": "assistant", "content": ""})
+    assert first["object"] == "chat.completion.chunk" and first["id"].startswith("chatcmpl-")
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    last = shapes.chunk(None, finish_reason="length")
+    assert last["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
+
+    meter = Meter(None, "t", "e")
+    meter.finish(GenerateFinished(finish_reason="stop", prompt_tokens=2, completion_tokens=1))
+    whole = Shapes(parse_completion({"model": "m", "prompt": "p"})).whole("hey", meter)
+    assert whole["object"] == "text_completion" and whole["choices"][0]["text"] == "hey"
+    assert whole["usage"]["total_tokens"] == 3
+
+
+def test_events_are_sse_frames() -> None:
+    assert event({"a": 1}) == b'data: {"a":1}\n\n'
+    assert event(DONE) == b"data: [DONE]\n\n"
+
+
+def test_an_event_stream_runs_on_close_once_when_the_client_leaves() -> None:
+    closed: list[bool] = []
+    body_closed = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            for i in range(1000):
+                yield event({"i": i})
+                await asyncio.sleep(0.01)
+        finally:
+            body_closed.set()
+
+    async def run() -> list[dict[str, Any]]:
+        app = EventStream(body(), on_close=closed.append)
+        got = []
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            async with client.stream("GET", "/") as resp:
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:"):
+                        got.append(json.loads(line[5:]))
+                    if len(got) == 3:
+                        break
+        await asyncio.wait_for(body_closed.wait(), 5)
+        return got
+
+    got = asyncio.run(run())
+    assert [g["i"] for g in got] == [0, 1, 2]
+    assert len(closed) == 1
+
+
+def test_an_event_stream_that_ends_runs_on_close_too() -> None:
+    closed: list[bool] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield event({"x": 1})
+
+    async def run() -> str:
+        transport = httpx.ASGITransport(app=EventStream(body(), on_close=closed.append))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return (await client.get("/")).text
+
+    assert asyncio.run(run()) == 'data: {"x":1}\n\n'
+    assert closed == [False]

@@ -53,6 +53,7 @@ class EventStream(Response):
         self.on_close = on_close
         self.extra_headers = {"cache-control": "no-cache", **(headers or {})}
         self.status_code = 200
+        self.background = None  # what frameworks read of a Response; nothing runs after
         self._ended = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

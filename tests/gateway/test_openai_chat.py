@@ -53,7 +53,10 @@ def test_content_parts_and_developer_messages_are_read_as_text() -> None:
     body = chat(
         messages=[
             {"role": "developer", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            },
         ]
     )
     assert parse_chat(body).generate.messages == [
@@ -83,7 +86,10 @@ def test_content_parts_and_developer_messages_are_read_as_text() -> None:
         ({"logprobs": True}, "logprobs"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages[0].content",
+        ),
         ({"model": ""}, "model"),
     ],
 )
@@ -116,7 +122,9 @@ def test_the_meter_bills_the_engine_counts_once_and_only_when_delivered() -> Non
     meter.delivered = True
     meter.bill()
     meter.bill()
-    assert sink.rows == [("t1", "endpoint", "ep1", {"requests": 1, "tokens_in": 11, "tokens_out": 2})]
+    assert sink.rows == [
+        ("t1", "endpoint", "ep1", {"requests": 1, "tokens_in": 11, "tokens_out": 2})
+    ]
 
     finished = Meter(sink, "t1", "ep1", delivered=True)
     finished.delta(GenerateDelta(text="a", tokens=1))
@@ -130,7 +138,12 @@ def test_chat_chunks_and_answers_have_openai_shapes() -> None:
     assert first["object"] == "chat.completion.chunk" and first["id"].startswith("chatcmpl-")
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     last = shapes.chunk(None, finish_reason="length")
-    assert last["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
+    assert last["choices"][0] == {
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "length",
+    }
 
     meter = Meter(None, "t", "e")
     meter.finish(GenerateFinished(finish_reason="stop", prompt_tokens=2, completion_tokens=1))
@@ -160,13 +173,15 @@ def test_an_event_stream_runs_on_close_once_when_the_client_leaves() -> None:
         app = EventStream(body(), on_close=closed.append)
         got = []
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            async with client.stream("GET", "/") as resp:
-                async for line in resp.aiter_lines():
-                    if line.startswith("data:"):
-                        got.append(json.loads(line[5:]))
-                    if len(got) == 3:
-                        break
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+            client.stream("GET", "/") as resp,
+        ):
+            async for line in resp.aiter_lines():
+                if line.startswith("data:"):
+                    got.append(json.loads(line[5:]))
+                if len(got) == 3:
+                    break
         await asyncio.wait_for(body_closed.wait(), 5)
         return got
 

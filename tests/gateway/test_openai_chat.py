@@ -6,14 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route as StarletteRoute
 
-from modelfab.gateway.openai_chat import Meter, Shapes
+from modelfab.gateway import Gateway, ReplicaRoute, Route
+from modelfab.gateway.openai_chat import Meter, Shapes, chat_completions
 from modelfab.gateway.openai_params import BadParameter, parse_chat, parse_completion
 from modelfab.schemas.generation import GenerateDelta, GenerateFinished, GenerateStarted
+from modelfab.serving.replica_app import ReplicaServer
 from modelfab.sse import DONE, EventStream, event
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -203,3 +210,70 @@ def test_an_event_stream_that_ends_runs_on_close_too() -> None:
 
     assert asyncio.run(run()) == 'data: {"x":1}\n\n'
     assert closed == [False]
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: str = "t_1"
+    key_id: str = "k_1"
+    rate_limit_rps: float | None = None
+    expires_at: float | None = None
+
+
+def dying_replica() -> Starlette:
+    """A replica whose process dies after two tokens: the connection drops mid-stream."""
+
+    async def generate(request: Request) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield event({"prompt_tokens": 9})
+            yield event({"text": "he", "tokens": 1})
+            yield event({"text": "llo", "tokens": 2})
+            await asyncio.sleep(0.05)
+            raise RuntimeError("the replica process died")
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    return Starlette(routes=[StarletteRoute("/models/mv_1/generate", generate, methods=["POST"])])
+
+
+def test_a_replica_that_dies_mid_stream_ends_it_with_an_error_and_meters_what_was_sent() -> None:
+    server = ReplicaServer(dying_replica())
+    url = server.start()
+    sink = Sink()
+    route = Route(
+        "ep_1", "t_1", "assistant", "mv_1", 8, 5.0, replicas=(ReplicaRoute("job_a", url, None),)
+    )
+    gateway = Gateway(
+        load_routes=lambda: {("t_1", "assistant"): route},
+        authenticate=lambda token: Principal(),
+        resolve_model=lambda tenant, ref: ref,
+        journal=sink,
+    )
+
+    async def call(request: Request) -> Response:
+        return await chat_completions(gateway, request)
+
+    app = Starlette(routes=[StarletteRoute("/v1/chat/completions", call, methods=["POST"])])
+
+    async def main() -> str:
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                body = chat(stream=True, stream_options={"include_usage": True})
+                resp = await client.post(
+                    "/v1/chat/completions", json=body, headers={"Authorization": "Bearer k"}
+                )
+                return resp.text
+        finally:
+            await gateway.aclose()
+
+    try:
+        text = asyncio.run(main())
+    finally:
+        server.stop(drain_s=1)
+    events = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
+    assert [e["choices"][0]["delta"].get("content") for e in events[:3]] == ["", "he", "llo"]
+    assert events[-1]["error"]["code"] == "replica_failed"  # no [DONE]: the answer is cut
+    assert sink.rows == [
+        ("t_1", "endpoint", "ep_1", {"requests": 1, "tokens_in": 9, "tokens_out": 3})
+    ]

@@ -17,8 +17,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
 from modelfab.gateway import Gateway, ReplicaRoute, Route
-from modelfab.gateway.openai_chat import Meter, Shapes, chat_completions
+from modelfab.gateway.openai_chat import Meter, ReplicaRefused, Shapes, chat_completions
 from modelfab.gateway.openai_params import BadParameter, parse_chat, parse_completion
+from modelfab.schemas.completions import ChatCompletion, ChatCompletionChunk, TextCompletion
 from modelfab.schemas.generation import GenerateDelta, GenerateFinished, GenerateStarted
 from modelfab.serving.replica_app import ReplicaServer
 from modelfab.sse import DONE, EventStream, event
@@ -157,6 +158,37 @@ def test_chat_chunks_and_answers_have_openai_shapes() -> None:
     whole = Shapes(parse_completion({"model": "m", "prompt": "p"})).whole("hey", meter)
     assert whole["object"] == "text_completion" and whole["choices"][0]["text"] == "hey"
     assert whole["usage"]["total_tokens"] == 3
+
+
+def test_the_answers_match_their_documented_schemas() -> None:
+    meter = Meter(None, "t", "e")
+    meter.finish(GenerateFinished(finish_reason="length", prompt_tokens=2, completion_tokens=1))
+    chat_shapes = Shapes(parse_chat(chat()))
+    ChatCompletion.model_validate(chat_shapes.whole("hi", meter), strict=True)
+    for piece in ({"role": "assistant", "content": ""}, "hi", None):
+        ChatCompletionChunk.model_validate(chat_shapes.chunk(piece), strict=True)
+    usage_chunk = {**chat_shapes.head(chunk=True), "choices": [], "usage": meter.usage()}
+    ChatCompletionChunk.model_validate(usage_chunk, strict=True)
+    text_shapes = Shapes(parse_completion({"model": "m", "prompt": "p"}))
+    TextCompletion.model_validate(text_shapes.whole("hi", meter), strict=True)
+    TextCompletion.model_validate(text_shapes.chunk("hi"), strict=True)
+
+
+def test_replica_refusals_pass_on_their_status_and_an_overload_says_when_to_retry() -> None:
+    body = b'{"error": {"code": "engine_overloaded", "message": "full", "param": null}}'
+    overloaded = ReplicaRefused.of(429, body)
+    assert (overloaded.status, overloaded.code, overloaded.retry_after_s) == (
+        429,
+        "engine_overloaded",
+        1.0,
+    )
+    context = ReplicaRefused.of(
+        400,
+        b'{"error": {"code": "context_length_exceeded", "message": "m", "param": "max_tokens"}}',
+    )
+    assert (context.status, context.param) == (400, "max_tokens")
+    broken = ReplicaRefused.of(500, b"<html>")
+    assert broken.status == 502 and broken.code == "replica_failed"
 
 
 def test_events_are_sse_frames() -> None:

@@ -11,6 +11,7 @@ from modelfab import __version__
 from modelfab.api import errors
 from modelfab.api.context import AppContext
 from modelfab.api.routers import (
+    chat_completions,
     datasets,
     embeddings,
     endpoints,
@@ -52,6 +53,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         models,
         endpoints,
         embeddings,
+        chat_completions,
     ):
         app.include_router(module.router, prefix="/v1")
 

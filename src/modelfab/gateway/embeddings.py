@@ -24,8 +24,9 @@ from modelfab.schemas.embeddings import (
     EmbeddingObject,
     EmbeddingUsage,
 )
+from modelfab.tasks import EMBEDDINGS
 
-TASK = "embeddings"
+TASK = EMBEDDINGS
 """The task of the models this route serves (`modelfab.tasks.embeddings.NAME`; the gateway
 imports nothing of the tasks)."""
 

@@ -79,6 +79,47 @@ class Forwarder:
             f"no replica of endpoint {route.name!r} answered; retry shortly", retry_after_s=1.0
         )
 
+    async def open_stream(
+        self, route: Route, path: str, body: bytes, headers: dict[str, str]
+    ) -> Upstream:
+        """POST `body` to `path` on a replica of `route` and return its answer unread (a
+        stream), with retries on another replica as `forward` does them, all before the
+        answer began (nothing was generated yet). Reads wait up to `timeout_s` for each
+        chunk, not for the whole stream. The caller must `close` what it got. Raises
+        Unavailable when no replica answered."""
+        tried: set[str] = set()
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s
+        )
+        for _ in range(self.max_tries):
+            replica = self.balancer.pick(route.replicas, tried)
+            if replica is None:
+                break
+            tried.add(replica.job_id)
+            self.balancer.started(replica.job_id)
+            try:
+                response = await self._client().post(
+                    replica.url + path,
+                    data=body,
+                    headers={**headers, **replica_headers(replica.secret)},
+                    timeout=timeout,
+                )
+            except aiohttp.ClientConnectionError as exc:
+                logger.warning("replica %s failed (%r); trying another", replica.job_id, exc)
+                self.balancer.finished(replica.job_id)
+                self.balancer.bench(replica.job_id)
+                continue
+            upstream = Upstream(response, replica, self.balancer)
+            if response.status in (401, 503):  # as in `forward`: another replica answers
+                upstream.close()
+                if response.status == 401:
+                    self.balancer.bench(replica.job_id)
+                continue
+            return upstream
+        raise Unavailable(
+            f"no replica of endpoint {route.name!r} answered; retry shortly", retry_after_s=1.0
+        )
+
     async def _post(
         self, url: str, body: bytes, headers: dict[str, str], params: list[tuple[str, str]]
     ) -> Forwarded:
@@ -110,3 +151,24 @@ class Forwarder:
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.close()
+
+
+class Upstream:
+    """A replica's answer being streamed: `response` (aiohttp's, not yet read) and the
+    replica. `close` releases the connection (dropping it mid-stream tells the replica its
+    client left) and counts the request out of the replica's outstanding ones; idempotent."""
+
+    def __init__(self, response: aiohttp.ClientResponse, replica: ReplicaRoute, balancer: Balancer):
+        self.response = response
+        self.replica = replica
+        self._balancer = balancer
+        self._open = True
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            if self.response.content.at_eof():
+                self.response.release()  # read to the end: the connection is reused
+            else:
+                self.response.close()
+            self._balancer.finished(self.replica.job_id)

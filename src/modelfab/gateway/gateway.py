@@ -77,7 +77,7 @@ class Gateway:
     async def predict(self, request: Request, name: str) -> Response:
         """Forward one predict request; raises ModelfabError subclasses for the error
         handler (401, 404, 413, 415, 422, 429, 503, 504)."""
-        principal = await self._admit(request)
+        principal = await self.admit(request)
         route = await self._route(principal.tenant_id, name)
         content_type = _content_type(request)
         version_id = await self._version(principal.tenant_id, route, request)
@@ -100,17 +100,11 @@ class Gateway:
         `tokens_in` being the `usage.prompt_tokens` answered. Raises ModelfabError
         subclasses: 400 (a bad param, named), 401, 404 (no such endpoint of the caller's),
         413, 429, 503, 504."""
-        principal = await self._admit(request)
+        principal = await self.admit(request)
         body = await self._body(request)
         ask = embeddings.parse_request(body)
         route = await self._route(principal.tenant_id, ask.model, param="model")
-        if route.task is not None and route.task != embeddings.TASK:
-            raise BadRequest(
-                f"endpoint {ask.model!r} serves a {route.task} model, not embeddings; pass an "
-                "endpoint of an embeddings model (see `modelfab hub list`)",
-                param="model",
-                code="model_not_supported",
-            )
+        require_task(route, ask.model, embeddings.TASK, "embeddings")
         texts = embeddings.inputs(ask)
         headers = {"content-type": "application/json", **_batching(route)}
         answer, _ = await self._forward(
@@ -128,8 +122,9 @@ class Gateway:
         )
         return out
 
-    async def _admit(self, request: Request) -> Caller:
-        """The caller, past the key's rate limit. Raises Unauthenticated or RateLimited."""
+    async def admit(self, request: Request) -> Caller:
+        """The caller, authenticated, within its key's rate limit. Raises Unauthenticated
+        (401) or RateLimited (429, with when to retry)."""
         principal = await self._principal(request)
         wait_s = self.limiter.take(principal.key_id, principal.rate_limit_rps)
         if wait_s > 0:
@@ -140,6 +135,20 @@ class Gateway:
             )
         return principal
 
+    async def route(self, tenant_id: str, name: str, *, param: str = "name") -> Route:
+        """The tenant's endpoint `name` with a ready replica. Raises NotFound (naming `param`;
+        also for another tenant's endpoint) or Unavailable (no ready replica yet)."""
+        return await self._route(tenant_id, name, param=param)
+
+    async def read_body(self, request: Request) -> bytes:
+        """The request body, refused (413) past `max_body_bytes`."""
+        return await self._body(request)
+
+    def track(self, endpoint_id: str, delta: int) -> None:
+        """Count a request of the endpoint in (+1) or out (-1) of flight: `drain` waits for
+        them. Streams count until their last event was sent."""
+        self._inflight[endpoint_id] = self._inflight.get(endpoint_id, 0) + delta
+
     async def _forward(
         self,
         route: Route,
@@ -149,7 +158,7 @@ class Gateway:
         params: list[tuple[str, str]],
     ) -> tuple[Forwarded, ReplicaRoute]:
         """Forward to a replica of `route`, counted in flight for a drain."""
-        self._inflight[route.endpoint_id] = self._inflight.get(route.endpoint_id, 0) + 1
+        self.track(route.endpoint_id, +1)
         try:
             return await self.forwarder.forward(
                 route, f"/models/{version_id}/predict", body, headers, params
@@ -158,7 +167,7 @@ class Gateway:
             self.invalidate()  # the table may list replicas that are gone
             raise
         finally:
-            self._inflight[route.endpoint_id] -= 1
+            self.track(route.endpoint_id, -1)
 
     async def _principal(self, request: Request) -> Caller:
         token = parse_bearer(request.headers.get("authorization"))
@@ -260,6 +269,18 @@ def _seconds_left(principal: Caller) -> float | None:
     if principal.expires_at is None:
         return None
     return principal.expires_at - time.time()
+
+
+def require_task(route: Route, model: str, task: str, what: str) -> None:
+    """Refuses (400 `model_not_supported`, param "model") an endpoint `model` whose model
+    is not of `task`: OpenAI's routes each answer for one task's endpoints."""
+    if route.task is not None and route.task != task:
+        raise BadRequest(
+            f"endpoint {model!r} serves a {route.task} model, not {what}; pass an endpoint "
+            f"of a {task} model",
+            param="model",
+            code="model_not_supported",
+        )
 
 
 def _batching(route: Route) -> dict[str, str]:

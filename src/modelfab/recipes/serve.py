@@ -19,7 +19,13 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from modelfab.errors import ModelfabError
-from modelfab.recipes.base import AnnouncesServing, FetchesModels, RecipeContext, RecipeSpec
+from modelfab.recipes.base import (
+    AnnouncesServing,
+    FetchesModels,
+    HasHub,
+    RecipeContext,
+    RecipeSpec,
+)
 from modelfab.schemas.limits import MAX_IMAGES_PER_REQUEST
 from modelfab.serving.models import ModelCache, ModelFiles, fetch_files
 from modelfab.serving.replica_app import ReplicaServer, create_replica_app
@@ -55,6 +61,7 @@ def run(ctx: RecipeContext, params: Params) -> dict[str, Any]:
         budget_bytes=params.memory_budget_bytes,
         use_cuda=_has_gpu(),
         intra_op_threads=params.intra_op_threads,
+        hub_dir=ctx.hub_dir if isinstance(ctx, HasHub) else None,
     )
     secret = secrets.token_urlsafe(32)  # per attempt; only the control plane learns it
     app = create_replica_app(

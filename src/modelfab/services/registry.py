@@ -304,16 +304,16 @@ def servable(session: Session, tenant_id: str, ref: str) -> tuple[Model, ModelVe
 
 def serving_refs(session: Session, version_id: str) -> ModelFiles:
     """Where a servable version's files are, as a replica fetches them: `artifacts`
-    {name: {uri, sha256}} for every serving artifact of its task, and for the ONNX kinds
+    {name: {uri, sha256}} for every serving artifact of its task (every artifact, for a
+    task that `serves_every_artifact`), and for the ONNX kinds
     also `onnx` and `labels` (the shape older readers use)."""
     version = session.get(ModelVersion, version_id)
     model = session.get(Model, version.model_id) if version else None
-    wanted = get_task(model.task).serving_artifacts if model else ()
-    rows = session.scalars(
-        select(ModelArtifact).where(
-            ModelArtifact.model_version_id == version_id, ModelArtifact.name.in_(wanted)
-        )
-    ).all()
+    spec = get_task(model.task) if model else None
+    query = select(ModelArtifact).where(ModelArtifact.model_version_id == version_id)
+    if spec is None or not spec.serves_every_artifact:
+        query = query.where(ModelArtifact.name.in_(spec.serving_artifacts if spec else ()))
+    rows = session.scalars(query).all()
     by_name = {a.name: FileRef(uri=a.uri, sha256=a.sha256) for a in rows}
     return ModelFiles(
         version_id=version_id,

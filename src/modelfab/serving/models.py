@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from modelfab.artifacts import verified_file
@@ -141,13 +142,16 @@ class ModelCache:
         intra_op_threads: int | None = None,
         allow_spinning: bool = False,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        hub_dir: Path | None = None,
     ) -> None:
         """`loader(version_id)` returns the model's files (it may fetch them, and may raise
         ModelfabError, e.g. NotFound, which `get`/`lease` let through unchanged). The other
         options are passed to `load_model` for every model."""
         self._loader = loader
         self.budget_bytes = budget_bytes
-        self._options = LoadOptions(use_cuda, intra_op_threads, allow_spinning, max_batch_size)
+        self._options = LoadOptions(
+            use_cuda, intra_op_threads, allow_spinning, max_batch_size, hub_dir
+        )
         self._lock = threading.Lock()
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
 

@@ -85,6 +85,8 @@ class LoadOptions:
     allow_spinning: bool = False
     """Let ONNX Runtime's threads busy-wait between runs (off: they steal decode cycles)."""
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    hub_dir: Path | None = None
+    """This node's hub folder: where a chat adapter's base model is found (chat kinds)."""
 
 
 @runtime_checkable

@@ -42,6 +42,7 @@ from modelfab.schemas.limits import (
     REPLICA_SECRET_MIN_CHARS,
 )
 from modelfab.serving.batching import DynamicBatcher
+from modelfab.serving.chat_routes import chat_routes
 from modelfab.serving.inputs import (
     NamedBytes,
     check_content_length,
@@ -261,6 +262,7 @@ def create_replica_app(
             _endpoint(lambda r: _predict(replica, r)),
             methods=["POST"],
         ),
+        *chat_routes(replica, _endpoint),
     ]
     return Starlette(
         routes=routes,

@@ -48,6 +48,9 @@ class TaskSpec:
     task's models; None when they cannot be served."""
     serving_artifacts: tuple[str, ...] = ()
     """Artifact names a model version needs for `served_model` to load it."""
+    serves_every_artifact: bool = False
+    """A replica fetches every artifact of a version, not only `serving_artifacts` (chat
+    versions: which files a version has depends on its kind, full weights or an adapter)."""
     prepare_upload: UploadPreparer | None = None
     """Makes the dataset folder out of an upload: set by tasks whose datasets may be
     uploaded as one file (converted, e.g. chat JSONL); None: an upload is an archive of the

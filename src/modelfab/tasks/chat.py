@@ -43,7 +43,7 @@ NAME = "chat"
 
 
 class ChatReply(BaseModel):
-    """One answer of a chat model (served by the next issue)."""
+    """One answer of a chat model (`/v1/chat/completions` serves them)."""
 
     role: Literal["assistant"] = "assistant"
     content: str = Field(description="The assistant's answer.")
@@ -233,5 +233,8 @@ SPEC = TaskSpec(
     ),
     surveyor=survey,
     result=ChatReply,
+    served_model="modelfab.serving.chat:ChatModel",
+    serving_artifacts=("model.json",),
+    serves_every_artifact=True,
     prepare_upload=prepare_upload,
 )

@@ -1,0 +1,190 @@
+"""Chat endpoints end to end: a real control plane, a replica job as a real worker process
+serving a registered LoRA version of the hub's tiny chat model, and the unchanged `openai`
+client through the gateway: answers whole and streamed (with and without the usage
+chunk), text completions, a client that leaves mid-stream, isolation, the errors, and the
+metered tokens equal to the answers' usage.
+
+Real processes because what is tested is the wiring: the replica's engine loaded from the
+registry and the hub, the stream relayed and cut, metering through the journal. The
+version is registered as a job would (its artifacts uploaded over the worker API), which is
+the fastest honest way to a registered chat version (a fine-tune adds a minute)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelfab.client import Client
+from modelfab.db.models import Tenant
+from modelfab.hub.chat import chat_model_folder
+from modelfab.server import Platform
+from tests.e2e.helpers import eventually
+from tests.llm.engine.conftest import build_adapter
+from tests.registry_factories import complete, insert_running_job, upload_artifact
+
+# The engine and the client protocol are under test, not the database.
+pytestmark = [pytest.mark.e2e, pytest.mark.one_backend, pytest.mark.timeout(120)]
+
+MESSAGES = [{"role": "user", "content": "How do I reset the line?"}]
+FORMATS = {".json": "json", ".safetensors": "safetensors"}
+
+
+@pytest.fixture
+def key(platform: Platform) -> str:
+    admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
+    return admin.create_tenant("support", rate_limit_rps=1000).api_key
+
+
+@pytest.fixture
+def team(platform: Platform, key: str) -> Client:
+    return Client(platform.url, key)
+
+
+def oai(platform: Platform, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+
+
+def register_adapter(
+    platform: Platform, factory: sessionmaker[Session], tmp_path: Path, name: str
+) -> None:
+    """A LoRA adapter of the hub's tiny-chat registered as llm-finetune registers one."""
+    base = chat_model_folder(platform.settings.hub_dir, "tiny-chat")
+    folder = build_adapter(base, tmp_path / name, base_hub="tiny-chat")
+    with factory() as session:
+        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == "support"))
+    assert tenant_id is not None
+    job_id, token = insert_running_job(factory, tenant_id)
+    with httpx.Client(base_url=platform.url) as http:
+        records = []
+        for path in sorted(folder.iterdir()):
+            fmt = FORMATS.get(path.suffix, "text")
+            resp = upload_artifact(http, job_id, token, path.name, path.read_bytes(), fmt)
+            assert resp.status_code == 201, resp.text
+            records.append(resp.json())
+        model = {"name": name, "task": "chat", "artifacts": records, "base_model": "tiny-chat"}
+        resp = complete(http, job_id, token, model=model)
+        assert resp.status_code == 200, resp.text
+
+
+@pytest.fixture
+def assistant(
+    platform: Platform, team: Client, key: str, factory: sessionmaker[Session], tmp_path: Path
+) -> Iterator[openai.OpenAI]:
+    """The endpoint "assistant" on support-bot:1, ready, and the team's openai client."""
+    register_adapter(platform, factory, tmp_path, "support-bot")
+    team.create_endpoint("assistant", model="support-bot:1", cpus=1)
+    team.wait_endpoint("assistant", timeout_s=60)
+    with oai(platform, key) as client:
+        yield client
+
+
+def test_the_openai_client_chats_and_every_token_is_metered(
+    assistant: openai.OpenAI, team: Client
+) -> None:
+    whole = assistant.chat.completions.create(
+        model="assistant",
+        messages=MESSAGES,
+        max_tokens=8,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    assert whole.object == "chat.completion" and whole.choices[0].message.role == "assistant"
+    assert whole.usage is not None and 1 <= whole.usage.completion_tokens <= 8
+    assert whole.choices[0].finish_reason in ("stop", "length")
+
+    # streamed, greedy: the same text in pieces; no usage unless asked
+    chunks = list(
+        assistant.chat.completions.create(
+            model="assistant",
+            messages=MESSAGES,
+            max_tokens=8,
+            temperature=0,
+            stream=True,  # type: ignore[arg-type]
+        )
+    )
+    assert all(c.object == "chat.completion.chunk" and c.usage is None for c in chunks)
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks)
+        == whole.choices[0].message.content
+    )
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+    with_usage = list(
+        assistant.chat.completions.create(
+            model="assistant",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_completion_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+            seed=7,
+        )
+    )
+    last = with_usage[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.prompt_tokens == whole.usage.prompt_tokens
+    assert 1 <= last.usage.completion_tokens <= 5
+
+    text = assistant.completions.create(
+        model="assistant", prompt="Once", max_tokens=6, temperature=0
+    )
+    assert text.object == "text_completion" and text.usage is not None
+    assert 1 <= text.usage.completion_tokens <= 6
+
+    # a client that leaves after three chunks
+    stream = assistant.chat.completions.create(
+        model="assistant",
+        messages=MESSAGES,
+        max_tokens=1000,
+        temperature=0,
+        stream=True,  # type: ignore[arg-type]
+    )
+    seen = [chunk for _, chunk in zip(range(3), stream, strict=False)]
+    stream.close()
+    assert len(seen) == 3
+
+    answered = [whole.usage, last.usage, text.usage]
+
+    def five_metered() -> dict[str, float] | None:
+        usage = {r.meter: r.quantity for r in team.usage(by="meter")}
+        return usage if usage.get("requests") == 5 else None
+
+    metered = eventually(five_metered, timeout_s=15, what="five requests to be metered")
+    greedy_out = whole.usage.completion_tokens  # the second, streamed greedy one
+    known_in = sum(u.prompt_tokens for u in answered) + whole.usage.prompt_tokens
+    known_out = sum(u.completion_tokens for u in answered) + greedy_out
+    # the abandoned stream: its prompt, and the tokens generated before it was cut
+    assert metered["tokens_in"] == known_in + whole.usage.prompt_tokens
+    abandoned = metered["tokens_out"] - known_out
+    assert 2 <= abandoned <= 1000  # the first chunk holds only the role
+    by_endpoint = [r for r in team.usage(by="endpoint") if r.meter == "tokens_out"]
+    assert [r.quantity for r in by_endpoint] == [metered["tokens_out"]]
+
+
+def test_errors_in_openai_shape_and_other_tenants_see_nothing(
+    assistant: openai.OpenAI, platform: Platform
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        assistant.chat.completions.create(model="assistant", messages=MESSAGES, n=2)  # type: ignore[arg-type]
+    assert caught.value.body["param"] == "n"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        assistant.chat.completions.create(model="assistant", messages=MESSAGES, temperature=3)  # type: ignore[arg-type]
+    assert caught.value.body["param"] == "temperature"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        assistant.chat.completions.create(
+            model="assistant", messages=[{"role": "user", "content": "x " * 3000}]
+        )
+    assert "context is 2048 tokens" in caught.value.message
+    with pytest.raises(openai.NotFoundError) as caught:
+        assistant.chat.completions.create(model="nobody", messages=MESSAGES)  # type: ignore[arg-type]
+    assert caught.value.code == "model_not_found"
+
+    admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
+    other = admin.create_tenant("other").api_key
+    with oai(platform, other) as theirs, pytest.raises(openai.NotFoundError) as caught:
+        theirs.chat.completions.create(model="assistant", messages=MESSAGES)  # type: ignore[arg-type]
+    assert caught.value.body["param"] == "model"  # type: ignore[index]

@@ -1,0 +1,134 @@
+"""A replica serving chat versions (a tiny random Llama from the hub and a LoRA adapter of it)
+over real HTTP on loopback: the generate stream carries the prompt count first, the text,
+and the engine's counts last; a gateway that drops the connection frees the engine's slot;
+the engine's refusals answer as JSON errors before any event."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from modelfab.hub.chat import chat_model_folder
+from modelfab.serving.chat import ChatModel
+from modelfab.serving.models import ModelCache, ModelFiles
+from modelfab.serving.replica_app import ReplicaServer, create_replica_app
+from tests.e2e.helpers import eventually
+from tests.llm.engine.conftest import build_adapter
+
+SECRET = "s" * 32
+HEADERS = {"Authorization": f"Bearer {SECRET}"}
+
+pytestmark = pytest.mark.one_backend
+
+
+def version_files(version_id: str, folder: Path) -> ModelFiles:
+    paths = {p.name: p for p in folder.iterdir() if p.is_file()}
+    return ModelFiles(version_id=version_id, labels={"task": "chat"}, paths=paths)
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ModelCache]]:
+    root = tmp_path_factory.mktemp("chat-replica")
+    hub = root / "hub"
+    base = chat_model_folder(hub, "tiny-chat")
+    full = root / "full"
+    full.mkdir()
+    for p in base.iterdir():
+        (full / p.name).symlink_to(p)
+    (full / "model.json").write_text(json.dumps({"kind": "full", "task": "chat"}))
+    adapter = build_adapter(base, root / "lora", base_hub="tiny-chat")
+    versions = {"full": version_files("full", full), "lora": version_files("lora", adapter)}
+    cache = ModelCache(versions.__getitem__, budget_bytes=10**9, max_batch_size=4, hub_dir=hub)
+    server = ReplicaServer(create_replica_app(cache, secret=SECRET))
+    url = server.start()
+    try:
+        yield url, cache
+    finally:
+        server.stop(drain_s=1)
+
+
+def generate(url: str, version: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    resp = httpx.post(f"{url}/models/{version}/generate", json=body, headers=HEADERS, timeout=60)
+    assert resp.status_code == 200, resp.text
+    return [json.loads(line[5:]) for line in resp.text.splitlines() if line.startswith("data:")]
+
+
+@pytest.mark.parametrize("version", ["full", "lora"])
+def test_the_stream_carries_the_prompt_count_the_text_and_the_engine_counts(
+    replica: tuple[str, ModelCache], version: str
+) -> None:
+    url, cache = replica
+    events = generate(url, version, {"prompt": "hello there", "max_tokens": 6, "temperature": 0})
+    started, deltas, finished = events[0], events[1:-1], events[-1]
+    model = cache.get(version)
+    assert isinstance(model, ChatModel)
+    assert started == {"prompt_tokens": len(model.engine.tokenizer.encode("hello there"))}
+    assert finished["prompt_tokens"] == started["prompt_tokens"]
+    assert finished["completion_tokens"] == sum(d["tokens"] for d in deltas) <= 6
+    assert finished["finish_reason"] in ("stop", "length")
+    # greedy: the same request answers the same text
+    again = generate(url, version, {"prompt": "hello there", "max_tokens": 6, "temperature": 0})
+    assert [d["text"] for d in again[1:-1]] == [d["text"] for d in deltas]
+
+
+def test_the_adapter_changes_the_answer(replica: tuple[str, ModelCache]) -> None:
+    url, _ = replica
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
+    full, lora = generate(url, "full", body), generate(url, "lora", body)
+    assert full[0] == lora[0]  # same base tokenizer and template
+    assert [d.get("text") for d in full[1:-1]] != [d.get("text") for d in lora[1:-1]]
+
+
+def test_a_dropped_connection_cancels_the_request(
+    replica: tuple[str, ModelCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, cache = replica
+    model = cache.get("full")
+    assert isinstance(model, ChatModel)
+    cancels: list[bool] = []
+    monkeypatch.setattr(model, "cancel", lambda rid: cancels.append(model.driver.cancel(rid)))
+    body = {"prompt": "go", "max_tokens": 1500, "temperature": 0}
+    with httpx.stream(
+        "POST", f"{url}/models/full/generate", json=body, headers=HEADERS, timeout=60
+    ) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if '"tokens"' in line:
+                break  # the first token: generation runs; now leave
+    eventually(lambda: cancels or None, timeout_s=10, what="the replica to cancel")
+    assert cancels == [True]  # it was still generating: the cancel ended it
+    eventually(lambda: model.driver.stats().running == 0 or None, timeout_s=10, what="a free slot")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "x", "max_tokens": 100_000}, "max_tokens"),
+        ({"prompt": "x", "temperature": 9}, "temperature"),
+        ({"prompt": "x", "bogus": 1}, "bogus"),
+    ],
+)
+def test_refusals_answer_json_before_any_event(
+    replica: tuple[str, ModelCache], body: dict[str, Any], param: str
+) -> None:
+    url, _ = replica
+    resp = httpx.post(f"{url}/models/full/generate", json=body, headers=HEADERS)
+    assert resp.status_code in (400, 422), resp.text
+    assert resp.json()["error"]["param"] == param
+    if param == "max_tokens":
+        assert "context is 2048 tokens" in resp.json()["error"]["message"]
+
+
+def test_predict_on_a_chat_model_points_to_chat_completions(
+    replica: tuple[str, ModelCache],
+) -> None:
+    url, _ = replica
+    resp = httpx.post(
+        f"{url}/models/full/predict", files={"file": ("a.png", b"x")}, headers=HEADERS
+    )
+    assert resp.status_code == 422 and "/v1/chat/completions" in resp.json()["error"]["message"]

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from modelfab.schemas.common import RequestModel, WireModel
+from modelfab.schemas.limits import MAX_EMBEDDING_DIMENSIONS
 
 MAX_INPUTS = 64
 """Texts per request at most (a replica's limit of items per request)."""
@@ -28,7 +29,10 @@ class EmbeddingCreate(RequestModel):
         "bytes in base64 (what the openai client asks for and decodes).",
     )
     dimensions: int | None = Field(
-        default=None, description="Taken only when equal to the model's own dimensions."
+        default=None,
+        ge=1,
+        le=MAX_EMBEDDING_DIMENSIONS,
+        description="Taken only when equal to the model's own dimensions.",
     )
     user: str | None = Field(default=None, description="Accepted and ignored.")
 

@@ -112,3 +112,5 @@ MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 """OpenAI's bounds on an object's `metadata`: pairs, characters of a key and of a value."""
 MAX_MODELS_PER_JOB = 8
 """Models one job may register (llm-distill: one per student size)."""
+MAX_EMBEDDING_DIMENSIONS = 65_536
+"""The most dimensions an embeddings request may name (models here have a few hundred)."""

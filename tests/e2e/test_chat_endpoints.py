@@ -5,40 +5,32 @@ chunk), text completions, a client that leaves mid-stream, isolation, the errors
 metered tokens equal to the answers' usage.
 
 Real processes because what is tested is the wiring: the replica's engine loaded from the
-registry and the hub, the stream relayed and cut, metering through the journal. The
-version is registered as a job would (its artifacts uploaded over the worker API), which is
-the fastest honest way to a registered chat version (a fine-tune adds a minute)."""
+registry and the hub, the stream relayed and cut, metering through the journal
+(`tests/e2e/chat.py` sets the endpoint up)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.client import Client
-from modelfab.db.models import Tenant
-from modelfab.hub.chat import chat_model_folder
 from modelfab.server import Platform
+from tests.e2e.chat import serve_chat, team_key
 from tests.e2e.helpers import eventually
-from tests.llm.engine.conftest import build_adapter
-from tests.registry_factories import complete, insert_running_job, upload_artifact
 
 # The engine and the client protocol are under test, not the database.
 pytestmark = [pytest.mark.e2e, pytest.mark.one_backend, pytest.mark.timeout(120)]
 
 MESSAGES = [{"role": "user", "content": "How do I reset the line?"}]
-FORMATS = {".json": "json", ".safetensors": "safetensors"}
 
 
 @pytest.fixture
 def key(platform: Platform) -> str:
-    admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
-    return admin.create_tenant("support", rate_limit_rps=1000).api_key
+    return team_key(platform)
 
 
 @pytest.fixture
@@ -50,36 +42,12 @@ def oai(platform: Platform, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
 
 
-def register_adapter(
-    platform: Platform, factory: sessionmaker[Session], tmp_path: Path, name: str
-) -> None:
-    """A LoRA adapter of the hub's tiny-chat registered as llm-finetune registers one."""
-    base = chat_model_folder(platform.settings.hub_dir, "tiny-chat")
-    folder = build_adapter(base, tmp_path / name, base_hub="tiny-chat")
-    with factory() as session:
-        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == "support"))
-    assert tenant_id is not None
-    job_id, token = insert_running_job(factory, tenant_id)
-    with httpx.Client(base_url=platform.url) as http:
-        records = []
-        for path in sorted(folder.iterdir()):
-            fmt = FORMATS.get(path.suffix, "text")
-            resp = upload_artifact(http, job_id, token, path.name, path.read_bytes(), fmt)
-            assert resp.status_code == 201, resp.text
-            records.append(resp.json())
-        model = {"name": name, "task": "chat", "artifacts": records, "base_model": "tiny-chat"}
-        resp = complete(http, job_id, token, model=model)
-        assert resp.status_code == 200, resp.text
-
-
 @pytest.fixture
 def assistant(
-    platform: Platform, team: Client, key: str, factory: sessionmaker[Session], tmp_path: Path
+    platform: Platform, key: str, factory: sessionmaker[Session], tmp_path: Path
 ) -> Iterator[openai.OpenAI]:
     """The endpoint "assistant" on support-bot:1, ready, and the team's openai client."""
-    register_adapter(platform, factory, tmp_path, "support-bot")
-    team.create_endpoint("assistant", model="support-bot:1", cpus=1)
-    team.wait_endpoint("assistant", timeout_s=60)
+    serve_chat(platform, factory, tmp_path, key)
     with oai(platform, key) as client:
         yield client
 

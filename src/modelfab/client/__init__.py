@@ -22,9 +22,12 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from modelfab.client.chat import ChatStream, Messages, chat_body
+from modelfab.client.errors import ApiError, Unreachable, api_error
 from modelfab.errors import ModelfabError
 from modelfab.schemas import limits
 from modelfab.schemas.common import List
+from modelfab.schemas.completions import ChatCompletion
 from modelfab.schemas.datasets import Dataset, DatasetCreated, DatasetVersionDetail
 from modelfab.schemas.endpoints import FAILED, READY, Endpoint, EndpointDeleted, Prediction
 from modelfab.schemas.hub import HubModel, HubModelImported
@@ -35,19 +38,9 @@ from modelfab.schemas.tenants import ApiKey, ApiKeyCreated, Me, Tenant, TenantCr
 from modelfab.schemas.usage import AnyUsageRow
 from modelfab.settings import ClientSettings
 
-__all__ = ["TERMINAL", "ApiError", "Client", "Unreachable"]
+__all__ = ["TERMINAL", "ApiError", "ChatStream", "Client", "Unreachable"]
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class ApiError(ModelfabError):
-    def __init__(self, status: int, code: str, message: str, param: str | None = None):
-        super().__init__(message, param=param, code=code)
-        self.status = status
-
-
-class Unreachable(ModelfabError):
-    code = "unreachable"
 
 
 class Client:
@@ -96,7 +89,7 @@ class Client:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
         if resp.status_code >= 400:
-            raise _api_error(resp)
+            raise api_error(resp)
         return resp.json()
 
     def create(self, model: type[M], path: str, **kwargs: Any) -> M:
@@ -116,7 +109,7 @@ class Client:
                 if attempt == self.create_retries:
                     raise self._unreachable(exc) from exc
                 continue
-            error = _api_error(resp) if resp.status_code >= 400 else None
+            error = api_error(resp) if resp.status_code >= 400 else None
             if error is None:
                 return model.model_validate(resp.json())
             if error.code != "idempotency_key_in_use" or attempt == self.create_retries:
@@ -368,7 +361,7 @@ class Client:
             with self._http.stream("GET", path) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    raise _api_error(resp)
+                    raise api_error(resp)
                 for chunk in resp.iter_bytes(1 << 20):
                     digest.update(chunk)
                     out.write(chunk)
@@ -450,6 +443,58 @@ class Client:
             offset += len(chunk)
         return _merged(answers)
 
+    # -- chat -----------------------------------------------------------------------------
+    def chat(
+        self,
+        endpoint: str,
+        messages: Messages,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: str | list[str] | None = None,
+        seed: int | None = None,
+    ) -> ChatCompletion:
+        """Ask chat endpoint `endpoint` (OpenAI's `/v1/chat/completions`); blocks until the
+        whole answer is generated. Options left None take the server's defaults
+        (temperature 1; 0 is greedy). Raises ApiError: 404 model_not_found for a name that
+        is not one of the caller's endpoints, 400 naming a bad option, 429 when full."""
+        body = chat_body(
+            endpoint, messages, stream=False, max_tokens=max_tokens,
+            temperature=temperature, stop=stop, seed=seed,
+        )  # fmt: skip
+        return self.call(ChatCompletion, "POST", "/chat/completions", json=body)
+
+    def chat_stream(
+        self,
+        endpoint: str,
+        messages: Messages,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: str | list[str] | None = None,
+        seed: int | None = None,
+    ) -> ChatStream:
+        """As `chat`, streamed: returns once the server accepted the request (raising
+        ApiError as `chat` when it refused), with a `ChatStream` to iterate for the text
+        as it is generated; then its `finish_reason`, `usage` and `completion()`. Use it
+        in a `with` block so an abandoned stream frees its connection and its slot."""
+        body = chat_body(
+            endpoint, messages, stream=True, max_tokens=max_tokens,
+            temperature=temperature, stop=stop, seed=seed,
+        )  # fmt: skip
+        request = self._http.build_request("POST", "/chat/completions", json=body)
+        try:
+            resp = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if resp.status_code >= 400:
+            try:
+                resp.read()
+            finally:
+                resp.close()
+            raise api_error(resp)
+        return ChatStream(resp)
+
     # -- pool and usage -------------------------------------------------------------------
     def pool(self) -> Pool:
         return self.call(Pool, "GET", "/pool")
@@ -516,13 +561,3 @@ def _rewind(files: dict[str, Any] | None) -> None:
         handle = value[1] if isinstance(value, tuple) else value
         if hasattr(handle, "seek"):
             handle.seek(0)
-
-
-def _api_error(resp: httpx.Response) -> ApiError:
-    try:
-        err = resp.json()["error"]
-        return ApiError(resp.status_code, err["code"], err["message"], err.get("param"))
-    except (ValueError, KeyError, TypeError):
-        return ApiError(
-            resp.status_code, "http_error", f"HTTP {resp.status_code}: {resp.text[:200]}"
-        )

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from modelfab.cli import datasets, endpoints, hub, inspect, jobs, keys, models, tenants
+from modelfab.cli import chat, datasets, endpoints, hub, inspect, jobs, keys, models, tenants
 from modelfab.cli.output import print_error
 from modelfab.cli.pool import pool, usage
 from modelfab.cli.quickstart import quickstart
@@ -35,6 +35,7 @@ app.command()(up)
 app.command()(pool)
 app.command()(usage)
 app.command()(endpoints.predict)
+app.command()(chat.chat)
 app.command()(inspect.inspect)
 app.command()(quickstart)
 

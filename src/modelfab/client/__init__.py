@@ -9,7 +9,6 @@ answers a repeat as it did the first, so a retry never does the work twice."""
 from __future__ import annotations
 
 import hashlib
-import mimetypes
 import os
 import tarfile
 import tempfile
@@ -24,6 +23,7 @@ from pydantic import BaseModel
 
 from modelfab.client.chat import ChatStream, Messages, chat_body
 from modelfab.client.errors import ApiError, Unreachable, api_error
+from modelfab.client.predict import chunks, image_part, merged
 from modelfab.errors import ModelfabError
 from modelfab.schemas import limits
 from modelfab.schemas.common import List
@@ -435,13 +435,13 @@ class Client:
             params["heatmap"] = "true" if heatmap else "false"
         path = f"/endpoints/{name}/predict"
         answers, offset = [], 0
-        for chunk in _chunks(images, max_images=max_images, max_bytes=max_bytes):
-            files = [("file", _image_part(image)) for image in chunk]
+        for chunk in chunks(images, max_images=max_images, max_bytes=max_bytes):
+            files = [("file", image_part(image)) for image in chunk]
             answers.append(
                 (offset, self.call(Prediction, "POST", path, files=files, params=params))
             )
             offset += len(chunk)
-        return _merged(answers)
+        return merged(answers)
 
     # -- chat -----------------------------------------------------------------------------
     def chat(
@@ -505,54 +505,6 @@ class Client:
         if since is not None:
             params["since"] = since
         return self.call(List[AnyUsageRow], "GET", "/usage", params=params).data
-
-
-def _size(image: Path | tuple[str, bytes]) -> int:
-    return image.stat().st_size if isinstance(image, Path) else len(image[1])
-
-
-def _chunks(
-    images: list[Path | tuple[str, bytes]], *, max_images: int, max_bytes: int
-) -> Iterator[list[Path | tuple[str, bytes]]]:
-    """`images` in order, in runs of at most `max_images` and `max_bytes` (an image larger
-    than `max_bytes` alone); nothing for no images."""
-    chunk: list[Path | tuple[str, bytes]] = []
-    size = 0
-    for image in images:
-        n = _size(image)
-        if chunk and (len(chunk) >= max_images or size + n > max_bytes):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(image)
-        size += n
-    if chunk or not images:
-        yield chunk
-
-
-def _image_part(image: Path | tuple[str, bytes]) -> tuple[str, bytes, str]:
-    if isinstance(image, Path):
-        return image.name, image.read_bytes(), _image_type(image.name)
-    return image[0], image[1], _image_type(image[0])
-
-
-def _merged(answers: list[tuple[int, Prediction]]) -> Prediction:
-    """Several answers as one: items re-indexed by each request's `offset`, usage summed."""
-    if len(answers) == 1:
-        return answers[0][1]
-    first = answers[0][1]
-    data = [
-        item.model_copy(update={"index": offset + item.index})
-        for offset, answer in answers
-        for item in answer.data
-    ]
-    items = sum(answer.usage.items for _, answer in answers)
-    return first.model_copy(
-        update={"data": data, "usage": first.usage.model_copy(update={"items": items})}
-    )
-
-
-def _image_type(name: str) -> str:
-    return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def _rewind(files: dict[str, Any] | None) -> None:

@@ -133,7 +133,7 @@ def test_the_openai_client_chats_and_every_token_is_metered(
     assert [r.quantity for r in by_endpoint] == [metered["tokens_out"]]
 
 
-def test_errors_in_openai_shape_and_other_tenants_see_nothing(
+def test_errors_in_openai_shape_registry_refs_and_other_tenants_see_nothing(
     assistant: openai.OpenAI, platform: Platform
 ) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
@@ -153,6 +153,20 @@ def test_errors_in_openai_shape_and_other_tenants_see_nothing(
 
     admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
     other = admin.create_tenant("other").api_key
-    with oai(platform, other) as theirs, pytest.raises(openai.NotFoundError) as caught:
-        theirs.chat.completions.create(model="assistant", messages=MESSAGES)  # type: ignore[arg-type]
-    assert caught.value.body["param"] == "model"  # type: ignore[index]
+    with oai(platform, other) as theirs:
+        for model in ("assistant", "support-bot:1"):
+            with pytest.raises(openai.NotFoundError) as caught:
+                theirs.chat.completions.create(model=model, messages=MESSAGES)  # type: ignore[arg-type]
+            assert caught.value.body["param"] == "model"  # type: ignore[index]
+
+    # a registered model is answered by the endpoint that serves it
+    by_endpoint, by_ref = (
+        assistant.chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=5, temperature=0
+        )
+        for model in ("assistant", "support-bot:1")
+    )
+    assert by_ref.choices[0].message.content == by_endpoint.choices[0].message.content
+    with pytest.raises(openai.NotFoundError) as caught:
+        assistant.chat.completions.create(model="support-bot:2", messages=MESSAGES)  # type: ignore[arg-type]
+    assert caught.value.code == "model_not_found"

@@ -14,9 +14,10 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
+from modelfab.errors import ModelfabError, NotFound
 from modelfab.gateway import Gateway, ReplicaRoute, Route
 from modelfab.gateway.openai_chat import Meter, ReplicaRefused, Shapes, chat_completions
 from modelfab.gateway.openai_params import BadParameter, parse_chat, parse_completion
@@ -270,8 +271,13 @@ def dying_replica() -> Starlette:
     return Starlette(routes=[StarletteRoute("/models/mv_1/generate", generate, methods=["POST"])])
 
 
-def test_a_replica_that_dies_mid_stream_ends_it_with_an_error_and_meters_what_was_sent() -> None:
-    server = ReplicaServer(dying_replica())
+def gateway_call(
+    replica: Starlette, body: dict[str, Any], resolve_model: Any = lambda tenant, ref: ref
+) -> tuple[int, str, Sink]:
+    """POSTs `body` to /v1/chat/completions of a gateway whose one route is the endpoint
+    "assistant" (ep_1, model version mv_1) on a real loopback server of `replica`; returns
+    the status, the body and what was metered."""
+    server = ReplicaServer(replica)
     url = server.start()
     sink = Sink()
     route = Route(
@@ -280,34 +286,87 @@ def test_a_replica_that_dies_mid_stream_ends_it_with_an_error_and_meters_what_wa
     gateway = Gateway(
         load_routes=lambda: {("t_1", "assistant"): route},
         authenticate=lambda token: Principal(),
-        resolve_model=lambda tenant, ref: ref,
+        resolve_model=resolve_model,
         journal=sink,
     )
 
     async def call(request: Request) -> Response:
-        return await chat_completions(gateway, request)
+        try:
+            return await chat_completions(gateway, request)
+        except ModelfabError as exc:  # as the API's error handler answers
+            return JSONResponse(exc.to_dict(), status_code=exc.status)
 
     app = Starlette(routes=[StarletteRoute("/v1/chat/completions", call, methods=["POST"])])
 
-    async def main() -> str:
+    async def main() -> tuple[int, str]:
         transport = httpx.ASGITransport(app=app)
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-                body = chat(stream=True, stream_options={"include_usage": True})
                 resp = await client.post(
                     "/v1/chat/completions", json=body, headers={"Authorization": "Bearer k"}
                 )
-                return resp.text
+                return resp.status_code, resp.text
         finally:
             await gateway.aclose()
 
     try:
-        text = asyncio.run(main())
+        status, text = asyncio.run(main())
     finally:
         server.stop(drain_s=1)
+    return status, text, sink
+
+
+def test_a_replica_that_dies_mid_stream_ends_it_with_an_error_and_meters_what_was_sent() -> None:
+    body = chat(stream=True, stream_options={"include_usage": True})
+    _, text, sink = gateway_call(dying_replica(), body)
     events = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
     assert [e["choices"][0]["delta"].get("content") for e in events[:3]] == ["", "he", "llo"]
     assert events[-1]["error"]["code"] == "replica_failed"  # no [DONE]: the answer is cut
     assert sink.rows == [
         ("t_1", "endpoint", "ep_1", {"requests": 1, "tokens_in": 9, "tokens_out": 3})
     ]
+
+
+def answering_replica() -> Starlette:
+    """A replica of model version mv_1 that answers "ok" in one token."""
+
+    async def generate(request: Request) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield event({"prompt_tokens": 5})
+            yield event({"text": "ok", "tokens": 1})
+            yield event({"finish_reason": "stop", "prompt_tokens": 5, "completion_tokens": 1})
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    return Starlette(routes=[StarletteRoute("/models/mv_1/generate", generate, methods=["POST"])])
+
+
+def resolve(tenant: str, ref: str) -> str:
+    """The registry of tenant t_1: support-bot:3 is mv_1 (served by "assistant"), other:1 is
+    mv_9 (served by no endpoint)."""
+    versions = {"support-bot:3": "mv_1", "support-bot@production": "mv_1", "other:1": "mv_9"}
+    if tenant != "t_1" or ref not in versions:
+        raise NotFound(f"no model {ref!r}", param="model")
+    return versions[ref]
+
+
+@pytest.mark.parametrize("model", ["support-bot:3", "support-bot@production"])
+def test_a_registered_model_is_answered_by_the_endpoint_serving_it(model: str) -> None:
+    status, text, sink = gateway_call(answering_replica(), chat(model=model), resolve)
+    assert status == 200, text
+    assert json.loads(text)["choices"][0]["message"]["content"] == "ok"
+    assert sink.rows == [
+        ("t_1", "endpoint", "ep_1", {"requests": 1, "tokens_in": 5, "tokens_out": 1})
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model", "says"), [("other:1", "no endpoint of yours serves"), ("nope:2", "does not exist")]
+)
+def test_a_registered_model_no_endpoint_serves_is_404(model: str, says: str) -> None:
+    status, text, sink = gateway_call(answering_replica(), chat(model=model), resolve)
+    assert status == 404, text
+    error = json.loads(text)["error"]
+    assert (error["code"], error["param"]) == ("model_not_found", "model")
+    assert says in error["message"]
+    assert sink.rows == []

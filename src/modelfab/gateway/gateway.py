@@ -230,12 +230,29 @@ class Gateway:
         ref = request.query_params.get("model")
         if not ref:
             return route.version_id
+        return await self.resolve_version(tenant_id, ref)
+
+    async def resolve_version(self, tenant_id: str, ref: str) -> str:
+        """The id of the tenant's servable model version `ref` (NAME, NAME:VERSION or
+        NAME@ALIAS), through a cache of `auth_ttl_s`. Raises what the injected resolver
+        raises: NotFound or InvalidRequest naming the ref."""
         cached = self._versions.get((tenant_id, ref))
         if cached is not None:
             return cached
         version_id = await run_in_threadpool(self._resolve_model, tenant_id, ref)
         self._versions.put((tenant_id, ref), version_id)
         return version_id
+
+    async def serving(self, tenant_id: str, version_id: str, task: str) -> Route | None:
+        """A ready endpoint of the tenant whose model is `version_id` (of `task`), the one
+        with the most ready replicas; None when no endpoint serves it."""
+        routes = [
+            r
+            for (tenant, _), r in (await self.routes()).items()
+            if tenant == tenant_id and r.version_id == version_id and r.replicas
+            and r.task in (task, None)
+        ]  # fmt: skip
+        return max(routes, key=lambda r: len(r.replicas), default=None)
 
     # -- routes -------------------------------------------------------------------------------
 

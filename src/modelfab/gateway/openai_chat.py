@@ -96,17 +96,36 @@ def _json(body: bytes) -> Any:
 
 
 async def _endpoint(gateway: Gateway, tenant_id: str, model: str) -> Route:
-    """The caller's endpoint named `model`; 404 in OpenAI's words for any other name."""
+    """The caller's endpoint named `model`, or else the caller's endpoint serving the
+    registered chat model `model` names (NAME, NAME:VERSION or NAME@ALIAS); 404 in OpenAI's
+    words for anything else."""
     try:
         route = await gateway.route(tenant_id, model)
-    except NotFound as exc:
+    except NotFound:
+        route = await _serving_ref(gateway, tenant_id, model)
+    require_task(route, model, CHAT, "chat completions")
+    return route
+
+
+async def _serving_ref(gateway: Gateway, tenant_id: str, model: str) -> Route:
+    try:
+        version_id = await gateway.resolve_version(tenant_id, model)
+    except ModelfabError as exc:
         raise NotFound(
             f"the model {model!r} does not exist or you do not have access to it; name one of "
-            "your endpoints (`modelfab endpoints list`)",
+            "your endpoints (`modelfab endpoints list`) or a registered chat model an "
+            "endpoint of yours serves",
             param="model",
             code="model_not_found",
         ) from exc
-    require_task(route, model, CHAT, "chat completions")
+    route = await gateway.serving(tenant_id, version_id, CHAT)
+    if route is None:
+        raise NotFound(
+            f"no endpoint of yours serves {model!r}; create one with `modelfab endpoints "
+            f"create NAME --model {model}`",
+            param="model",
+            code="model_not_found",
+        )
     return route
 
 

@@ -161,6 +161,9 @@ def test_versions_count_up_one_per_job(
     assert get(api, team.key, "/models/pets-clf:1")["job_id"] == first
     listed = get(api, team.key, "/models")["data"]
     assert [(m["name"], m["latest_version"], m["versions"]) for m in listed] == [("pets-clf", 2, 2)]
+    # also OpenAI's model list: the id is the name `model=` takes
+    [openai_view] = [(m["id"], m["object"], type(m["created"]), m["owned_by"]) for m in listed]
+    assert openai_view == ("pets-clf", "model", int, get(api, team.key, "/me")["tenant"])
 
     # A retried complete finds the attempt over: it cannot make a second version.
     again = complete(api.client, second_id, token, model={"name": "pets-clf", "task": "x"})

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.client import Client
 from modelfab.server import Platform
-from tests.e2e.chat import serve_chat, team_key
+from tests.e2e.chat import TEAM, serve_chat, team_key
 from tests.e2e.helpers import eventually
 
 # The engine and the client protocol are under test, not the database.
@@ -154,17 +154,21 @@ def test_errors_in_openai_shape_registry_refs_and_other_tenants_see_nothing(
     admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
     other = admin.create_tenant("other").api_key
     with oai(platform, other) as theirs:
+        assert list(theirs.models.list()) == []
         for model in ("assistant", "support-bot:1"):
             with pytest.raises(openai.NotFoundError) as caught:
                 theirs.chat.completions.create(model=model, messages=MESSAGES)  # type: ignore[arg-type]
             assert caught.value.body["param"] == "model"  # type: ignore[index]
 
-    # a registered model is answered by the endpoint that serves it
+    # the registry is OpenAI's model list; a registered model is answered by the endpoint
+    # that serves it
+    [listed] = assistant.models.list()
+    assert (listed.id, listed.object, listed.owned_by) == ("support-bot", "model", TEAM)
     by_endpoint, by_ref = (
         assistant.chat.completions.create(
             model=model, messages=MESSAGES, max_tokens=5, temperature=0
         )
-        for model in ("assistant", "support-bot:1")
+        for model in ("assistant", listed.id)
     )
     assert by_ref.choices[0].message.content == by_endpoint.choices[0].message.content
     with pytest.raises(openai.NotFoundError) as caught:

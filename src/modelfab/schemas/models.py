@@ -48,8 +48,14 @@ class ModelVersionDetail(ModelVersion):
 
 
 class Model(WireModel):
-    id: str
+    """A registered model, in the shape of OpenAI's model list too (`id`, `object`,
+    `created`, `owned_by`), so `client.models.list()` of the `openai` client reads the
+    registry: `id` is the name, which `model=` takes."""
+
+    id: str = Field(description="The model's name: what `model` takes in OpenAI's routes.")
     object: Literal["model"] = "model"
+    created: int = Field(description="When it was created, UNIX seconds (OpenAI's field).")
+    owned_by: str = Field(description="The tenant that owns it (OpenAI's field).")
     name: str
     task: str
     latest_version: int

@@ -446,7 +446,9 @@ class RegistryService:
             rows = named.list_with_counts(session, MODELS, principal.tenant_id)
             return [
                 wire.Model(
-                    id=m.id,
+                    id=m.name,
+                    created=int(m.created_at),
+                    owned_by=principal.tenant_name,
                     name=m.name,
                     task=m.task,
                     latest_version=latest,

@@ -31,9 +31,15 @@ def version_files(version_id: str, folder: Path) -> ModelFiles:
     return ModelFiles(version_id=version_id, labels={"task": "chat"}, paths=paths)
 
 
+Versions = tuple[Path, dict[str, ModelFiles]]
+"""The hub folder and the chat versions by id."""
+
+
 @pytest.fixture(scope="module")
-def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ModelCache]]:
-    root = tmp_path_factory.mktemp("chat-replica")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
+    """Versions "full" (tiny-chat's weights) and "lora" (an adapter of it), and "full2", a
+    second version with full's files."""
+    root = tmp_path_factory.mktemp("chat-versions")
     hub = root / "hub"
     base = chat_model_folder(hub, "tiny-chat")
     full = root / "full"
@@ -42,8 +48,17 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Mod
         (full / p.name).symlink_to(p)
     (full / "model.json").write_text(json.dumps({"kind": "full", "task": "chat"}))
     adapter = build_adapter(base, root / "lora", base_hub="tiny-chat")
-    versions = {"full": version_files("full", full), "lora": version_files("lora", adapter)}
-    cache = ModelCache(versions.__getitem__, budget_bytes=10**9, max_batch_size=4, hub_dir=hub)
+    return hub, {
+        "full": version_files("full", full),
+        "full2": version_files("full2", full),
+        "lora": version_files("lora", adapter),
+    }
+
+
+@pytest.fixture(scope="module")
+def replica(versions: Versions) -> Iterator[tuple[str, ModelCache]]:
+    hub, by_id = versions
+    cache = ModelCache(by_id.__getitem__, budget_bytes=10**9, max_batch_size=4, hub_dir=hub)
     server = ReplicaServer(create_replica_app(cache, secret=SECRET))
     url = server.start()
     try:
@@ -132,3 +147,22 @@ def test_predict_on_a_chat_model_points_to_chat_completions(
         f"{url}/models/full/predict", files={"file": ("a.png", b"x")}, headers=HEADERS
     )
     assert resp.status_code == 422 and "/v1/chat/completions" in resp.json()["error"]["message"]
+
+
+def test_an_evicted_chat_model_stops_its_engine_but_not_under_a_live_stream(
+    versions: Versions,
+) -> None:
+    hub, by_id = versions
+    cache = ModelCache(by_id.__getitem__, budget_bytes=1, max_batch_size=2, hub_dir=hub)
+    full = cache.get("full")
+    assert isinstance(full, ChatModel) and full.driver.running
+    with cache.lease("full"):  # what a stream holds for its life
+        lora = cache.get("lora")  # over the budget, but full is held: both stay
+        assert sorted(cache.loaded()) == ["full", "lora"] and full.driver.running
+    assert isinstance(lora, ChatModel)
+    full2 = cache.get("full2")  # the idle ones go, and their engines' threads with them
+    assert cache.loaded() == ["full2"]
+    assert not full.driver.running and not lora.driver.running
+    assert isinstance(full2, ChatModel) and full2.driver.running
+    cache.close()  # the replica stops
+    assert not full2.driver.running

@@ -44,7 +44,7 @@ class ReplicaState(Protocol):
 
     outstanding: int
 
-    async def model(self, version_id: str) -> Any: ...
+    async def hold(self, version_id: str) -> tuple[Any, Callable[[], None]]: ...
 
 
 def chat_routes(replica: ReplicaState, wrap: Callable[[Any], Any]) -> list[Route]:
@@ -69,14 +69,18 @@ async def _generate(replica: ReplicaState, request: Request) -> Response:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidRequest(f"{param}: {first['msg']}", param=param) from exc
-    model = await replica.model(request.path_params["version_id"])
-    if not isinstance(model, Generates):
-        raise InvalidRequest(
-            "this endpoint's model does not generate text; send images to "
-            "/v1/endpoints/{name}/predict",
-            param="model",
-        )
-    request_id, events = model.generate(wanted)
+    model, release = await replica.hold(request.path_params["version_id"])
+    try:
+        if not isinstance(model, Generates):
+            raise InvalidRequest(
+                "this endpoint's model does not generate text; send images to "
+                "/v1/endpoints/{name}/predict",
+                param="model",
+            )
+        request_id, events = model.generate(wanted)
+    except BaseException:
+        release()
+        raise
     replica.outstanding += 1
 
     async def body_events() -> AsyncIterator[bytes]:
@@ -88,5 +92,6 @@ async def _generate(replica: ReplicaState, request: Request) -> Response:
         of an ended request does nothing."""
         replica.outstanding -= 1
         model.cancel(request_id)
+        release()
 
     return EventStream(body_events(), on_close=on_close)

@@ -32,6 +32,7 @@ from modelfab.serving.protocol import (
     LABELS_NAME,
     MEMORY_FACTOR,
     ONNX_NAME,
+    Closes,
     LoadOptions,
     ModelFiles,
     ServedModel,
@@ -181,6 +182,15 @@ class ModelCache:
             with self._lock:  # evictions happen on loads only, so a lone big model stays
                 slot.users -= 1
 
+    def close(self) -> None:
+        """Close every loaded model that holds more than memory (`Closes`): the replica is
+        stopping."""
+        with self._lock:
+            models = [s.model for s in self._slots.values() if s.model is not None]
+        for model in models:
+            if isinstance(model, Closes):
+                model.close()
+
     def loaded(self) -> list[str]:
         """Version ids of the loaded models, least recently used first."""
         with self._lock:
@@ -239,4 +249,6 @@ class ModelCache:
                 continue
             del self._slots[version_id]
             used -= slot.model.size_bytes
+            if isinstance(slot.model, Closes):
+                slot.model.close()  # an idle engine's thread; nothing is leased from it
             logger.info("evicted model %s to stay within the memory budget", version_id)

@@ -158,6 +158,14 @@ class HasAnswerFields(Protocol):
 
 
 @runtime_checkable
+class Closes(Protocol):
+    """A kind that holds more than memory (a thread, an engine): the cache closes it when it
+    evicts it, and the replica when it stops."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
 class SlowResults(Protocol):
     """A kind whose `result` is costly (e.g. encodes PNGs): the replica builds them in its
     thread pool, in parallel, rather than on the event loop."""

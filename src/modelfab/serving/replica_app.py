@@ -122,6 +122,17 @@ class Replica:
         model = self.cache.peek(version_id)  # the common case: no thread hop
         return model if model is not None else await self.in_thread(self.cache.get, version_id)
 
+    async def hold(self, version_id: str) -> tuple[ServedModel, Callable[[], None]]:
+        """The model, pinned in the cache until the returned release is called: a stream
+        holds its model for its whole life, so no load evicts (and closes) it meanwhile."""
+        lease = self.cache.lease(version_id)
+        model = await self.in_thread(lease.__enter__)
+
+        def release() -> None:
+            lease.__exit__(None, None, None)
+
+        return model, release
+
     async def prepare(self, model: ServedModel, files: Sequence[NamedBytes]) -> list[Any]:
         """Decode and prepare every file in the pool, in parallel: what `model.prepare`
         returns for each. Raises the first file's error (in request order) when any fails."""
@@ -175,6 +186,7 @@ class Replica:
         """Drain every batcher, then stop the pool."""
         await asyncio.gather(*(b.stop() for b in self._batchers.values()))
         self.pool.shutdown(wait=False)
+        await asyncio.to_thread(self.cache.close)
 
 
 def _prepare(model: ServedModel, name: str, data: bytes) -> Any:

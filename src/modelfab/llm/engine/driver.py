@@ -49,6 +49,11 @@ class EngineDriver:
             self._thread.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        """Whether the step loop's thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float | None = 10.0) -> None:
         """Stop after the current step; requests still live end with "error" (the
         server is going away). Blocks up to `timeout` seconds for the thread."""

@@ -35,7 +35,8 @@ from modelfab.errors import ModelfabError, NotFound, error_body
 from modelfab.gateway.forwarding import Upstream
 from modelfab.gateway.gateway import Gateway, require_task
 from modelfab.gateway.openai_params import BadParameter, Completion, parse_chat, parse_completion
-from modelfab.gateway.types import Route, UsageSink
+from modelfab.gateway.token_limits import Reservation, estimate_tokens
+from modelfab.gateway.types import Caller, Route, UsageSink
 from modelfab.schemas.generation import GenerateDelta, GenerateFinished, GenerateStarted
 from modelfab.sse import DONE, EventStream, event, read_events
 from modelfab.tasks import CHAT
@@ -63,7 +64,12 @@ async def _complete(
     principal = await gateway.admit(request)
     completion = parse(_json(await gateway.read_body(request)))
     route = await _endpoint(gateway, principal.tenant_id, completion.model)
-    upstream = await _open(gateway, route, completion)
+    reservation = _reserve(gateway, principal, completion)
+    try:
+        upstream = await _open(gateway, route, completion)
+    except BaseException:
+        gateway.tokens.settle(reservation, 0)  # refused: nothing metered
+        raise
     gateway.track(route.endpoint_id, +1)
     meter = Meter(gateway.journal, principal.tenant_id, route.endpoint_id)
     shape = Shapes(completion)
@@ -72,6 +78,7 @@ async def _complete(
     def done() -> None:
         upstream.close()
         meter.bill()
+        gateway.tokens.settle(reservation, meter.billable_tokens())
         gateway.track(route.endpoint_id, -1)
 
     if completion.stream:
@@ -86,6 +93,19 @@ async def _complete(
     finally:
         done()
     return JSONResponse(answer, headers=headers)
+
+
+def _reserve(gateway: Gateway, caller: Caller, completion: Completion) -> Reservation:
+    """The request's hold on its key's tokens per minute: the prompt's estimated tokens plus
+    max_tokens (see `TokenQuotas.reserve` for what it raises)."""
+    ask = completion.generate
+    texts = [m["content"] for m in ask.messages] if ask.messages else [ask.prompt or ""]
+    return gateway.tokens.reserve(
+        caller,
+        prompt_tokens=estimate_tokens(texts),
+        max_tokens=ask.max_tokens,
+        prompt_param="messages" if completion.chat else "prompt",
+    )
 
 
 def _json(body: bytes) -> Any:
@@ -180,6 +200,10 @@ class Meter:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+
+    def billable_tokens(self) -> int:
+        """The tokens `bill` journals (0 when the client got none of the answer)."""
+        return self.prompt_tokens + self.completion_tokens if self.delivered else 0
 
     def bill(self) -> None:
         """Journal the request once (never waits on the database)."""

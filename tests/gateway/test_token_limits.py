@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from starlette.applications import Starlette
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
 from modelfab.api import errors as api_errors
@@ -23,6 +23,7 @@ from modelfab.gateway import Gateway, ReplicaRoute, Route
 from modelfab.gateway.errors import BadRequest, RateLimited
 from modelfab.gateway.openai_chat import chat_completions
 from modelfab.gateway.token_limits import TokenBuckets, TokenQuotas, estimate_tokens
+from modelfab.schemas.embeddings import EmbeddingList
 from modelfab.serving.replica_app import ReplicaServer
 from modelfab.settings import GatewaySettings
 from modelfab.sse import event
@@ -193,6 +194,20 @@ def counting_replica(prompt_tokens: int, completion_tokens: int) -> Starlette:
     return Starlette(routes=[StarletteRoute("/models/mv_1/generate", generate, methods=["POST"])])
 
 
+def embedding_replica(tokens_per_text: int) -> Starlette:
+    """A replica that embeds each text as [1, 0] counting `tokens_per_text` tokens."""
+
+    async def predict(request: Request) -> JSONResponse:
+        items = (await request.json())["images"]
+        data = [
+            {"index": i, "name": it["name"], "embedding": [1.0, 0.0], "tokens": tokens_per_text}
+            for i, it in enumerate(items)
+        ]
+        return JSONResponse({"data": data}, headers={"x-modelfab-items": str(len(data))})
+
+    return Starlette(routes=[StarletteRoute("/models/mv_1/predict", predict, methods=["POST"])])
+
+
 def gateway_app(url: str, caller: Principal) -> tuple[Gateway, FastAPI]:
     route = Route(
         "ep_1", "t_1", "assistant", "mv_1", 8, 5.0, replicas=(ReplicaRoute("job_a", url, None),)
@@ -211,20 +226,27 @@ def gateway_app(url: str, caller: Principal) -> tuple[Gateway, FastAPI]:
     async def call(request: Request) -> Response:
         return await chat_completions(gateway, request)
 
+    @app.post("/v1/embeddings")
+    async def embed(request: Request) -> EmbeddingList:
+        return await gateway.embeddings(request)
+
     return gateway, app
 
 
 def post_chats(
-    app: FastAPI, gateway: Gateway, bodies: list[dict[str, Any]]
+    app: FastAPI,
+    gateway: Gateway,
+    bodies: list[dict[str, Any]],
+    path: str = "/v1/chat/completions",
 ) -> list[httpx.Response]:
+    """POST each body in turn, then close the gateway."""
+
     async def main() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
                 return [
-                    await client.post(
-                        "/v1/chat/completions", json=b, headers={"Authorization": "Bearer k"}
-                    )
+                    await client.post(path, json=b, headers={"Authorization": "Bearer k"})
                     for b in bodies
                 ]
         finally:
@@ -279,3 +301,19 @@ def test_the_gateway_refuses_a_tenant_whose_budget_is_used_and_a_request_that_ne
     assert spent.status_code == 429
     assert spent.json()["error"]["code"] == "token_budget_exhausted"
     assert json.loads(spent.text)["error"]["message"].startswith("this tenant has used 102")
+
+
+def test_embeddings_reserve_an_estimate_and_settle_to_the_counted_tokens() -> None:
+    server = ReplicaServer(embedding_replica(tokens_per_text=20))
+    url = server.start()
+    gateway, app = gateway_app(url, Principal(tokens_per_minute=60))
+    ask = {"model": "assistant", "input": ["hello", "world"]}  # estimated 2 * (2 + 4)
+    try:
+        first, second, third = post_chats(app, gateway, [ask] * 3, path="/v1/embeddings")
+    finally:
+        server.stop(drain_s=1)
+    assert first.status_code == 200, first.text
+    assert first.json()["usage"]["prompt_tokens"] == 40
+    assert second.status_code == 200, second.text  # 60 - 40 = 20 covers the estimate of 12
+    assert third.status_code == 429, third.text  # 20 - 40: in debt (+ a refill)
+    assert -20 <= gateway.tokens.buckets.available("k_1", 60) < -19

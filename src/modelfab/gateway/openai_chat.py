@@ -3,8 +3,10 @@ endpoints.
 
 Per request: authenticate and rate-limit as predict does (`Gateway.admit`), check the body
 (`openai_params`), find the caller's endpoint named by `model` (another tenant's or none:
-404), open a stream to a replica's `/models/{version}/generate` and turn its events into
-OpenAI's shapes: one `chat.completion` (or `text_completion`), or server-sent chunks ending
+404), check the token budget and reserve the prompt's estimated tokens + max_tokens from the
+key's tokens per minute (`token_limits`; settled to the metered tokens when it ends), open
+a stream to a replica's `/models/{version}/generate` and turn its events into OpenAI's
+shapes: one `chat.completion` (or `text_completion`), or server-sent chunks ending
 with the finish reason, the usage chunk (`choices: []`, with `stream_options.include_usage`)
 and `[DONE]`.
 
@@ -48,8 +50,9 @@ REPLICA_HEADER = "x-modelfab-replica"
 
 async def chat_completions(gateway: Gateway, request: Request) -> Response:
     """POST /v1/chat/completions. Raises ModelfabErrors for the error handler: 400 naming
-    the parameter (also context too long, naming the limit), 401, 404 (model), 429 with
-    Retry-After, 503."""
+    the parameter (also context too long, naming the limit, and a request larger than the
+    key's tokens per minute), 401, 404 (model), 429 (with Retry-After for rate limits; also
+    an exhausted token budget), 503."""
     return await _complete(gateway, request, parse_chat)
 
 

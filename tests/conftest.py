@@ -60,6 +60,15 @@ def db_url(
     yield from _fresh_pg_database()
 
 
+@pytest.fixture(params=BACKENDS)
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema at all, per backend: for tests of the migrations themselves."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    yield from _fresh_pg_database()
+
+
 def _fresh_pg_database() -> Iterator[str]:
     """A throwaway database on the server of MODELFAB_TEST_DATABASE_URL, dropped afterwards."""
     assert PG_URL

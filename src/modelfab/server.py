@@ -34,7 +34,7 @@ from modelfab.errors import ModelfabError
 from modelfab.gateway import EndpointDeleter, Gateway
 from modelfab.hub.chat import sweep_hub_staging
 from modelfab.plugins import PLUGINS_ENV, load_plugins
-from modelfab.services.auth import authenticate, bootstrap_admin
+from modelfab.services.auth import bootstrap_admin, gateway_caller
 from modelfab.services.chat_tokens import HubTokenCounts
 from modelfab.services.datasets import DatasetService
 from modelfab.services.endpoint_controller import EndpointController
@@ -230,7 +230,7 @@ def build_context(
     endpoints = EndpointService(factory, jobs, settings.controller)
     gateway = Gateway(
         load_routes=endpoints.routes,
-        authenticate=partial(authenticate, factory),
+        authenticate=partial(gateway_caller, factory),
         resolve_model=endpoints.servable_version,
         journal=journal,
         max_body_bytes=settings.max_predict_bytes,

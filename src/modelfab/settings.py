@@ -46,6 +46,12 @@ class GatewaySettings(BaseSettings):
     max_connections: int = Field(
         default=512, ge=1, description="Pooled keep-alive connections to replicas, all together."
     )
+    reserve_max_tokens: int = Field(
+        default=256,
+        ge=0,
+        description="Completion tokens a request without max_tokens reserves against its key's "
+        "tokens per minute (settled to the generated count after).",
+    )
 
 
 class ControllerSettings(BaseSettings):

@@ -172,6 +172,41 @@ def test_patch_changes_only_given_fields(api: Api) -> None:
     assert (body["max_gpus"], body["max_cpus"], body["weight"]) == (0.5, None, 3)
 
 
+def test_token_quotas_are_set_at_create_changed_by_patch_and_shown(api: Api) -> None:
+    created = api.create_tenant("chat", tokens_per_minute=90_000, tokens_budget=5_000_000)
+    assert (created["tokens_per_minute"], created["tokens_budget"]) == (90_000, 5_000_000)
+    resp = api.call("PATCH", "/tenants/chat", api.admin_key, json={"tokens_budget": 10})
+    assert resp.status_code == 200, resp.text
+    shown = api.call("GET", "/tenants/chat", api.admin_key).json()
+    assert (shown["tokens_per_minute"], shown["tokens_budget"]) == (90_000, 10)
+    api.call("PATCH", "/tenants/chat", api.admin_key, json={"tokens_per_minute": None})
+    shown = api.call("GET", "/tenants/chat", api.admin_key).json()
+    assert (shown["tokens_per_minute"], shown["tokens_budget"]) == (None, 10)  # unlimited
+    assert api.create_tenant("free")["tokens_per_minute"] is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tokens_per_minute", 0),
+        ("tokens_per_minute", 10**13),
+        ("tokens_per_minute", 1.5),
+        ("tokens_budget", -1),
+        ("tokens_budget", 10**16),
+    ],
+)
+def test_token_quotas_out_of_range_are_refused_naming_them(
+    api: Api, field: str, value: float
+) -> None:
+    for method, path, body in (
+        ("POST", "/tenants", {"name": "chat", field: value}),
+        ("PATCH", "/tenants/admin", {field: value}),
+    ):
+        resp = api.call(method, path, api.admin_key, json=body)
+        assert resp.status_code == 422, resp.text
+        assert error_of(resp)["param"] == field
+
+
 def test_patch_refuses_negative_quota_and_keeps_old_value(api: Api) -> None:
     api.create_tenant("vision", max_gpus=2)
     resp = api.call("PATCH", "/tenants/vision", api.admin_key, json={"max_gpus": -1})

@@ -107,3 +107,13 @@ def test_up_on_a_taken_port_says_so_in_one_line(
     assert code == EXIT_API_ERROR, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"127.0.0.1:{port}" in err and "--port" in err and "port_unavailable" in err
+
+
+def test_tenants_create_and_update_set_the_token_quotas(cli: Any) -> None:
+    argv = ["--tokens-per-minute", "90000", "--tokens-budget", "5000000", "-o", "json"]
+    code, out, _ = cli("tenants", "create", "chat-team", *argv)
+    assert code == 0, out
+    assert (as_json(out)["tokens_per_minute"], as_json(out)["tokens_budget"]) == (90000, 5000000)
+    code, out, _ = cli("tenants", "update", "chat-team", "--tokens-budget", "7", "-o", "json")
+    assert code == 0, out
+    assert (as_json(out)["tokens_per_minute"], as_json(out)["tokens_budget"]) == (90000, 7)

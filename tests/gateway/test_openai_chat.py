@@ -253,6 +253,9 @@ class Principal:
     key_id: str = "k_1"
     rate_limit_rps: float | None = None
     expires_at: float | None = None
+    tokens_per_minute: int | None = None
+    tokens_budget: int | None = None
+    tokens_used: int = 0
 
 
 def dying_replica() -> Starlette:

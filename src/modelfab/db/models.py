@@ -32,6 +32,8 @@ class Tenant(Base):
     gpu_hours_budget: Mapped[float | None] = mapped_column(Float)
     weight: Mapped[float] = mapped_column(Float, default=1.0)
     rate_limit_rps: Mapped[float | None] = mapped_column(Float)  # per key, for endpoints
+    tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger)  # per key, LLM routes
+    tokens_budget: Mapped[int | None] = mapped_column(BigInteger)  # tokens in + out, lifetime
     created_at: Mapped[float] = mapped_column(Float)
 
 

@@ -30,8 +30,9 @@ from modelfab.gateway.errors import BadRequest, RateLimited, Unavailable
 from modelfab.gateway.forwarding import Forwarder
 from modelfab.gateway.limiter import RateLimiter
 from modelfab.gateway.routes import Routes
+from modelfab.gateway.token_limits import TokenQuotas, estimate_tokens
 from modelfab.gateway.types import Caller, Forwarded, ReplicaRoute, Route, RouteTable, UsageSink
-from modelfab.schemas.embeddings import EmbeddingList
+from modelfab.schemas.embeddings import EmbeddingCreate, EmbeddingList
 from modelfab.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Gateway:
         self.journal = journal
         self.max_body_bytes = max_body_bytes
         self.limiter = RateLimiter()
+        self.tokens = TokenQuotas(reserve_max_tokens=s.reserve_max_tokens)
         self.balancer = Balancer(bench_s=s.bench_s)
         self.forwarder = Forwarder(
             self.balancer,
@@ -97,22 +99,26 @@ class Gateway:
     async def embeddings(self, request: Request) -> EmbeddingList:
         """OpenAI's embeddings of the texts of the JSON body, by the caller's endpoint its
         `model` names; journals `requests=1, items, tokens_in` once per answered request,
-        `tokens_in` being the `usage.prompt_tokens` answered. Raises ModelfabError
-        subclasses: 400 (a bad param, named), 401, 404 (no such endpoint of the caller's),
-        413, 429, 503, 504."""
+        `tokens_in` being the `usage.prompt_tokens` answered. The key's tokens per minute
+        reserve an estimate of the input's tokens, settled to the counted ones. Raises
+        ModelfabError subclasses: 400 (a bad param, named; an input larger than the key's
+        tokens per minute), 401, 404 (no such endpoint of the caller's), 413, 429 (also a
+        token limit or budget), 503, 504."""
         principal = await self.admit(request)
         body = await self._body(request)
         ask = embeddings.parse_request(body)
         route = await self._route(principal.tenant_id, ask.model, param="model")
         require_task(route, ask.model, embeddings.TASK, "embeddings")
         texts = embeddings.inputs(ask)
-        headers = {"content-type": "application/json", **_batching(route)}
-        answer, _ = await self._forward(
-            route, route.version_id, embeddings.replica_body(texts), headers, []
+        reservation = self.tokens.reserve(
+            principal, prompt_tokens=estimate_tokens(texts), max_tokens=0, prompt_param="input"
         )
-        if not 200 <= answer.status < 300:
-            raise embeddings.replica_error(answer)
-        out = embeddings.answer(ask, answer)
+        try:
+            out = await self._embed(route, ask, texts)
+        except BaseException:
+            self.tokens.settle(reservation, 0)  # refused or failed: nothing metered
+            raise
+        self.tokens.settle(reservation, out.usage.prompt_tokens)
         usage.record_tokens(
             self.journal,
             principal.tenant_id,
@@ -121,6 +127,16 @@ class Gateway:
             tokens_in=out.usage.prompt_tokens,
         )
         return out
+
+    async def _embed(self, route: Route, ask: EmbeddingCreate, texts: list[str]) -> EmbeddingList:
+        """The replica's embeddings of `texts` in OpenAI's shape, or its refusal raised."""
+        headers = {"content-type": "application/json", **_batching(route)}
+        answer, _ = await self._forward(
+            route, route.version_id, embeddings.replica_body(texts), headers, []
+        )
+        if not 200 <= answer.status < 300:
+            raise embeddings.replica_error(answer)
+        return embeddings.answer(ask, answer)
 
     async def admit(self, request: Request) -> Caller:
         """The caller, authenticated, within its key's rate limit. Raises Unauthenticated
@@ -178,6 +194,7 @@ class Gateway:
             return cached
         generation = self._auth_generation
         principal = await run_in_threadpool(self._authenticate, token)
+        self.tokens.loaded(principal)
         if generation == self._auth_generation:  # no revocation landed during the lookup
             self._auth.put(token, principal, ttl_s=_seconds_left(principal))
         return principal

@@ -3,8 +3,10 @@ endpoints.
 
 Per request: authenticate and rate-limit as predict does (`Gateway.admit`), check the body
 (`openai_params`), find the caller's endpoint named by `model` (another tenant's or none:
-404), open a stream to a replica's `/models/{version}/generate` and turn its events into
-OpenAI's shapes: one `chat.completion` (or `text_completion`), or server-sent chunks ending
+404), check the token budget and reserve the prompt's estimated tokens + max_tokens from the
+key's tokens per minute (`token_limits`; settled to the metered tokens when it ends), open
+a stream to a replica's `/models/{version}/generate` and turn its events into OpenAI's
+shapes: one `chat.completion` (or `text_completion`), or server-sent chunks ending
 with the finish reason, the usage chunk (`choices: []`, with `stream_options.include_usage`)
 and `[DONE]`.
 
@@ -35,7 +37,8 @@ from modelfab.errors import ModelfabError, NotFound, error_body
 from modelfab.gateway.forwarding import Upstream
 from modelfab.gateway.gateway import Gateway, require_task
 from modelfab.gateway.openai_params import BadParameter, Completion, parse_chat, parse_completion
-from modelfab.gateway.types import Route, UsageSink
+from modelfab.gateway.token_limits import Reservation, estimate_tokens
+from modelfab.gateway.types import Caller, Route, UsageSink
 from modelfab.schemas.generation import GenerateDelta, GenerateFinished, GenerateStarted
 from modelfab.sse import DONE, EventStream, event, read_events
 from modelfab.tasks import CHAT
@@ -47,8 +50,9 @@ REPLICA_HEADER = "x-modelfab-replica"
 
 async def chat_completions(gateway: Gateway, request: Request) -> Response:
     """POST /v1/chat/completions. Raises ModelfabErrors for the error handler: 400 naming
-    the parameter (also context too long, naming the limit), 401, 404 (model), 429 with
-    Retry-After, 503."""
+    the parameter (also context too long, naming the limit, and a request larger than the
+    key's tokens per minute), 401, 404 (model), 429 (with Retry-After for rate limits; also
+    an exhausted token budget), 503."""
     return await _complete(gateway, request, parse_chat)
 
 
@@ -63,7 +67,12 @@ async def _complete(
     principal = await gateway.admit(request)
     completion = parse(_json(await gateway.read_body(request)))
     route = await _endpoint(gateway, principal.tenant_id, completion.model)
-    upstream = await _open(gateway, route, completion)
+    reservation = _reserve(gateway, principal, completion)
+    try:
+        upstream = await _open(gateway, route, completion)
+    except BaseException:
+        gateway.tokens.settle(reservation, 0)  # refused: nothing metered
+        raise
     gateway.track(route.endpoint_id, +1)
     meter = Meter(gateway.journal, principal.tenant_id, route.endpoint_id)
     shape = Shapes(completion)
@@ -72,6 +81,7 @@ async def _complete(
     def done() -> None:
         upstream.close()
         meter.bill()
+        gateway.tokens.settle(reservation, meter.billable_tokens())
         gateway.track(route.endpoint_id, -1)
 
     if completion.stream:
@@ -86,6 +96,19 @@ async def _complete(
     finally:
         done()
     return JSONResponse(answer, headers=headers)
+
+
+def _reserve(gateway: Gateway, caller: Caller, completion: Completion) -> Reservation:
+    """The request's hold on its key's tokens per minute: the prompt's estimated tokens plus
+    max_tokens (see `TokenQuotas.reserve` for what it raises)."""
+    ask = completion.generate
+    texts = [m["content"] for m in ask.messages] if ask.messages else [ask.prompt or ""]
+    return gateway.tokens.reserve(
+        caller,
+        prompt_tokens=estimate_tokens(texts),
+        max_tokens=ask.max_tokens,
+        prompt_param="messages" if completion.chat else "prompt",
+    )
 
 
 def _json(body: bytes) -> Any:
@@ -199,6 +222,10 @@ class Meter:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+
+    def billable_tokens(self) -> int:
+        """The tokens `bill` journals (0 when the client got none of the answer)."""
+        return self.prompt_tokens + self.completion_tokens if self.delivered else 0
 
     def bill(self) -> None:
         """Journal the request once (never waits on the database)."""

@@ -71,6 +71,18 @@ class Caller(Protocol):
     def expires_at(self) -> float | None:
         """When the key stops being valid (UNIX seconds), or None."""
 
+    @property
+    def tokens_per_minute(self) -> int | None:
+        """The key's token rate limit on the language-model routes (None: unlimited)."""
+
+    @property
+    def tokens_budget(self) -> int | None:
+        """The tenant's lifetime token budget, tokens in + out (None: unlimited)."""
+
+    @property
+    def tokens_used(self) -> int:
+        """The tenant's metered tokens when this caller was loaded (0 without a budget)."""
+
 
 class UsageSink(Protocol):
     """Where the usage of answered requests goes (the `UsageJournal`)."""

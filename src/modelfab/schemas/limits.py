@@ -31,6 +31,10 @@ MAX_GPUS = 1024.0
 # tenants
 MIN_RATE_LIMIT_RPS, MAX_RATE_LIMIT_RPS = 0.01, 1e6
 """Requests per second per key a tenant's rate limit may be set to."""
+MAX_TOKENS_PER_MINUTE = 10**12
+"""The most tokens per minute per key a tenant's token rate limit may be set to."""
+MAX_TOKENS_BUDGET = 10**15
+"""The largest token budget (tokens in + out over the tenant's life) a tenant may be given."""
 MIN_WEIGHT, MAX_WEIGHT = 0.001, 1e6
 """The range of a tenant's fair-share weight."""
 MAX_QUOTA = 1e9

@@ -43,6 +43,19 @@ class TenantCreate(RequestModel):
         le=limits.MAX_RATE_LIMIT_RPS,
         description="Endpoint requests per second per key (429 beyond).",
     )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=limits.MAX_TOKENS_PER_MINUTE,
+        description="Language-model tokens (prompt + completion) per minute per key (429 beyond).",
+    )
+    tokens_budget: int | None = Field(
+        default=None,
+        ge=0,
+        le=limits.MAX_TOKENS_BUDGET,
+        description="Tokens in + out over the tenant's life; language-model requests are "
+        "refused (429) once metered.",
+    )
     role: str = Field(
         default="member",
         description="Role of the first key: admin or member.",
@@ -58,6 +71,8 @@ class TenantUpdate(RequestModel):
     rate_limit_rps: float | None = Field(
         default=None, ge=limits.MIN_RATE_LIMIT_RPS, le=limits.MAX_RATE_LIMIT_RPS
     )
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=limits.MAX_TOKENS_PER_MINUTE)
+    tokens_budget: int | None = Field(default=None, ge=0, le=limits.MAX_TOKENS_BUDGET)
 
 
 class KeyCreate(RequestModel):
@@ -92,6 +107,8 @@ class Tenant(WireModel):
     gpu_hours_budget: float | None
     weight: float
     rate_limit_rps: float | None
+    tokens_per_minute: int | None = None
+    tokens_budget: int | None = None
     created_at: float = Field(description="UNIX seconds.")
 
 

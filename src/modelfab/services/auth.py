@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from dataclasses import replace
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.db.engine import transaction
-from modelfab.db.models import ApiKey, Tenant
+from modelfab.db.models import ApiKey, Tenant, UsageRecord
 from modelfab.errors import Unauthenticated
 from modelfab.ids import hash_secret, new_id, now
 from modelfab.services.common import Principal
@@ -20,6 +21,8 @@ from modelfab.services.common import Principal
 logger = logging.getLogger(__name__)
 
 ADMIN_TENANT = "admin"
+TOKEN_METERS = ("tokens_in", "tokens_out")
+"""The meters a tenant's token budget counts."""
 
 
 def generate_key() -> str:
@@ -75,7 +78,25 @@ def authenticate(factory: sessionmaker[Session], key: str | None) -> Principal:
         key_id=api_key.id,
         rate_limit_rps=tenant.rate_limit_rps,
         expires_at=api_key.expires_at,
+        tokens_per_minute=tenant.tokens_per_minute,
+        tokens_budget=tenant.tokens_budget,
     )
+
+
+def gateway_caller(factory: sessionmaker[Session], key: str | None) -> Principal:
+    """`authenticate`, plus the tenant's metered tokens (in + out) when it has a token budget:
+    what the gateway loads, and caches, per key. Raises as `authenticate` does."""
+    principal = authenticate(factory, key)
+    if principal.tokens_budget is None:
+        return principal
+    with factory() as session:
+        used = session.scalar(
+            select(func.coalesce(func.sum(UsageRecord.quantity), 0.0)).where(
+                UsageRecord.tenant_id == principal.tenant_id,
+                UsageRecord.meter.in_(TOKEN_METERS),
+            )
+        )
+    return replace(principal, tokens_used=int(used or 0))
 
 
 def _check_usable(api_key: ApiKey) -> None:

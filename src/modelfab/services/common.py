@@ -32,6 +32,10 @@ class Principal:
     key_id: str
     rate_limit_rps: float | None = None  # per key, enforced by the endpoint gateway
     expires_at: float | None = None  # UNIX seconds; caches of the principal must not outlive it
+    tokens_per_minute: int | None = None  # per key, enforced by the gateway's token routes
+    tokens_budget: int | None = None  # tokens in + out over the tenant's life
+    tokens_used: int = 0
+    """The tenant's metered tokens when loaded (only by `gateway_caller`, when it has a budget)."""
 
     @property
     def is_admin(self) -> bool:

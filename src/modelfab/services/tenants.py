@@ -29,15 +29,22 @@ class Quota:
     gpu_hours_budget: float | None = None
     weight: float = 1.0
     rate_limit_rps: float | None = None  # endpoint requests per second, per key
+    tokens_per_minute: int | None = None  # language-model tokens per minute, per key
+    tokens_budget: int | None = None  # tokens in + out over the tenant's life
 
     def check(self) -> None:
-        for param in ("max_gpus", "max_cpus", "gpu_hours_budget"):
+        for param in ("max_gpus", "max_cpus", "gpu_hours_budget", "tokens_budget"):
             value = getattr(self, param)
             if value is not None and value < 0:
                 raise InvalidRequest(f"{param} must be >= 0, got {value}", param=param)
         if self.rate_limit_rps is not None and not self.rate_limit_rps > 0:
             raise InvalidRequest(
                 f"rate_limit_rps must be > 0, got {self.rate_limit_rps}", param="rate_limit_rps"
+            )
+        if self.tokens_per_minute is not None and self.tokens_per_minute < 1:
+            raise InvalidRequest(
+                f"tokens_per_minute must be >= 1, got {self.tokens_per_minute}",
+                param="tokens_per_minute",
             )
         if self.weight is None or not self.weight > 0:
             raise InvalidRequest(f"weight must be > 0, got {self.weight}", param="weight")
@@ -52,6 +59,8 @@ def tenant_view(t: Tenant) -> wire.Tenant:
         gpu_hours_budget=t.gpu_hours_budget,
         weight=t.weight,
         rate_limit_rps=t.rate_limit_rps,
+        tokens_per_minute=t.tokens_per_minute,
+        tokens_budget=t.tokens_budget,
         created_at=t.created_at,
     )
 

@@ -29,7 +29,13 @@ def me(principal: Caller) -> Me:
 @router.post("/tenants", status_code=201, responses={**BODY, **errors(403, 409)})
 def create_tenant(body: TenantCreate, ctx: Ctx, _: Admin, idem: IdemKey) -> TenantCreated:
     quota = Quota(
-        body.max_gpus, body.max_cpus, body.gpu_hours_budget, body.weight, body.rate_limit_rps
+        max_gpus=body.max_gpus,
+        max_cpus=body.max_cpus,
+        gpu_hours_budget=body.gpu_hours_budget,
+        weight=body.weight,
+        rate_limit_rps=body.rate_limit_rps,
+        tokens_per_minute=body.tokens_per_minute,
+        tokens_budget=body.tokens_budget,
     )
     return tenants.create_tenant(
         ctx.factory, name=body.name, quota=quota, role=body.role, idem=idem

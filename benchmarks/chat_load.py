@@ -1,5 +1,6 @@
 """Closed-loop chat clients for the language-model serving benchmark
-(benchmarks/llm_serving.py), and what both sides of it record per request.
+(benchmarks/llm_serving.py), what every side of it records per request (`Trace`), and
+how a run's traces are summed up (`Row`).
 
 N asyncio tasks share one `openai.AsyncOpenAI` client (its own keep-alive pool); each sends
 a streamed chat completion with `stream_options.include_usage`, reads it to `[DONE]`, and
@@ -117,3 +118,66 @@ def run_load(
     cpu = time.process_time()
     traces = asyncio.run(drive(url, key, model, questions, concurrency, per_client, max_tokens))
     return traces, time.process_time() - cpu
+
+
+# -- summaries ---------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) with linear interpolation; nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+@dataclass
+class Row:
+    """One measured side at one batch size or concurrency."""
+
+    part: str
+    label: str
+    tokens_per_s: float
+    ttft_ms: tuple[float, float]
+    """p50, p99."""
+    itl_ms: tuple[float, float]
+    requests: int
+    tokens: int
+    errors: int = 0
+    others_cpu: float = float("nan")
+    reference: str = ""
+    """The label of the row its ratios are to ("" for none)."""
+    note: str = ""
+
+
+def summarise(part: str, label: str, traces: Sequence[Trace], others: float) -> Row:
+    """Aggregate tokens/s over the run (first send to last token) and the latencies."""
+    ok = [t for t in traces if not t.error and t.stamps]
+    wall = max(t.done for t in ok) - min(t.sent for t in ok) if ok else float("nan")
+    ttfts = [t.ttft * 1e3 for t in ok if t.ttft is not None]
+    gaps = [g * 1e3 for t in ok for g in t.gaps]
+    tokens = sum(t.tokens for t in ok)
+    return Row(
+        part=part,
+        label=label,
+        tokens_per_s=tokens / wall if ok else float("nan"),
+        ttft_ms=(percentile(ttfts, 50), percentile(ttfts, 99)),
+        itl_ms=(percentile(gaps, 50), percentile(gaps, 99)),
+        requests=len(traces),
+        tokens=tokens,
+        errors=len(traces) - len(ok),
+        others_cpu=others,
+        note=next((t.error for t in traces if t.error), ""),
+    )
+
+
+def describe(row: Row) -> str:
+    return (
+        f"{row.part} {row.label}: {row.tokens_per_s:.1f} tokens/s, TTFT p50 {row.ttft_ms[0]:.0f} "
+        f"ms, ITL p50 {row.itl_ms[0]:.1f} ms, {row.requests} requests, {row.tokens} tokens, "
+        f"{row.errors} errors, "
+        f"other processes {row.others_cpu:.2f} CPU-s/s"
+    )

@@ -28,27 +28,25 @@ import hashlib
 import json
 import multiprocessing
 import os
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
-from chat_load import Trace, run_load
+from chat_load import Row, Trace, describe, run_load, summarise
 from harness import DEFAULT_HUB_DIR, SMOLLM2, running_platform
+from llm_adapters import ADAPTERS, part_engine
 from llm_peer import PEER_INSTALL, peer_missing, run_peer
 from loadgen import CpuWatch
-from peft import LoraConfig, get_peft_model
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
-from torch import nn
 from transformers.generation.streamers import BaseStreamer
 
 from modelfab.client import ApiError, Client
@@ -56,7 +54,6 @@ from modelfab.db.engine import make_sessionmaker
 from modelfab.db.models import Tenant
 from modelfab.hub.chat import chat_model_folder
 from modelfab.llm.encoding import render_chat
-from modelfab.llm.engine import EngineConfig, SamplingParams, TransformersEngine
 from modelfab.llm.models import load_chat_model
 from modelfab.llm.tokenizer import load_tokenizer
 from modelfab.server import Platform
@@ -78,65 +75,9 @@ QUESTIONS = [
 """Questions with long answers, so most requests run to max_tokens on every side."""
 MODEL_NAME = "bench-chat"
 ENDPOINT = "bench-chat"
-ADAPTERS = 4
-LORA_RANK = 16
 READY_TIMEOUT_S = 600
 FORMATS = {".json": "json", ".safetensors": "safetensors"}
 PARTS = ("a", "b", "c", "d", "e")
-
-
-# -- statistics --------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) with linear interpolation; nan for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-@dataclass
-class Row:
-    """One measured side at one batch size or concurrency."""
-
-    part: str
-    label: str
-    tokens_per_s: float
-    ttft_ms: tuple[float, float]
-    """p50, p99."""
-    itl_ms: tuple[float, float]
-    requests: int
-    tokens: int
-    errors: int = 0
-    others_cpu: float = float("nan")
-    reference: str = ""
-    """The label of the row its ratios are to ("" for none)."""
-    note: str = ""
-
-
-def summarise(part: str, label: str, traces: Sequence[Trace], others: float) -> Row:
-    """Aggregate tokens/s over the run (first send to last token) and the latencies."""
-    ok = [t for t in traces if not t.error and t.stamps]
-    wall = max(t.done for t in ok) - min(t.sent for t in ok) if ok else float("nan")
-    ttfts = [t.ttft * 1e3 for t in ok if t.ttft is not None]
-    gaps = [g * 1e3 for t in ok for g in t.gaps]
-    tokens = sum(t.tokens for t in ok)
-    return Row(
-        part=part,
-        label=label,
-        tokens_per_s=tokens / wall if ok else float("nan"),
-        ttft_ms=(percentile(ttfts, 50), percentile(ttfts, 99)),
-        itl_ms=(percentile(gaps, 50), percentile(gaps, 99)),
-        requests=len(traces),
-        tokens=tokens,
-        errors=len(traces) - len(ok),
-        others_cpu=others,
-        note=next((t.error for t in traces if t.error), ""),
-    )
 
 
 # -- prompts ---------------------------------------------------------------------------
@@ -276,7 +217,6 @@ class Sent:
     tokens_out: int = 0
     tokens_in: int = 0
     missing_usage: int = 0
-    traces: list[Trace] = field(default_factory=list)
 
     def add(self, traces: Sequence[Trace]) -> None:
         self.requests += len(traces)
@@ -333,169 +273,7 @@ def check_metering(client: Client, sent: Sent) -> str:
     )
 
 
-# -- (c) mixed adapters, (d) cold load: the engine in-process -----------------------------
-
-
-def make_adapters(folder: Path, base: str, root: Path, names: Sequence[str]) -> dict[str, Path]:
-    """LoRA adapters of `folder` (r 16, all linear layers, random non-zero B: each one
-    changes the answers), saved as llm-finetune saves them. One peft model, re-drawn per
-    adapter."""
-    model, _ = load_chat_model(folder)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, target_modules="all-linear")
-    )
-    contract = {"format": 1, "task": "chat", "kind": "lora", "base_model": {"hub": base}}
-    out = {}
-    for i, name in enumerate(names):
-        torch.manual_seed(i)
-        for param_name, param in peft_model.named_parameters():
-            if "lora_" in param_name:
-                nn.init.normal_(param, std=0.01)
-        peft_model.save_pretrained(root / name)
-        (root / name / "model.json").write_text(json.dumps(contract))
-        out[name] = root / name
-    return out
-
-
-def engine_load(
-    engine: TransformersEngine,
-    prompts: list[list[int]],
-    adapters: Sequence[str | None],
-    concurrency: int,
-    total: int,
-    max_tokens: int,
-) -> list[Trace]:
-    """Closed loop on the engine, stepped in this thread: `concurrency` requests live, a new
-    one added at each step boundary where one ended, `total` in all. A token's stamp is the
-    end of the step that made it."""
-    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
-    live: dict[Any, Trace] = {}
-    issued = 0
-    traces = []
-    while issued < total or live:
-        while len(live) < concurrency and issued < total:
-            trace = Trace(sent=time.perf_counter())
-            adapter = adapters[issued % len(adapters)]
-            stream = engine.add_request(
-                prompt_ids=prompts[issued % len(prompts)], params=params, adapter=adapter
-            )
-            live[stream] = trace
-            traces.append(trace)
-            issued += 1
-        engine.step()
-        now = time.perf_counter()
-        for stream, trace in list(live.items()):
-            if stamp_events(stream, trace, now):
-                del live[stream]
-    return traces
-
-
-def stamp_events(stream: Any, trace: Trace, now: float) -> bool:
-    """Read the events the last step wrote to `stream` into `trace`; True once finished."""
-    while True:
-        try:
-            event = stream.get(timeout=0)
-        except TimeoutError:
-            return False
-        if hasattr(event, "finish_reason"):
-            trace.tokens, trace.finish = event.completion_tokens, event.finish_reason
-            trace.error = event.error or ""
-            return True
-        trace.stamps.append(now)
-
-
-def part_mixed(
-    engine: TransformersEngine, prompts: list[list[int]], names: list[str], args: argparse.Namespace
-) -> list[Row]:
-    """(c): base, one adapter and 4 mixed adapters at concurrency 8, alternating rounds;
-    each row is the round with the median tokens/s."""
-    c = 8
-    total = c * args.requests
-    sides: dict[str, Sequence[str | None]] = {
-        "base": [None],
-        "1 adapter": names[:1],
-        f"{len(names)} adapters mixed": names,
-    }
-    engine_load(engine, prompts, names, len(names), len(names), 2)  # loads every adapter
-    runs: dict[str, list[Row]] = {side: [] for side in sides}
-    for _ in range(args.rounds):
-        for side, adapters in sides.items():
-            watch = CpuWatch.start()
-            traces = engine_load(engine, prompts, adapters, c, total, args.max_tokens)
-            runs[side].append(summarise("(c) engine", f"{side} c={c}", traces, watch.others()))
-    rows = []
-    for side, measured in runs.items():
-        row = sorted(measured, key=lambda r: r.tokens_per_s)[len(measured) // 2]
-        row.reference = "batch 8" if side == "base" else f"base c={c}"
-        row.note = "rounds: " + ", ".join(f"{r.tokens_per_s:.1f}" for r in measured)
-        rows.append(row)
-        console.print(f"  {describe(row)}")
-    return rows
-
-
-def part_cold_load(
-    engine: TransformersEngine, prompts: list[list[int]], folders: dict[str, Path]
-) -> list[str]:
-    """(d): per new adapter, the registration (config and header checks) and the TTFT of
-    its first request (its weights load into the stacks) against the median of its next
-    three, and the base's, all one-token requests alone on the engine."""
-
-    def ttft_ms(adapter: str | None) -> float:
-        return (engine_load(engine, prompts, [adapter], 1, 1, 1)[0].ttft or 0.0) * 1e3
-
-    lines, extra = [], []
-    for name, folder in folders.items():
-        started = time.perf_counter()
-        engine.register_adapter(name, folder)
-        register_ms = (time.perf_counter() - started) * 1e3
-        cold = ttft_ms(name)
-        warm = statistics.median(ttft_ms(name) for _ in range(3))
-        base = statistics.median(ttft_ms(None) for _ in range(3))
-        extra.append(cold - warm)
-        lines.append(
-            f"{name}: register {register_ms:.1f} ms; TTFT first request {cold:.1f} ms, "
-            f"next {warm:.1f} ms, base {base:.1f} ms"
-        )
-    lines.append(
-        f"[bold]adapter cold load (first TTFT - next), median of {len(extra)}: "
-        f"{statistics.median(extra):.1f} ms[/]"
-    )
-    return lines
-
-
-def part_engine(
-    folder: Path, prompts: list[list[int]], args: argparse.Namespace
-) -> tuple[list[Row], list[str]]:
-    engine = TransformersEngine.load(
-        folder, base_name=args.model, config=EngineConfig(max_concurrency=max(args.concurrency))
-    )
-    rows: list[Row] = []
-    lines: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="modelfab-bench-") as tmp_name:
-        names = [f"adapter-{i}" for i in range(ADAPTERS)]
-        cold = [f"cold-{i}" for i in range(3)] if "d" in args.part else []
-        folders = make_adapters(folder, args.model, Path(tmp_name), names + cold)
-        if "c" in args.part:
-            for name in names:
-                engine.register_adapter(name, folders[name])
-            rows = part_mixed(engine, prompts, names, args)
-        if "d" in args.part:
-            lines = part_cold_load(engine, prompts, {n: folders[n] for n in cold})
-            for line in lines:
-                console.print(f"  {line}")
-    return rows, lines
-
-
 # -- output ------------------------------------------------------------------------------
-
-
-def describe(row: Row) -> str:
-    return (
-        f"{row.part} {row.label}: {row.tokens_per_s:.1f} tokens/s, TTFT p50 {row.ttft_ms[0]:.0f} "
-        f"ms, ITL p50 {row.itl_ms[0]:.1f} ms, {row.requests} requests, {row.tokens} tokens, "
-        f"{row.errors} errors, "
-        f"other processes {row.others_cpu:.2f} CPU-s/s"
-    )
 
 
 def with_ratio(value: float, base: float | None) -> str:

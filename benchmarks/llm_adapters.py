@@ -20,7 +20,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from chat_load import Row, Trace, describe, summarise
@@ -29,7 +28,13 @@ from peft import LoraConfig, get_peft_model
 from rich.console import Console
 from torch import nn
 
-from modelfab.llm.engine import EngineConfig, SamplingParams, TransformersEngine
+from modelfab.llm.engine import (
+    EngineConfig,
+    Finished,
+    RequestStream,
+    SamplingParams,
+    TransformersEngine,
+)
 from modelfab.llm.models import load_chat_model
 
 console = Console(width=160)
@@ -71,7 +76,7 @@ def engine_load(
     one added at each step boundary where one ended, `total` in all. A token's stamp is the
     end of the step that made it."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
-    live: dict[Any, Trace] = {}
+    live: dict[RequestStream, Trace] = {}
     issued = 0
     traces = []
     while issued < total or live:
@@ -92,14 +97,14 @@ def engine_load(
     return traces
 
 
-def stamp_events(stream: Any, trace: Trace, now: float) -> bool:
+def stamp_events(stream: RequestStream, trace: Trace, now: float) -> bool:
     """Read the events the last step wrote to `stream` into `trace`; True once finished."""
     while True:
         try:
             event = stream.get(timeout=0)
         except TimeoutError:
             return False
-        if hasattr(event, "finish_reason"):
+        if isinstance(event, Finished):
             trace.tokens, trace.finish = event.completion_tokens, event.finish_reason
             trace.error = event.error or ""
             return True

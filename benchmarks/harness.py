@@ -1,14 +1,21 @@
-"""What several benchmarks share: a real platform in a temporary home."""
+"""What several benchmarks share: a real platform in a temporary home, and the hub cache
+of the language-model benchmarks."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from modelfab.compute.executors.local.process import find_workers, kill_tree
 from modelfab.server import Platform
 from modelfab.settings import ServerSettings
+
+SMOLLM2 = "smollm2-135m-instruct"
+DEFAULT_HUB_DIR = Path.home() / ".cache" / "modelfab-bench" / "hub"
+"""Where the language-model benchmarks convert the packaged GGUF once (~15 s)."""
 
 
 @contextlib.contextmanager
@@ -23,3 +30,13 @@ def running_platform(home: Path, cpus: float) -> Iterator[Platform]:
         if platform.node is not None:
             for proc in find_workers(platform.node.id).values():
                 kill_tree(proc.pid, grace_s=2.0)
+
+
+def seed_hub(source: Path, hub_dir: Path) -> None:
+    """Put the converted base model (`source`: `<hub>/<id>`) in the platform's hub, hard
+    linked where possible, so the job does not convert the GGUF again."""
+    try:
+        shutil.copytree(source, hub_dir / source.name, copy_function=os.link)
+    except OSError:
+        shutil.rmtree(hub_dir / source.name, ignore_errors=True)
+        shutil.copytree(source, hub_dir / source.name)

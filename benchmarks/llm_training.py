@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import running_platform
+from harness import DEFAULT_HUB_DIR, SMOLLM2, running_platform, seed_hub
 from rich.console import Console
 from rich.table import Table
 from training import all_events, first_at, last_at, machine, worker_started
@@ -54,8 +54,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' data 
 from tests.llm_factories import Conversation, arithmetic, persona, write_jsonl
 
 console = Console(width=160)  # the tables stay whole in a log
-SMOLLM2 = "smollm2-135m-instruct"
-DEFAULT_HUB_DIR = Path.home() / ".cache" / "modelfab-bench" / "hub"
 TASK = "llm-finetune"
 JOB_TIMEOUT_S = 3600
 LORA_RANK = 16
@@ -352,16 +350,6 @@ class JobRun:
     def ended_at(self) -> float:
         """When the model was registered, or when the job ended without one."""
         return float(self.model["created_at"] if self.model else self.job["finished_at"])
-
-
-def seed_hub(source: Path, hub_dir: Path) -> None:
-    """Put the converted base model (`source`: `<hub>/<id>`) in the platform's hub, hard
-    linked where possible, so the job does not convert the GGUF again."""
-    try:
-        shutil.copytree(source, hub_dir / source.name, copy_function=os.link)
-    except OSError:
-        shutil.rmtree(hub_dir / source.name, ignore_errors=True)
-        shutil.copytree(source, hub_dir / source.name)
 
 
 def run_job(params: dict[str, Any], n: int, cpus: float, model_folder: Path) -> JobRun:

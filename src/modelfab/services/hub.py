@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -67,39 +68,25 @@ class ImportPlan:
 
 
 def _entry_view(entry: HubEntry, hub_dir: Path) -> HubModel:
-    available, how = availability(entry, hub_dir)
-    return HubModel(
-        id=entry.id,
-        task=entry.task,
-        arch=entry.arch,
-        source=entry.source,
-        licence=entry.licence,
-        params_m=entry.params_m,
-        input_size=entry.input_size,
-        description=entry.description,
-        available=available,
-        how=how,
-    )
+    return _view(entry, availability(entry, hub_dir), input_size=entry.input_size)
 
 
 def _chat_view(entry: ChatEntry, hub_dir: Path) -> HubModel:
-    available, how = chat_availability(entry, hub_dir)
-    return HubModel(
-        id=entry.id,
-        task=entry.task,
-        arch=entry.arch,
-        source=entry.source,
-        licence=entry.licence,
-        params_m=entry.params_m,
-        context_length=entry.context_length or None,
-        description=entry.description,
-        available=available,
-        how=how,
+    return _view(
+        entry, chat_availability(entry, hub_dir), context_length=entry.context_length or None
     )
 
 
 def _embedding_view(entry: EmbeddingEntry) -> HubModel:
-    available, how = embedding_availability(entry)
+    return _view(entry, embedding_availability(entry), context_length=entry.max_tokens)
+
+
+def _view(
+    entry: HubEntry | ChatEntry | EmbeddingEntry, usable: tuple[bool, str], **shape: Any
+) -> HubModel:
+    """The listing of any hub entry: the fields every kind has, whether it is usable here
+    (and how to make it so), and `shape`, the kind's own (input size, context length)."""
+    available, how = usable
     return HubModel(
         id=entry.id,
         task=entry.task,
@@ -107,10 +94,10 @@ def _embedding_view(entry: EmbeddingEntry) -> HubModel:
         source=entry.source,
         licence=entry.licence,
         params_m=entry.params_m,
-        context_length=entry.max_tokens,
         description=entry.description,
         available=available,
         how=how,
+        **shape,
     )
 
 

@@ -21,6 +21,7 @@ from modelfab.services.files import clean_filename
 from modelfab.settings import ServerSettings
 from tests.api.test_chat_datasets import alpaca_json, openai_jsonl
 from tests.conftest import Api
+from tests.e2e.chat import openai_client, team_key
 from tests.registry_factories import insert_running_job
 
 
@@ -33,10 +34,7 @@ def settings(settings: ServerSettings) -> ServerSettings:
 @pytest.fixture
 def oai(platform: Platform) -> Iterator[openai.OpenAI]:
     """The unchanged `openai` client with a fresh tenant's key, on a real control plane."""
-    admin = platform.settings.admin_key_path.read_text().strip()
-    with Client(platform.url, admin) as c:
-        key = c.create_tenant("openai-team").api_key
-    with openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0) as client:
+    with openai_client(platform, team_key(platform, "openai-team")) as client:
         yield client
 
 

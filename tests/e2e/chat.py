@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import openai
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +23,12 @@ from tests.registry_factories import complete, insert_running_job, upload_artifa
 
 TEAM = "support"
 FORMATS = {".json": "json", ".safetensors": "safetensors"}
+
+
+def openai_client(platform: Platform, key: str) -> openai.OpenAI:
+    """The unchanged `openai` client on the platform's `/v1` with `key`, without retries,
+    so a test sees every answer as it came."""
+    return openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
 
 
 def team_key(platform: Platform, name: str = TEAM) -> str:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelfab.client import Client
 from modelfab.server import Platform
-from tests.e2e.chat import TEAM, serve_chat, team_key
+from tests.e2e.chat import TEAM, openai_client, serve_chat, team_key
 from tests.e2e.helpers import eventually
 
 # The engine and the client protocol are under test, not the database.
@@ -38,17 +38,13 @@ def team(platform: Platform, key: str) -> Client:
     return Client(platform.url, key)
 
 
-def oai(platform: Platform, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
-
-
 @pytest.fixture
 def assistant(
     platform: Platform, key: str, factory: sessionmaker[Session], tmp_path: Path
 ) -> Iterator[openai.OpenAI]:
     """The endpoint "assistant" on support-bot:1, ready, and the team's openai client."""
     serve_chat(platform, factory, tmp_path, key)
-    with oai(platform, key) as client:
+    with openai_client(platform, key) as client:
         yield client
 
 
@@ -153,7 +149,7 @@ def test_errors_in_openai_shape_registry_refs_and_other_tenants_see_nothing(
 
     admin = Client(platform.url, platform.settings.admin_key_path.read_text().strip())
     other = admin.create_tenant("other").api_key
-    with oai(platform, other) as theirs:
+    with openai_client(platform, other) as theirs:
         assert list(theirs.models.list()) == []
         for model in ("assistant", "support-bot:1"):
             with pytest.raises(openai.NotFoundError) as caught:

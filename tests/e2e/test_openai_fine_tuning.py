@@ -15,6 +15,7 @@ from openai.types.fine_tuning import FineTuningJob
 from modelfab.client import Client
 from modelfab.server import Platform
 from modelfab.settings import ServerSettings
+from tests.e2e.chat import openai_client, team_key
 from tests.e2e.helpers import eventually
 from tests.llm_factories import persona
 
@@ -34,10 +35,7 @@ def settings(settings: ServerSettings) -> ServerSettings:
 @pytest.fixture
 def oai(platform: Platform) -> Iterator[openai.OpenAI]:
     """The unchanged `openai` client with a fresh tenant's key, on a real control plane."""
-    admin = platform.settings.admin_key_path.read_text().strip()
-    with Client(platform.url, admin) as c:
-        key = c.create_tenant("openai-ft").api_key
-    with openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0) as client:
+    with openai_client(platform, team_key(platform, "openai-ft")) as client:
         yield client
 
 

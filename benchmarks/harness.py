@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from modelfab.compute.executors.local.process import find_workers, kill_tree
@@ -40,3 +40,14 @@ def seed_hub(source: Path, hub_dir: Path) -> None:
     except OSError:
         shutil.rmtree(hub_dir / source.name, ignore_errors=True)
         shutil.copytree(source, hub_dir / source.name)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) with linear interpolation; nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)

@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from harness import percentile
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import create_engine, insert, select, text
@@ -71,17 +72,6 @@ JOB_DEFAULTS: dict[str, Any] = {
 
 
 # -- statistics --------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100) with linear interpolation; nan for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def ms(seconds: float) -> str:

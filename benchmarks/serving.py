@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
-from harness import running_platform
+from harness import percentile, running_platform
 from litserve_app import LITSERVE_VERSION, new_session, preprocess
 from loadgen import CpuWatch, Target, run_load
 from PIL import Image, ImageDraw
@@ -78,17 +78,6 @@ JOB_PARAMS: dict[str, Any] = {
 
 
 # -- statistics --------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) with linear interpolation; nan for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 @dataclass

@@ -7,7 +7,6 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -25,6 +24,7 @@ from modelfab.schemas.completions import ChatCompletion, ChatCompletionChunk, Te
 from modelfab.schemas.generation import GenerateDelta, GenerateFinished, GenerateStarted
 from modelfab.serving.replica_app import ReplicaServer
 from modelfab.sse import DONE, EventStream, event
+from tests.gateway.callers import Principal
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -245,17 +245,6 @@ def test_an_event_stream_that_ends_runs_on_close_too() -> None:
 
     assert asyncio.run(run()) == 'data: {"x":1}\n\n'
     assert closed == [False]
-
-
-@dataclass(frozen=True)
-class Principal:
-    tenant_id: str = "t_1"
-    key_id: str = "k_1"
-    rate_limit_rps: float | None = None
-    expires_at: float | None = None
-    tokens_per_minute: int | None = None
-    tokens_budget: int | None = None
-    tokens_used: int = 0
 
 
 def dying_replica() -> Starlette:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -27,6 +26,7 @@ from modelfab.schemas.embeddings import EmbeddingList
 from modelfab.serving.replica_app import ReplicaServer
 from modelfab.settings import GatewaySettings
 from modelfab.sse import event
+from tests.gateway.callers import Principal
 
 
 class Clock:
@@ -35,17 +35,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@dataclass(frozen=True)
-class Principal:
-    tenant_id: str = "t_1"
-    key_id: str = "k_1"
-    rate_limit_rps: float | None = None
-    expires_at: float | None = None
-    tokens_per_minute: int | None = None
-    tokens_budget: int | None = None
-    tokens_used: int = 0
 
 
 # -- the bucket ------------------------------------------------------------------------------

@@ -56,6 +56,65 @@ class EndpointModel(WireModel):
     version_id: str
 
 
+class AdapterStats(WireModel):
+    """A LoRA adapter an engine knows, resident or not."""
+
+    name: str = Field(description="The engine's name for it: its model version id.")
+    model: str | None = Field(
+        default=None, description="NAME:VERSION (filled in by the control plane)."
+    )
+    loaded: bool = Field(description="Its weights are resident now.")
+    pinned: bool = Field(description="Once loaded, never evicted.")
+    bytes: int = Field(description="Its weights, counted against the adapter memory budget.")
+    running: int = Field(description="Sequences generating with it now.")
+
+
+class ModelStats(WireModel):
+    """What a replica knows cheaply of one loaded model. Chat models report their engine's
+    figures; other kinds only their batcher's queue (the chat-only fields are null)."""
+
+    version_id: str
+    model: str | None = Field(
+        default=None, description="NAME:VERSION (filled in by the control plane)."
+    )
+    queue_depth: int = Field(description="Requests (chat) or items (others) waiting.")
+    running: int = Field(
+        description="Sequences generating (chat) or items in the batch that runs (others)."
+    )
+    max_concurrency: int | None = Field(default=None, description="Sequences at most (chat).")
+    tokens_per_s: float | None = Field(
+        default=None, description="Generated tokens per second over the last window_s (chat)."
+    )
+    window_s: float | None = None
+    generated_tokens: int | None = Field(
+        default=None, description="Generated since the model loaded (chat)."
+    )
+    prompt_tokens: int | None = Field(
+        default=None, description="Prompt tokens since the model loaded (chat)."
+    )
+    adapter_budget_bytes: int | None = Field(
+        default=None, description="Memory for resident adapters (chat)."
+    )
+    adapters: list[AdapterStats] = Field(default_factory=list)
+
+
+class ReplicaHealth(WireModel):
+    """A replica's answer to `GET /health` (the controller's probe)."""
+
+    status: str
+    models: list[str] = Field(description="Loaded version ids, least recently used first.")
+    outstanding: int = Field(description="Requests in flight.")
+    stats: list[ModelStats] = Field(default_factory=list, description="One per loaded model.")
+
+
+class ReplicaStats(WireModel):
+    """A replica's latest report, as the controller's probe last took it."""
+
+    reported_at: float = Field(description="When the control plane took it (epoch seconds).")
+    outstanding: int = Field(description="Requests in flight.")
+    models: list[ModelStats]
+
+
 class ReplicaJob(WireModel):
     job_id: str
     status: JobStatus
@@ -64,6 +123,10 @@ class ReplicaJob(WireModel):
     url: str | None = Field(description="Set once the replica is ready.")
     cpus: float
     gpus: float
+    stats: ReplicaStats | None = Field(
+        default=None,
+        description="Its latest report; null until probed, or when the last is stale.",
+    )
 
 
 class Rollout(WireModel):

@@ -129,6 +129,7 @@ class DynamicBatcher(Generic[X, Y]):
         self._clock = clock
         self._queue: deque[_Entry[X, Y]] = deque()
         self._running: Future[Sequence[Y]] | None = None
+        self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._drained = asyncio.Event()
@@ -147,6 +148,11 @@ class DynamicBatcher(Generic[X, Y]):
     def queued(self) -> int:
         """Items waiting for a batch (not counting the batch that runs)."""
         return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Items of the batch that runs now (0 when none runs)."""
+        return self._in_flight
 
     def configure(
         self, *, max_batch_size: int | None = None, max_wait_s: float | None = None
@@ -254,6 +260,7 @@ class DynamicBatcher(Generic[X, Y]):
         loop = self._loop
         running = self._executor.submit(self._run_batch, [e.item for e in entries])
         self._running = running
+        self._in_flight = take
 
         def done(_: Future[Sequence[Y]]) -> None:
             try:
@@ -266,6 +273,7 @@ class DynamicBatcher(Generic[X, Y]):
     def _settle(self, entries: list[_Entry[X, Y]], running: Future[Sequence[Y]]) -> None:
         """Settle exactly the futures of one finished batch, then pump the next one."""
         self._running = None
+        self._in_flight = 0
         self.batches_run += 1
         try:
             results = running.result()

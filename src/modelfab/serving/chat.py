@@ -31,6 +31,7 @@ from modelfab.llm.engine import (
     SamplingParams,
     TransformersEngine,
 )
+from modelfab.schemas.endpoints import AdapterStats, ModelStats
 from modelfab.schemas.generation import (
     GenerateDelta,
     GenerateEvent,
@@ -145,6 +146,28 @@ class ChatModel:
         """End the request now (the client left): its slot frees at the next step. False
         when it had ended already."""
         return self.driver.cancel(request_id)
+
+    def stats(self) -> ModelStats:
+        """The engine's figures (`EngineStats`) as the replica reports them. Never blocks
+        on a step."""
+        now = self.driver.stats()
+        return ModelStats(
+            version_id=self.version_id,
+            queue_depth=now.queue_depth,
+            running=now.running,
+            max_concurrency=now.max_concurrency,
+            tokens_per_s=round(now.tokens_per_s, 3),
+            window_s=now.window_s,
+            generated_tokens=now.generated_tokens,
+            prompt_tokens=now.prompt_tokens,
+            adapter_budget_bytes=now.adapter_budget_bytes,
+            adapters=[
+                AdapterStats(
+                    name=a.name, loaded=a.loaded, pinned=a.pinned, bytes=a.bytes, running=a.running
+                )
+                for a in now.adapters
+            ],
+        )
 
     def warm(self) -> None:
         """One token through the engine (and the adapter's first load). Blocks."""

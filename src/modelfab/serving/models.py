@@ -196,6 +196,12 @@ class ModelCache:
         with self._lock:
             return [v for v, slot in self._slots.items() if slot.model is not None]
 
+    def models(self) -> list[tuple[str, ServedModel]]:
+        """(version id, model) of the loaded models, least recently used first; unlike
+        `peek`, marks none of them used (the health probe reads them)."""
+        with self._lock:
+            return [(v, slot.model) for v, slot in self._slots.items() if slot.model is not None]
+
     def used_bytes(self) -> int:
         """Estimated memory of the loaded models."""
         with self._lock:

@@ -9,8 +9,9 @@ images by default) -> `prepare` (one decoded item -> its units) -> `infer` (a ba
 prepared items, in the batcher's thread) -> `result` (one item's JSON fields).
 
 Opt-in capabilities, checked with isinstance: `DecodesInput`, `ChecksOptions`, `Warmable`,
-`HasAnswerFields` (fields of the whole answer, such as a detector's threshold) and
-`SlowResults` (results built in the thread pool rather than on the event loop).
+`HasAnswerFields` (fields of the whole answer, such as a detector's threshold),
+`SlowResults` (results built in the thread pool rather than on the event loop) and
+`ReportsStats` (its own figures in the replica's health answer).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from modelfab.errors import ModelfabError
+from modelfab.schemas.endpoints import ModelStats
 from modelfab.tasks import IMAGE_CLASSIFICATION
 
 logger = logging.getLogger(__name__)
@@ -171,6 +173,16 @@ class SlowResults(Protocol):
     thread pool, in parallel, rather than on the event loop."""
 
     slow_results: bool
+
+
+@runtime_checkable
+class ReportsStats(Protocol):
+    """A kind that knows more of its load than the batcher does (a chat model's engine):
+    the replica's /health answer carries its `stats` instead of the batcher's queue."""
+
+    def stats(self) -> ModelStats:
+        """Its figures now. Must not block: the controller's probe calls it every pass."""
+        ...
 
 
 def invalid(files: ModelFiles, why: str) -> ModelfabError:

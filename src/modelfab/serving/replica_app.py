@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelfab import httpd
 from modelfab.errors import InvalidRequest, ModelfabError
+from modelfab.schemas.endpoints import ModelStats, ReplicaHealth
 from modelfab.schemas.limits import (
     MAX_IMAGES_PER_REQUEST,
     REPLICA_SECRET_MAX_CHARS,
@@ -55,6 +56,7 @@ from modelfab.serving.protocol import (
     ChecksOptions,
     DecodesInput,
     HasAnswerFields,
+    ReportsStats,
     ServedModel,
     SlowResults,
     Warmable,
@@ -175,6 +177,18 @@ class Replica:
             batcher.start()
             self._batchers[version_id] = batcher
         return batcher
+
+    def stats(self, version_id: str, model: ServedModel) -> ModelStats:
+        """The model's own figures (`ReportsStats`), else its batcher's queue. Never
+        blocks (the event loop answers the probe with it)."""
+        if isinstance(model, ReportsStats):
+            return model.stats()
+        batcher = self._batchers.get(version_id)
+        return ModelStats(
+            version_id=version_id,
+            queue_depth=batcher.queued if batcher is not None else 0,
+            running=batcher.in_flight if batcher is not None else 0,
+        )
 
     def _run_batch(self, version_id: str, items: list[Any]) -> list[Any]:
         """The model's raw output per prepared item (`infer`); the model stays leased (not
@@ -319,9 +333,15 @@ async def _http_error(_: Request, exc: Exception) -> Response:
 
 
 async def _health(replica: Replica, _: Request) -> Response:
-    return JSONResponse(
-        {"status": "ok", "models": replica.cache.loaded(), "outstanding": replica.outstanding}
+    """The controller's probe: alive, and what each loaded model is doing (`ReplicaHealth`)."""
+    models = replica.cache.models()
+    health = ReplicaHealth(
+        status="ok",
+        models=[version_id for version_id, _ in models],
+        outstanding=replica.outstanding,
+        stats=[replica.stats(version_id, model) for version_id, model in models],
     )
+    return JSONResponse(health.model_dump(mode="json"))
 
 
 async def _load(replica: Replica, request: Request) -> Response:

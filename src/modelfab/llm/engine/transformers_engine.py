@@ -351,9 +351,11 @@ class TransformersEngine:
     def _accept(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
         """Append each row's next token, stream it, and let finished rows leave."""
         chosen = next_tokens(logits, [s.params for s in rows], [s.generator for s in rows])
+        at = time.monotonic()
         with self._lock:
             self._generated += len(chosen)
-            self._recent.append((time.monotonic(), len(chosen)))
+            self._recent.append((at, len(chosen)))
+            self._trim_recent(at)  # bounded also when nobody asks for stats
         for seq, token in zip(rows, chosen, strict=True):
             seq.completion.append(token)
             eos = token in self._eos and not seq.params.ignore_eos

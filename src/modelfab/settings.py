@@ -71,6 +71,11 @@ class ControllerSettings(BaseSettings):
         ge=1,
         description="Failed probes in a row after which a replica takes no requests.",
     )
+    stats_max_age_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A replica's last probed report older than this is shown as none.",
+    )
     warm_timeout_s: float = Field(
         default=120.0, gt=0, description="Longest wait for a replica to load a model version."
     )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import httpx
+from pydantic import ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,6 +31,7 @@ from modelfab.db.models import Endpoint, EndpointReplica, Job
 from modelfab.errors import ModelfabError
 from modelfab.gateway.types import ReplicaRoute, replica_headers
 from modelfab.ids import now
+from modelfab.schemas.endpoints import ReplicaHealth, ReplicaStats
 from modelfab.services.endpoints import ACTIVE, DELETING, SERVE_RECIPE, EndpointService
 from modelfab.services.endpoints.rows import (
     cancel_replica,
@@ -165,9 +167,10 @@ class EndpointController:
         self.endpoints.jobs.on_change()
 
     def _probe(self) -> None:
-        """GET /health on every announced replica. A new one (or one back from failing)
-        first loads the endpoint's model, then takes traffic; after `unhealthy_after` failed
-        probes in a row a replica takes none until it answers again."""
+        """GET /health on every announced replica and keep its report (the latest per job,
+        in `endpoints.replica_stats`). A new one (or one back from failing) first loads the
+        endpoint's model, then takes traffic; after `unhealthy_after` failed probes in a row
+        a replica takes none until it answers again."""
         with self.factory() as session:
             rows = session.execute(
                 select(
@@ -186,10 +189,16 @@ class EndpointController:
                     EndpointReplica.url.is_not(None),
                 )
             ).all()
+        self.endpoints.replica_stats.keep_only([row.job_id for row in rows])
         for job_id, url, secret, ready_at, endpoint_id, version_id in rows:
             assert url is not None  # filtered above
             replica = ReplicaRoute(job_id, url, secret)
-            healthy = self._healthy(replica)
+            healthy, health = self._health(replica)
+            if health is not None:
+                report = ReplicaStats(
+                    reported_at=self.clock(), outstanding=health.outstanding, models=health.stats
+                )
+                self.endpoints.replica_stats.put(job_id, report)
             failures = 0 if healthy else self._probe_failures.get(job_id, 0) + 1
             self._probe_failures[job_id] = failures
             if healthy and ready_at is None:
@@ -275,14 +284,20 @@ class EndpointController:
             e.target_ref = e.target_version_id = e.rollout = None
         self.endpoints.on_routes_change()
 
-    def _healthy(self, replica: ReplicaRoute) -> bool:
-        """The replica answers its /health to our secret (a 401 means whatever answers at
-        that address is not this replica)."""
+    def _health(self, replica: ReplicaRoute) -> tuple[bool, ReplicaHealth | None]:
+        """Whether the replica answers its /health to our secret (a 401 means whatever
+        answers at that address is not this replica), and its answer when that parses."""
         try:
             resp = self._http.get(f"{replica.url}/health", headers=replica_headers(replica.secret))
-            return resp.status_code == 200
         except httpx.HTTPError:
-            return False
+            return False, None
+        if resp.status_code != 200:
+            return False, None
+        try:
+            return True, ReplicaHealth.model_validate_json(resp.content)
+        except ValidationError:  # alive all the same; an older replica, say
+            logger.debug("replica %s answered /health without its stats", replica.job_id)
+            return True, None
 
     def _set_ready(self, job_id: str, at: float | None) -> None:
         with transaction(self.factory) as session:

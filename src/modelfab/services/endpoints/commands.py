@@ -33,6 +33,7 @@ from modelfab.services.endpoints.rows import (
     replica_jobs,
     replicas_with_jobs,
 )
+from modelfab.services.endpoints.stats import ReplicaStatsBook, named_reports
 from modelfab.services.idempotency import Idempotency
 from modelfab.services.jobs import JobRequest, JobService
 from modelfab.settings import ControllerSettings
@@ -93,6 +94,8 @@ class EndpointCommands:
         self.factory = factory
         self.jobs = jobs
         self.settings = settings if settings is not None else ControllerSettings()
+        self.replica_stats = ReplicaStatsBook(max_age_s=self.settings.stats_max_age_s)
+        """Replicas' latest reports: the controller's probe writes them, views read them."""
         self.on_routes_change: Callable[[], None] = lambda: None  # the gateway's invalidate
 
     def create(
@@ -154,11 +157,11 @@ class EndpointCommands:
                 .where(Endpoint.tenant_id == principal.tenant_id)
                 .order_by(Endpoint.name)
             ).all()
-            return [endpoint_view(session, e) for e in rows]
+            return [endpoint_view(session, e, self.replica_stats) for e in rows]
 
     def get(self, principal: Principal, name: str) -> wire.Endpoint:
         with self.factory() as session:
-            return endpoint_view(session, own(session, principal, name))
+            return endpoint_view(session, own(session, principal, name), self.replica_stats)
 
     def update(self, principal: Principal, name: str, update: wire.EndpointUpdate) -> wire.Endpoint:
         """Change the model, replicas, resources or batching; returns at once. A new model
@@ -188,7 +191,7 @@ class EndpointCommands:
                 _set_target(endpoint, ref, version_id)
             endpoint.error = endpoint.rollout_error = None  # this change is the news now
             endpoint.updated_at = now()
-            out = endpoint_view(session, endpoint)
+            out = endpoint_view(session, endpoint, self.replica_stats)
         self.jobs.on_change()
         self.on_routes_change()
         return out
@@ -226,9 +229,14 @@ def _set_target(endpoint: Endpoint, ref: str, version_id: str) -> None:
     endpoint.rollout = {"warmed": 0, "of": None}
 
 
-def endpoint_view(session: Session, e: Endpoint) -> wire.Endpoint:
-    """The endpoint as the API shows it."""
-    replicas = [_replica_view(r, j) for r, j in replicas_with_jobs(session, e.id)]
+def endpoint_view(
+    session: Session, e: Endpoint, stats: ReplicaStatsBook | None = None
+) -> wire.Endpoint:
+    """The endpoint as the API shows it, with each replica's latest report from `stats`."""
+    rows = replicas_with_jobs(session, e.id)
+    found = {j.id: s for _, j in rows if stats and (s := stats.get(j.id)) is not None}
+    reports = named_reports(session, e.tenant_id, found) if found else {}
+    replicas = [_replica_view(r, j, reports.get(j.id)) for r, j in rows]
     ready = sum(1 for r in replicas if r.ready)
     return wire.Endpoint(
         id=e.id,
@@ -276,7 +284,7 @@ def _rollout_view(session: Session, e: Endpoint) -> wire.Rollout | None:
     )
 
 
-def _replica_view(r: EndpointReplica, j: Job) -> wire.ReplicaJob:
+def _replica_view(r: EndpointReplica, j: Job, stats: wire.ReplicaStats | None) -> wire.ReplicaJob:
     ready = is_ready(r, j)
     return wire.ReplicaJob(
         job_id=j.id,
@@ -286,6 +294,7 @@ def _replica_view(r: EndpointReplica, j: Job) -> wire.ReplicaJob:
         url=r.url if ready else None,
         cpus=j.cpus,
         gpus=j.gpus,
+        stats=stats,
     )
 
 

@@ -49,3 +49,12 @@ def parse_size(text: str | None) -> int:
         raise typer.BadParameter(f"{text!r} is not a size like 512M or 4G", param_hint="--memory")
     power = " KMGT".index(m.group(2).upper() or " ")
     return int(float(m.group(1)) * 1024**power)
+
+
+def format_size(n: float) -> str:
+    """Bytes for people, in decimal units: 950 B, 12.3 KB, 1.2 GB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)

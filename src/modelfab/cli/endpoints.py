@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.spinner import Spinner
 from rich.text import Text
 
-from modelfab.cli.common import client, parse_size
+from modelfab.cli.common import client, format_size, parse_size
 from modelfab.cli.models import REF_HELP
 from modelfab.cli.output import (
     Output,
@@ -26,7 +26,7 @@ from modelfab.cli.output import (
     when,
 )
 from modelfab.client import Client
-from modelfab.schemas.endpoints import FAILED, READY, Endpoint
+from modelfab.schemas.endpoints import FAILED, READY, Endpoint, ModelStats, ReplicaJob
 
 app = typer.Typer(
     help="Endpoints: registered models served over HTTP by replica jobs.", no_args_is_help=True
@@ -215,7 +215,9 @@ def list_(output: OutputOpt = Output.table) -> None:
 
 @app.command("show")
 def show_(name: str, output: OutputOpt = Output.table) -> None:
-    """The endpoint and its replica jobs."""
+    """The endpoint, its replica jobs and what each replica reported last: per model its
+    queue, running sequences, generated tokens/s and resident adapters ("-": no recent
+    report, or not a chat model)."""
     with client() as c:
         endpoint = c.get_endpoint(name)
     if output is Output.json:
@@ -231,6 +233,42 @@ def show_(name: str, output: OutputOpt = Output.table) -> None:
             for j in endpoint.replica_jobs
         ],
     )  # fmt: skip
+    table(
+        "replicas",
+        ("job", "status", "ready", "model", "queue", "running", "tokens/s", "tokens out",
+         "adapters resident"),
+        [row for j in endpoint.replica_jobs for row in replica_rows(j)],
+    )  # fmt: skip
+
+
+def replica_rows(j: ReplicaJob) -> list[list[Any]]:
+    """One row per model the replica reported (the job's cells on the first), or one row
+    of dashes when it has no recent report."""
+    head = [j.job_id, j.status, "yes" if j.ready else "no"]
+    models = j.stats.models if j.stats is not None else []
+    if not models:
+        return [[*head, None, None, None, None, None, None]]
+    return [[*(head if i == 0 else ["", "", ""]), *_model_cells(m)] for i, m in enumerate(models)]
+
+
+def _model_cells(m: ModelStats) -> list[Any]:
+    running = m.running if m.max_concurrency is None else f"{m.running}/{m.max_concurrency}"
+    rate = None if m.tokens_per_s is None else f"{m.tokens_per_s:.1f}"
+    return [m.model or m.version_id, m.queue_depth, running, rate, m.generated_tokens,
+            _resident(m)]  # fmt: skip
+
+
+def _resident(m: ModelStats) -> str | None:
+    """The adapters loaded now: NAME:VERSION, a pinned mark, their bytes; None for a model
+    without an adapter engine."""
+    if m.adapter_budget_bytes is None:
+        return None
+    loaded = [
+        f"{a.model or a.name}{' (pinned)' if a.pinned else ''} {format_size(a.bytes)}"
+        for a in m.adapters
+        if a.loaded
+    ]
+    return ", ".join(loaded) or "none"
 
 
 @app.command("delete")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from modelfab.cli.common import client
+from modelfab.cli.common import client, format_size
 from modelfab.cli.output import Output, OutputOpt, console, show, table, when
 from modelfab.schemas.models import Artifact
 
@@ -85,7 +85,7 @@ def compare(
         ["task", *(v.task for v in versions)],
         ["base model", *(v.base_model or "-" for v in versions)],
         ["recipe", *(v.recipe for v in versions)],
-        ["size", *(_size(sum(a.size_bytes for a in v.artifacts)) for v in versions)],
+        ["size", *(format_size(sum(a.size_bytes for a in v.artifacts)) for v in versions)],
     ]
     names = sorted({k for v in versions for k, x in v.metrics.items() if _number(x)})
     for name in names:
@@ -109,14 +109,6 @@ def _fmt(x: object) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
     return str(x)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
 
 
 def _before_after(metrics: dict[str, object]) -> None:

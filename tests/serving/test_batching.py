@@ -165,10 +165,12 @@ def test_the_next_batch_forms_while_one_runs() -> None:
         later = [asyncio.create_task(batcher.submit([i])) for i in (1, 2, 3)]
         await asyncio.sleep(0.05)
         assert batcher.queued == 3  # accepted while the first batch runs, not yet run
+        assert batcher.in_flight == 1  # what the replica reports as running
         release.set()
         assert await first == [0]
         assert [await t for t in later] == [[1], [2], [3]]
         await batcher.stop()
+        assert batcher.in_flight == 0
 
     run(main)
     assert seen == [[0], [1, 2, 3]]

@@ -99,6 +99,33 @@ def test_the_adapter_changes_the_answer(replica: tuple[str, ModelCache]) -> None
     assert [d.get("text") for d in full[1:-1]] != [d.get("text") for d in lora[1:-1]]
 
 
+def test_health_reports_the_engines_load_tokens_and_resident_adapter(
+    replica: tuple[str, ModelCache],
+) -> None:
+    """What the controller's probe reads: per chat model its engine's figures, the LoRA
+    version's adapter pinned and resident once it generated."""
+    url, cache = replica
+    generate(url, "full", {"prompt": "hi", "max_tokens": 5, "temperature": 0})
+    events = generate(url, "lora", {"prompt": "hi", "max_tokens": 5, "temperature": 0})
+    health = httpx.get(f"{url}/health", headers=HEADERS).json()
+    stats = {s["version_id"]: s for s in health["stats"]}
+    assert sorted(stats) == sorted(health["models"]) and {"full", "lora"} <= set(stats)
+    lora, full = stats["lora"], stats["full"]
+    finished = events[-1]
+    # the module's earlier tests ran on these engines too: at least this request's counts
+    assert lora["generated_tokens"] >= finished["completion_tokens"] >= 1
+    assert lora["prompt_tokens"] >= finished["prompt_tokens"]
+    assert lora["tokens_per_s"] > 0 and lora["window_s"] > 0  # generated just now
+    assert (lora["queue_depth"], lora["running"], lora["max_concurrency"]) == (0, 0, 4)
+    [adapter] = lora["adapters"]
+    assert adapter["name"] == "lora" and adapter["loaded"] and adapter["pinned"]
+    assert 0 < adapter["bytes"] <= lora["adapter_budget_bytes"] and adapter["running"] == 0
+    model = cache.get("lora")
+    assert isinstance(model, ChatModel)
+    assert adapter["bytes"] == model.driver.stats().adapter_bytes
+    assert full["adapters"] == [] and full["generated_tokens"] >= 1
+
+
 def test_a_dropped_connection_cancels_the_request(
     replica: tuple[str, ModelCache], monkeypatch: pytest.MonkeyPatch
 ) -> None:

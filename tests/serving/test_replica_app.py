@@ -69,10 +69,16 @@ def error(response: Any) -> tuple[int, str, str | None]:
 
 
 def test_health_load_and_predict(client: TestClient, loader: DirLoader) -> None:
-    assert client.get("/health").json() == {"status": "ok", "models": [], "outstanding": 0}
+    empty = {"status": "ok", "models": [], "outstanding": 0, "stats": []}
+    assert client.get("/health").json() == empty
     loaded = client.post("/models/v1/load").json()
     assert loaded["version_id"] == "v1" and loaded["loaded"] is True and loaded["load_ms"] > 0
-    assert client.get("/health").json()["models"] == ["v1"]
+    health = client.get("/health").json()
+    assert health["models"] == ["v1"]
+    # a classifier reports its batcher's queue only; the engine's fields are a chat model's
+    [stats] = health["stats"]
+    assert (stats["version_id"], stats["queue_depth"], stats["running"]) == ("v1", 0, 0)
+    assert stats["tokens_per_s"] is None and stats["adapters"] == []
     a, b = image_bytes(seed=1), image_bytes(size=(64, 20), seed=2, fmt="JPEG")
     r = client.post(
         "/models/v1/predict?top_k=3", files=[("file", ("a.png", a)), ("file", ("b.jpg", b))]

@@ -234,7 +234,8 @@ def endpoint_view(
 ) -> wire.Endpoint:
     """The endpoint as the API shows it, with each replica's latest report from `stats`."""
     rows = replicas_with_jobs(session, e.id)
-    found = {j.id: s for _, j in rows if stats and (s := stats.get(j.id)) is not None}
+    latest = {j.id: stats.get(j.id) for _, j in rows} if stats is not None else {}
+    found = {job_id: report for job_id, report in latest.items() if report is not None}
     reports = named_reports(session, e.tenant_id, found) if found else {}
     replicas = [_replica_view(r, j, reports.get(j.id)) for r, j in rows]
     ready = sum(1 for r in replicas if r.ready)
